@@ -8,12 +8,9 @@
 
 #include <fmt/format.h>
 
-namespace ekva {
+#include "ekva/error.h"
 
-class Error : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
+namespace ekva {
 
 template <typename... Args>
 [[noreturn]] void fail(fmt::format_string<Args...> format, Args&&... args) {

@@ -1,0 +1,189 @@
+// Decode and prefill attention over KV chunks, as one split-K problem.
+//
+// Work item = (query token, kv-head, piece of that kv-head's entries). A piece
+// walks its entries in blocks of kBlock: scores of all query heads of the GQA group
+// against each K row (K read once per group), an online softmax (running max m and
+// sum l per head), and the V rows accumulated into o. Pieces of one (query,
+// kv-head) are merged by log-sum-exp at the end. Long caches are cut into several
+// pieces so that a single decode token keeps every thread busy.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "cpu/attention.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "ops/ops.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace ekva::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+constexpr int64_t kBlock = 32;
+
+HWY_INLINE float dot(const float* a, const float* b, int64_t n) {
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  auto acc0 = hn::Zero(d);
+  auto acc1 = hn::Zero(d);
+  int64_t i = 0;
+  for (; i + 2 * N <= n; i += 2 * N) {
+    acc0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), acc0);
+    acc1 = hn::MulAdd(hn::LoadU(d, a + i + N), hn::LoadU(d, b + i + N), acc1);
+  }
+  for (; i + N <= n; i += N) acc0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), acc0);
+  float s = hn::GetLane(hn::SumOfLanes(d, hn::Add(acc0, acc1)));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// o = o * scale + p * v
+HWY_INLINE void scale_axpy(float* o, float scale, float p, const float* v, int64_t n) {
+  const hn::ScalableTag<float> d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const auto vs = hn::Set(d, scale);
+  const auto vp = hn::Set(d, p);
+  int64_t i = 0;
+  for (; i + N <= n; i += N)
+    hn::StoreU(hn::MulAdd(vp, hn::LoadU(d, v + i), hn::Mul(vs, hn::LoadU(d, o + i))), d, o + i);
+  for (; i < n; ++i) o[i] = o[i] * scale + p * v[i];
+}
+
+// Attention of G query heads q [G, D] over entries [begin, end) of the
+// concatenated chunks; writes m, l and unnormalised o [G, D].
+void AttendPiece(const float* q, int64_t G, int64_t D, float scale, int32_t q_pos, int64_t window,
+                 const KvChunk* chunks, int64_t n_chunks, int64_t begin, int64_t end, float* m,
+                 float* l, float* o) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  for (int64_t g = 0; g < G; ++g) {
+    m[g] = kNegInf;
+    l[g] = 0.f;
+  }
+  std::fill(o, o + G * D, 0.f);
+  // scores[g][j] for one block; G <= 64 is checked by the caller.
+  float scores[64 * kBlock];
+  int64_t chunk_start = 0;
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    const KvChunk& ch = chunks[c];
+    const int64_t lo = std::max(begin, chunk_start) - chunk_start;
+    const int64_t hi = std::min(end, chunk_start + ch.n) - chunk_start;
+    chunk_start += ch.n;
+    for (int64_t j0 = lo; j0 < hi; j0 += kBlock) {
+      const int64_t nb = std::min(kBlock, hi - j0);
+      for (int64_t j = 0; j < nb; ++j) {
+        const int32_t k_pos = ch.positions[j0 + j];
+        const bool visible = k_pos <= q_pos && (window == 0 || q_pos - k_pos < window);
+        const float* k = ch.k + (j0 + j) * D;
+        for (int64_t g = 0; g < G; ++g)
+          scores[g * kBlock + j] = visible ? dot(q + g * D, k, D) * scale : kNegInf;
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        float* s = scores + g * kBlock;
+        float block_max = kNegInf;
+        for (int64_t j = 0; j < nb; ++j) block_max = std::max(block_max, s[j]);
+        if (block_max == kNegInf) continue;
+        const float m_new = std::max(m[g], block_max);
+        float correction = std::exp(m[g] - m_new);  // exp(-inf) = 0 on the first block
+        float* og = o + g * D;
+        for (int64_t j = 0; j < nb; ++j) {
+          if (s[j] == kNegInf) continue;
+          const float p = std::exp(s[j] - m_new);
+          l[g] = l[g] * correction + p;
+          scale_axpy(og, correction, p, ch.v + (j0 + j) * D, D);
+          correction = 1.f;
+        }
+        m[g] = m_new;
+      }
+    }
+  }
+}
+
+}  // namespace ekva::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace ekva {
+
+HWY_EXPORT(AttendPiece);
+
+namespace {
+// Entries per piece when a (query, kv-head) is split: large enough that the merge
+// is noise, small enough that one decode token splits over all threads.
+constexpr int64_t kMinPiece = 256;
+}  // namespace
+
+void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
+               ThreadPool& pool) {
+  const int64_t G = p.n_heads / p.n_kv_heads;
+  const int64_t D = p.head_dim;
+  EKVA_CHECK(G <= 64, "attention: GQA group of {} query heads exceeds 64", G);
+  EKVA_CHECK(static_cast<int64_t>(chunks.size()) == p.n_kv_heads, "attention: {} chunk lists for {} kv-heads",
+             chunks.size(), p.n_kv_heads);
+
+  std::vector<int64_t> total(static_cast<size_t>(p.n_kv_heads), 0);
+  int64_t max_total = 0;
+  for (int64_t h = 0; h < p.n_kv_heads; ++h) {
+    for (const auto& c : chunks[static_cast<size_t>(h)]) total[static_cast<size_t>(h)] += c.n;
+    max_total = std::max(max_total, total[static_cast<size_t>(h)]);
+  }
+  // Split only when (query, kv-head) items alone cannot fill the threads.
+  const int64_t base_items = p.n_queries * p.n_kv_heads;
+  int64_t pieces = 1;
+  if (base_items < 4 * pool.size()) {
+    pieces = std::max<int64_t>(1, std::min((4 * pool.size() + base_items - 1) / base_items,
+                                           max_total / kMinPiece));
+  }
+  const int64_t n_items = base_items * pieces;
+  // Partials: per item, G maxima, G sums and G x D unnormalised outputs.
+  std::vector<float> part_m(static_cast<size_t>(n_items * G));
+  std::vector<float> part_l(static_cast<size_t>(n_items * G));
+  std::vector<float> part_o(static_cast<size_t>(n_items * G * D));
+
+  pool.parallel_for(n_items, [&](int64_t i0, int64_t i1, int) {
+    for (int64_t item = i0; item < i1; ++item) {
+      const int64_t piece = item % pieces;
+      const int64_t h = (item / pieces) % p.n_kv_heads;
+      const int64_t t = item / pieces / p.n_kv_heads;
+      const auto& list = chunks[static_cast<size_t>(h)];
+      const int64_t n = total[static_cast<size_t>(h)];
+      const int64_t begin = n * piece / pieces;
+      const int64_t end = n * (piece + 1) / pieces;
+      HWY_DYNAMIC_DISPATCH(AttendPiece)(
+          p.q + (t * p.n_heads + h * G) * D, G, D, p.scale, p.q_positions[t], p.sliding_window,
+          list.data(), static_cast<int64_t>(list.size()), begin, end, &part_m[static_cast<size_t>(item * G)],
+          &part_l[static_cast<size_t>(item * G)], &part_o[static_cast<size_t>(item * G * D)]);
+    }
+  });
+
+  // Merge the pieces of each (query, kv-head, head) by log-sum-exp.
+  for (int64_t t = 0; t < p.n_queries; ++t) {
+    for (int64_t h = 0; h < p.n_kv_heads; ++h) {
+      const int64_t item0 = (t * p.n_kv_heads + h) * pieces;
+      for (int64_t g = 0; g < G; ++g) {
+        float m = -std::numeric_limits<float>::infinity();
+        for (int64_t k = 0; k < pieces; ++k) m = std::max(m, part_m[static_cast<size_t>((item0 + k) * G + g)]);
+        float* out = p.out + (t * p.n_heads + h * G + g) * D;
+        std::fill(out, out + D, 0.f);
+        if (m == -std::numeric_limits<float>::infinity()) continue;  // nothing visible
+        float l = 0.f;
+        for (int64_t k = 0; k < pieces; ++k) {
+          const size_t idx = static_cast<size_t>((item0 + k) * G + g);
+          if (part_l[idx] == 0.f) continue;
+          const float w = std::exp(part_m[idx] - m);
+          l += part_l[idx] * w;
+          const float* o = &part_o[idx * static_cast<size_t>(D)];
+          for (int64_t d = 0; d < D; ++d) out[d] += w * o[d];
+        }
+        const float inv = 1.f / l;
+        for (int64_t d = 0; d < D; ++d) out[d] *= inv;
+      }
+    }
+  }
+}
+
+}  // namespace ekva
+#endif  // HWY_ONCE

@@ -1,0 +1,158 @@
+// y = x · wᵀ with bf16 or f32 weights, f32 activations and accumulation.
+//
+// Decode (one token) is a GEMV bound by reading w once; prefill reuses each weight
+// tile for a block of tokens. The micro-kernel computes kRows weight rows against
+// kTokens token rows with kRows * kTokens vector accumulators: each weight vector
+// loaded (and promoted from bf16) feeds kTokens FMAs, and kRows independent weight
+// streams keep enough loads in flight to approach the read bandwidth.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "cpu/matmul.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "ops/ops.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace ekva::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using DF = hn::ScalableTag<float>;
+using DU16 = hn::Rebind<uint16_t, DF>;  // half-width: as many lanes as DF
+using DU32 = hn::RebindToUnsigned<DF>;
+
+template <typename WT>
+HWY_INLINE hn::Vec<DF> load_weights(const WT* p) {
+  const DF df;
+  if constexpr (std::is_same_v<WT, float>) {
+    return hn::LoadU(df, p);
+  } else {  // bf16: the upper half of an f32
+    const DU16 du16;
+    const DU32 du32;
+    return hn::BitCast(df, hn::ShiftLeft<16>(hn::PromoteTo(du32, hn::LoadU(du16, p))));
+  }
+}
+
+template <typename WT>
+HWY_INLINE float weight_scalar(const WT* p, int64_t i) {
+  if constexpr (std::is_same_v<WT, float>) {
+    return p[i];
+  } else {
+    return bf16_to_f32(p[i]);
+  }
+}
+
+// out[r][t] = w[r] · x[t] for kRows rows and kTokens tokens.
+template <int kRows, int kTokens, typename WT>
+HWY_INLINE void tile(const WT* const* w, const float* const* x, int64_t K, float* out_rows[],
+                     int64_t) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  hn::Vec<DF> acc[kRows][kTokens];
+  for (int r = 0; r < kRows; ++r)
+    for (int t = 0; t < kTokens; ++t) acc[r][t] = hn::Zero(df);
+  int64_t k = 0;
+  for (; k + N <= K; k += N) {
+    hn::Vec<DF> xv[kTokens];
+    for (int t = 0; t < kTokens; ++t) xv[t] = hn::LoadU(df, x[t] + k);
+    for (int r = 0; r < kRows; ++r) {
+      const auto wv = load_weights<WT>(w[r] + k);
+      for (int t = 0; t < kTokens; ++t) acc[r][t] = hn::MulAdd(wv, xv[t], acc[r][t]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    for (int t = 0; t < kTokens; ++t) {
+      float sum = hn::GetLane(hn::SumOfLanes(df, acc[r][t]));
+      for (int64_t kk = k; kk < K; ++kk) sum += weight_scalar(w[r], kk) * x[t][kk];
+      out_rows[t][r] = sum;
+    }
+  }
+}
+
+template <typename WT>
+void matmul_range_t(const float* const* x_rows, int64_t n_tokens, const WT* w, int64_t K,
+                    int64_t row_begin, int64_t row_end, float* const* y_rows) {
+  constexpr int kRows = 4;
+  constexpr int kTokens = 4;
+  int64_t r = row_begin;
+  for (; r < row_end; r += (row_end - r >= kRows ? kRows : 1)) {
+    const bool full_rows = row_end - r >= kRows;
+    const WT* wr[kRows];
+    for (int i = 0; i < kRows; ++i) wr[i] = w + (r + (full_rows ? i : 0)) * K;
+    int64_t t = 0;
+    for (; t + kTokens <= n_tokens; t += kTokens) {
+      float* out[kTokens];
+      for (int i = 0; i < kTokens; ++i) out[i] = y_rows[t + i] + r;
+      if (full_rows) tile<kRows, kTokens>(wr, x_rows + t, K, out, t);
+      else tile<1, kTokens>(wr, x_rows + t, K, out, t);
+    }
+    for (; t < n_tokens; ++t) {
+      float* out[1] = {y_rows[t] + r};
+      if (full_rows) tile<kRows, 1>(wr, x_rows + t, K, out, t);
+      else tile<1, 1>(wr, x_rows + t, K, out, t);
+    }
+  }
+}
+
+void MatmulRange(const float* const* x_rows, int64_t n_tokens, const void* w, DType dtype,
+                 int64_t K, int64_t row_begin, int64_t row_end, float* const* y_rows) {
+  if (dtype == DType::kBF16)
+    matmul_range_t(x_rows, n_tokens, static_cast<const uint16_t*>(w), K, row_begin, row_end, y_rows);
+  else
+    matmul_range_t(x_rows, n_tokens, static_cast<const float*>(w), K, row_begin, row_end, y_rows);
+}
+
+}  // namespace ekva::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace ekva {
+
+HWY_EXPORT(MatmulRange);
+
+namespace {
+
+// Rows per thread share are rounded to multiples of this so that the 4-row tile
+// rarely falls back to single rows.
+constexpr int64_t kRowAlign = 16;
+
+void matmul_impl(const float* const* x_rows, int64_t n_tokens, const WeightMatrix& w,
+                 float* const* y_rows, ThreadPool& pool) {
+  EKVA_CHECK(w.dtype == DType::kBF16 || w.dtype == DType::kF32, "matmul: unsupported dtype {}",
+             dtype_name(w.dtype));
+  const int64_t blocks = (w.rows + kRowAlign - 1) / kRowAlign;
+  pool.parallel_for(blocks, [&](int64_t b0, int64_t b1, int) {
+    const int64_t r0 = b0 * kRowAlign;
+    const int64_t r1 = std::min(w.rows, b1 * kRowAlign);
+    HWY_DYNAMIC_DISPATCH(MatmulRange)(x_rows, n_tokens, w.data, w.dtype, w.cols, r0, r1, y_rows);
+  });
+}
+
+}  // namespace
+
+void matmul(const float* x, int64_t n_tokens, const WeightMatrix& w, float* y, int64_t ldy,
+            ThreadPool& pool) {
+  std::vector<const float*> xr(static_cast<size_t>(n_tokens));
+  std::vector<float*> yr(static_cast<size_t>(n_tokens));
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    xr[static_cast<size_t>(t)] = x + t * w.cols;
+    yr[static_cast<size_t>(t)] = y + t * ldy;
+  }
+  matmul_impl(xr.data(), n_tokens, w, yr.data(), pool);
+}
+
+void matmul_rows(const float* x, std::span<const int32_t> rows, const WeightMatrix& w, float* y,
+                 ThreadPool& pool) {
+  const auto n = static_cast<int64_t>(rows.size());
+  std::vector<const float*> xr(rows.size());
+  std::vector<float*> yr(rows.size());
+  for (int64_t i = 0; i < n; ++i) {
+    xr[static_cast<size_t>(i)] = x + int64_t{rows[static_cast<size_t>(i)]} * w.cols;
+    yr[static_cast<size_t>(i)] = y + i * w.rows;
+  }
+  matmul_impl(xr.data(), n, w, yr.data(), pool);
+}
+
+}  // namespace ekva
+#endif  // HWY_ONCE

@@ -1,0 +1,45 @@
+// Scalar reference for attention: gathers the visible entries of each query's
+// kv-head, softmax in double, no splitting.
+#include <cmath>
+#include <vector>
+
+#include "ops/ops.h"
+
+namespace ekva::ref {
+
+void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks) {
+  const int64_t G = p.n_heads / p.n_kv_heads;
+  const int64_t D = p.head_dim;
+  for (int64_t t = 0; t < p.n_queries; ++t) {
+    const int32_t q_pos = p.q_positions[t];
+    for (int64_t h = 0; h < p.n_heads; ++h) {
+      const float* q = p.q + (t * p.n_heads + h) * D;
+      std::vector<double> scores;
+      std::vector<const float*> values;
+      for (const KvChunk& c : chunks[static_cast<size_t>(h / G)]) {
+        for (int64_t j = 0; j < c.n; ++j) {
+          const int32_t k_pos = c.positions[j];
+          if (k_pos > q_pos || (p.sliding_window > 0 && q_pos - k_pos >= p.sliding_window)) continue;
+          double s = 0.0;
+          for (int64_t d = 0; d < D; ++d) s += double{q[d]} * c.k[j * D + d];
+          scores.push_back(s * p.scale);
+          values.push_back(c.v + j * D);
+        }
+      }
+      float* out = p.out + (t * p.n_heads + h) * D;
+      std::vector<double> acc(static_cast<size_t>(D), 0.0);
+      double max_s = -INFINITY;
+      for (double s : scores) max_s = std::max(max_s, s);
+      double sum = 0.0;
+      for (size_t j = 0; j < scores.size(); ++j) {
+        const double w = std::exp(scores[j] - max_s);
+        sum += w;
+        for (int64_t d = 0; d < D; ++d) acc[static_cast<size_t>(d)] += w * values[j][d];
+      }
+      for (int64_t d = 0; d < D; ++d)
+        out[d] = scores.empty() ? 0.f : static_cast<float>(acc[static_cast<size_t>(d)] / sum);
+    }
+  }
+}
+
+}  // namespace ekva::ref

@@ -1,0 +1,65 @@
+// The KV cache of one sequence, behind the narrow interface the forward pass
+// uses: append the new tokens' K/V of a layer, view a (layer, kv-head) as chunks for
+// attention, and report length and bytes. The plain full cache lives here; the
+// compressed ragged store implements the same interface.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "ops/ops.h"
+
+namespace ekva {
+
+struct KvShape {
+  int n_layers = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+};
+
+class KvCache {
+ public:
+  virtual ~KvCache() = default;
+
+  // Stores the entries of tokens at `positions` for one layer. k and v are
+  // [n_tokens, n_kv_heads, head_dim] with RoPE already applied to k (entries keep
+  // their original positions; they are never re-rotated).
+  virtual void append(int layer, std::span<const int32_t> positions, const float* k,
+                      const float* v) = 0;
+  // Appends to `out` the chunks holding the live entries of (layer, kv_head).
+  virtual void view(int layer, int kv_head, std::vector<KvChunk>& out) const = 0;
+  // Tokens the sequence has seen (the next position), whether or not they are kept.
+  virtual int64_t length() const = 0;
+  // Bytes of K/V storage the live entries occupy.
+  virtual size_t bytes_used() const = 0;
+  // Forgets everything; the cache can be reused for a new sequence.
+  virtual void clear() = 0;
+};
+
+// Every entry kept, in f32, contiguous per (layer, kv-head): [capacity, head_dim]
+// for K and for V, so a view is one chunk and attention streams it linearly.
+class FullKvCache final : public KvCache {
+ public:
+  FullKvCache(KvShape shape, int64_t capacity);
+
+  void append(int layer, std::span<const int32_t> positions, const float* k,
+              const float* v) override;
+  void view(int layer, int kv_head, std::vector<KvChunk>& out) const override;
+  int64_t length() const override { return length_; }
+  size_t bytes_used() const override;
+  void clear() override;
+
+  int64_t capacity() const { return capacity_; }
+
+ private:
+  KvShape shape_;
+  int64_t capacity_;
+  int64_t length_ = 0;
+  std::vector<int64_t> layer_len_;        // [n_layers]: entries appended per layer
+  std::vector<int32_t> positions_;        // [capacity]
+  std::vector<std::vector<float>> k_, v_;  // [n_layers * n_kv_heads][capacity * head_dim]
+};
+
+}  // namespace ekva

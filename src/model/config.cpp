@@ -1,0 +1,262 @@
+#include "model/config.h"
+
+#include <algorithm>
+#include <fstream>
+#include <optional>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+
+namespace ekva {
+
+using nlohmann::json;
+
+std::string_view architecture_name(Architecture arch) {
+  switch (arch) {
+    case Architecture::kMixtral: return "MixtralForCausalLM";
+    case Architecture::kQwen2Moe: return "Qwen2MoeForCausalLM";
+    case Architecture::kOlmoe: return "OlmoeForCausalLM";
+    case Architecture::kMistral: return "MistralForCausalLM";
+    case Architecture::kLlama: return "LlamaForCausalLM";
+  }
+  return "?";
+}
+
+namespace {
+
+// Typed field access that names the file and the field in every error.
+class Fields {
+ public:
+  Fields(const json& j, const std::string& source) : j_(j), source_(source) {}
+
+  const json* find(const char* key) const {
+    const auto it = j_.find(key);
+    return it == j_.end() || it->is_null() ? nullptr : &*it;
+  }
+
+  int require_int(const char* key, int min_value) const {
+    const json* v = find(key);
+    if (v == nullptr) fail("{}: missing required field '{}'", source_, key);
+    return check_int(key, *v, min_value);
+  }
+
+  int int_or(const char* key, int fallback, int min_value) const {
+    const json* v = find(key);
+    return v == nullptr ? fallback : check_int(key, *v, min_value);
+  }
+
+  float float_or(const char* key, float fallback, float min_exclusive) const {
+    const json* v = find(key);
+    if (v == nullptr) return fallback;
+    if (!v->is_number()) fail("{}: field '{}' must be a number", source_, key);
+    const double d = v->get<double>();
+    if (!(d > min_exclusive)) fail("{}: field '{}' = {} must be > {}", source_, key, d, min_exclusive);
+    return static_cast<float>(d);
+  }
+
+  bool bool_or(const char* key, bool fallback) const {
+    const json* v = find(key);
+    if (v == nullptr) return fallback;
+    if (!v->is_boolean()) fail("{}: field '{}' must be true or false", source_, key);
+    return v->get<bool>();
+  }
+
+  const std::string& source() const { return source_; }
+
+ private:
+  int check_int(const char* key, const json& v, int min_value) const {
+    if (!v.is_number_integer()) fail("{}: field '{}' must be an integer", source_, key);
+    const auto n = v.get<int64_t>();
+    if (n < min_value || n > (int64_t{1} << 30))
+      fail("{}: field '{}' = {} is out of range (min {})", source_, key, n, min_value);
+    return static_cast<int>(n);
+  }
+
+  const json& j_;
+  const std::string& source_;
+};
+
+RopeConfig parse_rope(const Fields& f, const std::string& source) {
+  RopeConfig rope;
+  // transformers 5 writes rope_parameters {rope_type, rope_theta, ...}; 4.x writes
+  // rope_theta at the top and an optional rope_scaling object.
+  const json* params = f.find("rope_parameters");
+  if (params == nullptr) params = f.find("rope_scaling");
+  rope.theta = f.float_or("rope_theta", 10000.f, 0.f);
+  if (params == nullptr) return rope;
+  if (!params->is_object()) fail("{}: 'rope_parameters'/'rope_scaling' must be an object", source);
+  const Fields p(*params, source);
+  rope.theta = p.float_or("rope_theta", rope.theta, 0.f);
+  std::string type = "default";
+  if (const json* t = p.find("rope_type"); t != nullptr && t->is_string()) type = t->get<std::string>();
+  else if (const json* t2 = p.find("type"); t2 != nullptr && t2->is_string()) type = t2->get<std::string>();
+  if (type != "default" && type != "linear" && type != "llama3")
+    fail("{}: rope type '{}' is not supported (supported: default, linear, llama3)", source, type);
+  rope.type = type;
+  if (type != "default") rope.factor = p.float_or("factor", 1.f, 0.f);
+  if (type == "llama3") {
+    rope.low_freq_factor = p.float_or("low_freq_factor", 1.f, 0.f);
+    rope.high_freq_factor = p.float_or("high_freq_factor", 4.f, 0.f);
+    rope.original_max_position = p.require_int("original_max_position_embeddings", 1);
+  }
+  return rope;
+}
+
+std::vector<int> parse_token_ids(const json* v, const std::string& source, const char* key) {
+  std::vector<int> ids;
+  if (v == nullptr) return ids;
+  const auto one = [&](const json& x) {
+    if (!x.is_number_integer() || x.get<int64_t>() < 0)
+      fail("{}: field '{}' must hold non-negative token ids", source, key);
+    ids.push_back(x.get<int>());
+  };
+  if (v->is_array()) {
+    for (const auto& x : *v) one(x);
+  } else {
+    one(*v);
+  }
+  return ids;
+}
+
+}  // namespace
+
+ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
+  if (!j.is_object()) fail("{}: not a JSON object", source);
+  const Fields f(j, source);
+  ModelConfig c;
+
+  const json* archs = f.find("architectures");
+  if (archs == nullptr || !archs->is_array() || archs->empty() || !(*archs)[0].is_string())
+    fail("{}: missing 'architectures' (e.g. [\"MixtralForCausalLM\"])", source);
+  c.arch_name = (*archs)[0].get<std::string>();
+  if (c.arch_name == "MixtralForCausalLM") c.arch = Architecture::kMixtral;
+  else if (c.arch_name == "Qwen2MoeForCausalLM") c.arch = Architecture::kQwen2Moe;
+  else if (c.arch_name == "OlmoeForCausalLM") c.arch = Architecture::kOlmoe;
+  else if (c.arch_name == "MistralForCausalLM") c.arch = Architecture::kMistral;
+  else if (c.arch_name == "LlamaForCausalLM") c.arch = Architecture::kLlama;
+  else
+    fail("{}: architecture '{}' is not supported (supported: MixtralForCausalLM, "
+         "Qwen2MoeForCausalLM, OlmoeForCausalLM, MistralForCausalLM, LlamaForCausalLM)",
+         source, c.arch_name);
+
+  if (const json* dt = f.find("torch_dtype") ? f.find("torch_dtype") : f.find("dtype")) {
+    if (!dt->is_string()) fail("{}: 'torch_dtype' must be a string", source);
+    const auto s = dt->get<std::string>();
+    if (s == "bfloat16") c.torch_dtype = DType::kBF16;
+    else if (s == "float16") c.torch_dtype = DType::kF16;
+    else if (s == "float32") c.torch_dtype = DType::kF32;
+    else fail("{}: torch_dtype '{}' is not supported (bfloat16, float16, float32)", source, s);
+  }
+
+  c.vocab_size = f.require_int("vocab_size", 1);
+  c.hidden_size = f.require_int("hidden_size", 1);
+  c.n_layers = f.require_int("num_hidden_layers", 1);
+  c.n_heads = f.require_int("num_attention_heads", 1);
+  c.n_kv_heads = f.int_or("num_key_value_heads", c.n_heads, 1);
+  if (c.n_heads % c.n_kv_heads != 0)
+    fail("{}: num_attention_heads ({}) is not a multiple of num_key_value_heads ({})", source,
+         c.n_heads, c.n_kv_heads);
+  if (f.find("head_dim") == nullptr && c.hidden_size % c.n_heads != 0)
+    fail("{}: hidden_size ({}) is not a multiple of num_attention_heads ({}) and no head_dim is "
+         "given", source, c.hidden_size, c.n_heads);
+  c.head_dim = f.int_or("head_dim", c.hidden_size / c.n_heads, 2);
+  if (c.head_dim % 2 != 0) fail("{}: head_dim ({}) must be even for RoPE", source, c.head_dim);
+  c.rms_norm_eps = f.float_or("rms_norm_eps", 1e-6f, 0.f);
+  c.rope = parse_rope(f, source);
+  c.max_position_embeddings = f.require_int("max_position_embeddings", 1);
+  c.tie_word_embeddings = f.bool_or("tie_word_embeddings", false);
+
+  if (const json* act = f.find("hidden_act"); act != nullptr &&
+      !(act->is_string() && act->get<std::string>() == "silu"))
+    fail("{}: hidden_act '{}' is not supported (only silu)", source, act->dump());
+
+  const bool windowed = c.arch == Architecture::kMixtral || c.arch == Architecture::kMistral ||
+                        (c.arch == Architecture::kQwen2Moe && f.bool_or("use_sliding_window", false));
+  if (windowed) c.sliding_window = f.int_or("sliding_window", 0, 1);
+  if (c.arch == Architecture::kQwen2Moe && f.bool_or("use_sliding_window", false))
+    fail("{}: use_sliding_window with max_window_layers is not supported", source);
+
+  c.layer_is_moe.assign(static_cast<size_t>(c.n_layers), 0);
+  switch (c.arch) {
+    case Architecture::kMixtral:
+      c.router.n_experts = f.require_int("num_local_experts", 1);
+      c.router.top_k = f.require_int("num_experts_per_tok", 1);
+      c.router.renormalize = true;
+      c.expert_intermediate_size = f.require_int("intermediate_size", 1);
+      c.layer_is_moe.assign(static_cast<size_t>(c.n_layers), 1);
+      break;
+    case Architecture::kOlmoe:
+      c.router.n_experts = f.require_int("num_experts", 1);
+      c.router.top_k = f.require_int("num_experts_per_tok", 1);
+      c.router.renormalize = f.bool_or("norm_topk_prob", false);
+      c.expert_intermediate_size = f.require_int("intermediate_size", 1);
+      c.layer_is_moe.assign(static_cast<size_t>(c.n_layers), 1);
+      c.qk_norm = true;
+      c.clip_qkv = f.float_or("clip_qkv", 0.f, -1.f);
+      if (f.bool_or("attention_bias", false))
+        fail("{}: attention_bias is not supported for OLMoE", source);
+      break;
+    case Architecture::kQwen2Moe: {
+      c.router.n_experts = f.require_int("num_experts", 1);
+      c.router.top_k = f.require_int("num_experts_per_tok", 1);
+      c.router.renormalize = f.bool_or("norm_topk_prob", false);
+      c.expert_intermediate_size = f.require_int("moe_intermediate_size", 1);
+      c.shared_expert_intermediate_size = f.int_or("shared_expert_intermediate_size", 0, 0);
+      c.dense_intermediate_size = f.require_int("intermediate_size", 1);
+      c.qkv_bias = f.bool_or("qkv_bias", true);
+      const int step = f.int_or("decoder_sparse_step", 1, 1);
+      std::vector<int> mlp_only;
+      if (const json* m = f.find("mlp_only_layers")) {
+        if (!m->is_array()) fail("{}: 'mlp_only_layers' must be an array", source);
+        for (const auto& x : *m) {
+          if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() >= c.n_layers)
+            fail("{}: 'mlp_only_layers' entry {} is not a layer index below {}", source, x.dump(),
+                 c.n_layers);
+          mlp_only.push_back(x.get<int>());
+        }
+      }
+      // Qwen2MoeDecoderLayer: sparse iff not mlp-only, experts exist, and (i + 1) % step == 0.
+      for (int i = 0; i < c.n_layers; ++i) {
+        const bool only_mlp = std::find(mlp_only.begin(), mlp_only.end(), i) != mlp_only.end();
+        c.layer_is_moe[static_cast<size_t>(i)] = !only_mlp && (i + 1) % step == 0;
+      }
+      break;
+    }
+    case Architecture::kMistral:
+    case Architecture::kLlama:
+      c.dense_intermediate_size = f.require_int("intermediate_size", 1);
+      if (c.arch == Architecture::kLlama) {
+        c.qkv_bias = c.o_bias = f.bool_or("attention_bias", false);
+        c.mlp_bias = f.bool_or("mlp_bias", false);
+      }
+      break;
+  }
+  if (c.router.n_experts > 0 && c.router.top_k > c.router.n_experts)
+    fail("{}: num_experts_per_tok ({}) exceeds the number of experts ({})", source, c.router.top_k,
+         c.router.n_experts);
+  if (c.mlp_bias) fail("{}: mlp_bias is not supported", source);
+
+  c.bos_token_id = f.find("bos_token_id") ? f.int_or("bos_token_id", -1, 0) : -1;
+  c.eos_token_ids = parse_token_ids(f.find("eos_token_id"), source, "eos_token_id");
+  for (int id : c.eos_token_ids)
+    if (id >= c.vocab_size)
+      fail("{}: eos_token_id {} is not below vocab_size {}", source, id, c.vocab_size);
+  if (c.bos_token_id >= c.vocab_size)
+    fail("{}: bos_token_id {} is not below vocab_size {}", source, c.bos_token_id, c.vocab_size);
+  return c;
+}
+
+ModelConfig ModelConfig::from_file(const std::filesystem::path& config_json) {
+  std::ifstream in(config_json);
+  if (!in) fail("{}: cannot open", config_json.string());
+  json j;
+  try {
+    j = json::parse(in);
+  } catch (const json::exception& e) {
+    fail("{}: not valid JSON: {}", config_json.string(), e.what());
+  }
+  return from_json(j, config_json.string());
+}
+
+}  // namespace ekva

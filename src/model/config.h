@@ -1,0 +1,83 @@
+// config.json of a Hugging Face checkpoint, read into one struct and validated
+// before any weight is touched: every field the forward pass uses is present, in
+// range and consistent with the others; anything missing or contradictory is an
+// error naming config.json and the field.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "core/dtype.h"
+
+namespace ekva {
+
+enum class Architecture { kMixtral, kQwen2Moe, kOlmoe, kMistral, kLlama };
+
+// How a MoE layer's router turns logits into expert weights. All three supported
+// families take a softmax over all experts in f32, then the top-k; they differ in
+// whether the k weights are renormalised to sum to one.
+struct RouterRule {
+  int n_experts = 0;
+  int top_k = 0;
+  bool renormalize = false;  // Mixtral: always; Qwen2-MoE, OLMoE: norm_topk_prob
+};
+
+struct RopeConfig {
+  float theta = 10000.f;
+  // "default", "linear" or "llama3" (the scalings this engine implements).
+  std::string type = "default";
+  float factor = 1.f;
+  float low_freq_factor = 1.f;
+  float high_freq_factor = 4.f;
+  int original_max_position = 8192;
+};
+
+struct ModelConfig {
+  Architecture arch = Architecture::kMixtral;
+  std::string arch_name;  // as written in config.json "architectures"
+  DType torch_dtype = DType::kBF16;
+
+  int vocab_size = 0;
+  int hidden_size = 0;
+  int n_layers = 0;
+  int n_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  float rms_norm_eps = 1e-5f;
+  RopeConfig rope;
+  int max_position_embeddings = 0;
+  int sliding_window = 0;  // 0: none; otherwise a query sees keys with q - k < sliding_window
+  bool tie_word_embeddings = false;
+
+  bool qkv_bias = false;  // Qwen2-MoE; Llama with attention_bias
+  bool o_bias = false;    // Llama with attention_bias
+  bool mlp_bias = false;  // Llama with mlp_bias
+  bool qk_norm = false;   // OLMoE: RMSNorm over the whole q and k projections
+  float clip_qkv = 0.f;   // OLMoE: clamp q, k, v to [-clip, clip]; 0: off
+
+  RouterRule router;
+  int expert_intermediate_size = 0;  // per routed expert
+  int dense_intermediate_size = 0;   // dense MLP layers (Mistral/Llama, Qwen2-MoE mlp_only_layers)
+  int shared_expert_intermediate_size = 0;  // Qwen2-MoE shared expert; 0: none
+  std::vector<uint8_t> layer_is_moe;         // [n_layers]
+
+  int bos_token_id = -1;
+  std::vector<int> eos_token_ids;
+
+  bool is_moe_layer(int layer) const { return layer_is_moe[static_cast<size_t>(layer)] != 0; }
+  int q_dim() const { return n_heads * head_dim; }
+  int kv_dim() const { return n_kv_heads * head_dim; }
+  int group_size() const { return n_heads / n_kv_heads; }
+
+  // Throws ekva::Error naming `source` (the file) and the field at fault.
+  static ModelConfig from_json(const nlohmann::json& j, const std::string& source);
+  static ModelConfig from_file(const std::filesystem::path& config_json);
+};
+
+std::string_view architecture_name(Architecture arch);
+
+}  // namespace ekva

@@ -1,0 +1,136 @@
+#include "model/weights.h"
+
+#include <cstring>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+
+namespace ekva {
+
+namespace {
+
+class Binder {
+ public:
+  Binder(const TensorStore& store, ModelWeights& w) : store_(store), w_(w) {}
+
+  const TensorInfo& expect(const std::string& name, std::initializer_list<int64_t> shape) {
+    const TensorInfo& t = store_.get(name);
+    const std::vector<int64_t> want(shape);
+    if (t.shape != want)
+      fail("{}: tensor '{}' has shape {}, but the config implies [{}]", t.file->string(), name,
+           t.shape_string(), fmt::join(want, ", "));
+    if (t.dtype != DType::kBF16 && t.dtype != DType::kF16 && t.dtype != DType::kF32)
+      fail("{}: tensor '{}' has dtype {}; weights must be BF16, F16 or F32", t.file->string(),
+           name, dtype_name(t.dtype));
+    used_.insert(name);
+    return t;
+  }
+
+  WeightMatrix matrix(const std::string& name, int64_t rows, int64_t cols) {
+    const TensorInfo& t = expect(name, {rows, cols});
+    if (t.dtype == DType::kF16) {
+      auto& buf = w_.owned.emplace_back(widen(t));
+      return {DType::kF32, rows, cols, buf.data()};
+    }
+    return {t.dtype, rows, cols, t.data};
+  }
+
+  std::vector<float> vector(const std::string& name, int64_t n) { return widen(expect(name, {n})); }
+
+  void check_all_used() const {
+    std::vector<std::string> unused;
+    for (const auto& name : store_.names())
+      if (used_.count(name) == 0 && name.find("rotary_emb.inv_freq") == std::string::npos)
+        unused.push_back(name);
+    if (!unused.empty())
+      fail("{}: {} tensor(s) the config does not use, e.g. '{}' (wrong architecture or config?)",
+           store_.dir().string(), unused.size(), unused.front());
+  }
+
+ private:
+  static std::vector<float> widen(const TensorInfo& t) {
+    const auto n = static_cast<size_t>(t.numel());
+    std::vector<float> out(n);
+    for (size_t i = 0; i < n; ++i) {
+      if (t.dtype == DType::kF32) {
+        std::memcpy(&out[i], t.data + 4 * i, 4);
+      } else {
+        uint16_t h;
+        std::memcpy(&h, t.data + 2 * i, 2);
+        out[i] = t.dtype == DType::kBF16 ? bf16_to_f32(h) : f16_to_f32(h);
+      }
+    }
+    return out;
+  }
+
+  const TensorStore& store_;
+  ModelWeights& w_;
+  std::set<std::string> used_;
+};
+
+MlpWeights bind_mlp(Binder& b, const std::string& prefix, const char* gate, const char* up,
+                    const char* down, int64_t hidden, int64_t inter) {
+  return {b.matrix(prefix + gate + ".weight", inter, hidden),
+          b.matrix(prefix + up + ".weight", inter, hidden),
+          b.matrix(prefix + down + ".weight", hidden, inter)};
+}
+
+}  // namespace
+
+ModelWeights ModelWeights::bind(const ModelConfig& c, const TensorStore& store) {
+  ModelWeights w;
+  Binder b(store, w);
+  const int64_t H = c.hidden_size;
+  w.embed = b.matrix("model.embed_tokens.weight", c.vocab_size, H);
+  w.lm_head = c.tie_word_embeddings ? w.embed : b.matrix("lm_head.weight", c.vocab_size, H);
+  w.final_norm = b.vector("model.norm.weight", H);
+  w.layers.resize(static_cast<size_t>(c.n_layers));
+  for (int i = 0; i < c.n_layers; ++i) {
+    LayerWeights& L = w.layers[static_cast<size_t>(i)];
+    const std::string p = fmt::format("model.layers.{}.", i);
+    L.input_norm = b.vector(p + "input_layernorm.weight", H);
+    L.post_attn_norm = b.vector(p + "post_attention_layernorm.weight", H);
+    const std::string a = p + "self_attn.";
+    L.q = b.matrix(a + "q_proj.weight", c.q_dim(), H);
+    L.k = b.matrix(a + "k_proj.weight", c.kv_dim(), H);
+    L.v = b.matrix(a + "v_proj.weight", c.kv_dim(), H);
+    L.o = b.matrix(a + "o_proj.weight", H, c.q_dim());
+    if (c.qkv_bias) {
+      L.q_bias = b.vector(a + "q_proj.bias", c.q_dim());
+      L.k_bias = b.vector(a + "k_proj.bias", c.kv_dim());
+      L.v_bias = b.vector(a + "v_proj.bias", c.kv_dim());
+    }
+    if (c.o_bias) L.o_bias = b.vector(a + "o_proj.bias", H);
+    if (c.qk_norm) {
+      L.q_norm = b.vector(a + "q_norm.weight", c.q_dim());
+      L.k_norm = b.vector(a + "k_norm.weight", c.kv_dim());
+    }
+
+    const int64_t E = c.router.n_experts;
+    if (!c.is_moe_layer(i)) {
+      L.mlp = bind_mlp(b, p + "mlp.", "gate_proj", "up_proj", "down_proj", H,
+                       c.dense_intermediate_size);
+    } else if (c.arch == Architecture::kMixtral) {
+      L.router = b.matrix(p + "block_sparse_moe.gate.weight", E, H);
+      for (int64_t e = 0; e < E; ++e)
+        L.experts.push_back(bind_mlp(b, fmt::format("{}block_sparse_moe.experts.{}.", p, e), "w1",
+                                     "w3", "w2", H, c.expert_intermediate_size));
+    } else {
+      L.router = b.matrix(p + "mlp.gate.weight", E, H);
+      for (int64_t e = 0; e < E; ++e)
+        L.experts.push_back(bind_mlp(b, fmt::format("{}mlp.experts.{}.", p, e), "gate_proj",
+                                     "up_proj", "down_proj", H, c.expert_intermediate_size));
+      if (c.shared_expert_intermediate_size > 0) {
+        L.shared_expert = bind_mlp(b, p + "mlp.shared_expert.", "gate_proj", "up_proj", "down_proj",
+                                   H, c.shared_expert_intermediate_size);
+        L.shared_expert_gate = b.matrix(p + "mlp.shared_expert_gate.weight", 1, H);
+      }
+    }
+  }
+  b.check_all_used();
+  return w;
+}
+
+}  // namespace ekva

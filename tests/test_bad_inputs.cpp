@@ -1,0 +1,257 @@
+// Bad input gets one clear error naming the file, tensor or field at fault.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/thread_pool.h"
+#include "ekva/error.h"
+#include "kv/kv_cache.h"
+#include "model/config.h"
+#include "model/model.h"
+#include "model/safetensors.h"
+#include "test_util.h"
+
+namespace ekva {
+namespace {
+
+using ::testing::HasSubstr;
+using nlohmann::json;
+
+std::string with_header(const std::string& header, const std::string& data) {
+  std::string out(8, '\0');
+  const uint64_t n = header.size();
+  std::memcpy(out.data(), &n, 8);
+  return out + header + data;
+}
+
+// Expects `fn` to throw ekva::Error whose message contains every fragment.
+template <typename Fn>
+void expect_error(Fn&& fn, std::initializer_list<const char*> fragments) {
+  try {
+    fn();
+    ADD_FAILURE() << "no error thrown";
+  } catch (const Error& e) {
+    for (const char* f : fragments) EXPECT_THAT(e.what(), HasSubstr(f));
+  }
+}
+
+class BadSafetensors : public ::testing::Test {
+ protected:
+  void SetUp() override { dir_ = test::temp_dir("bad_st"); }
+  std::filesystem::path write(const std::string& bytes) {
+    const auto p = dir_ / "model.safetensors";
+    test::write_file(p, bytes);
+    return p;
+  }
+  std::filesystem::path dir_;
+};
+
+TEST_F(BadSafetensors, TooShortForTheHeaderLength) {
+  const auto p = write("abc");
+  expect_error([&] { SafetensorsFile::open(p); }, {"model.safetensors", "truncated"});
+}
+
+TEST_F(BadSafetensors, HeaderLengthPastTheEnd) {
+  std::string bytes = with_header(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", "1234");
+  bytes.resize(20);  // cut inside the header
+  const auto p = write(bytes);
+  expect_error([&] { SafetensorsFile::open(p); }, {"model.safetensors", "header length", "past the end"});
+}
+
+TEST_F(BadSafetensors, ImplausibleHeaderLength) {
+  std::string bytes(16, '\xff');
+  const auto p = write(bytes);
+  expect_error([&] { SafetensorsFile::open(p); }, {"implausible"});
+}
+
+TEST_F(BadSafetensors, HeaderIsNotJson) {
+  const auto p = write(with_header("{not json", ""));
+  expect_error([&] { SafetensorsFile::open(p); }, {"model.safetensors", "not valid JSON"});
+}
+
+TEST_F(BadSafetensors, UnknownDtype) {
+  const auto p = write(with_header(R"({"w":{"dtype":"F8_E9","shape":[2],"data_offsets":[0,2]}})", "xx"));
+  expect_error([&] { SafetensorsFile::open(p); }, {"tensor 'w'", "unknown dtype 'F8_E9'"});
+}
+
+TEST_F(BadSafetensors, OffsetsOutOfRange) {
+  const auto p = write(with_header(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", "12345678"));
+  expect_error([&] { SafetensorsFile::open(p); }, {"tensor 'w'", "out of range", "8 bytes"});
+}
+
+TEST_F(BadSafetensors, OffsetsDisagreeWithShape) {
+  const auto p = write(with_header(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", "12345678"));
+  expect_error([&] { SafetensorsFile::open(p); }, {"tensor 'w'", "span 8 bytes", "needs 12"});
+}
+
+TEST_F(BadSafetensors, OverlappingTensors) {
+  const auto p = write(with_header(
+      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+      "123456789012"));
+  expect_error([&] { SafetensorsFile::open(p); }, {"'a'", "'b'", "overlap"});
+}
+
+TEST_F(BadSafetensors, NegativeShape) {
+  const auto p = write(with_header(R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}})", ""));
+  expect_error([&] { SafetensorsFile::open(p); }, {"tensor 'w'", "non-negative"});
+}
+
+TEST_F(BadSafetensors, NoCheckpointInDirectory) {
+  expect_error([&] { TensorStore::open_model_dir(dir_); }, {"no model.safetensors"});
+}
+
+// --- Model directories derived from a valid reference case -----------------------
+
+class BadModelDir : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = test::temp_dir("bad_model");
+    const auto src = test::reference_dir() / "mixtral";
+    ASSERT_TRUE(std::filesystem::exists(src)) << "run the make_reference fixture";
+    for (const auto& e : std::filesystem::directory_iterator(src))
+      std::filesystem::copy(e.path(), dir_ / e.path().filename());
+    config_ = json::parse(test::read_file(dir_ / "config.json"));
+  }
+  void write_config() { test::write_file(dir_ / "config.json", config_.dump(2)); }
+
+  // Rewrites model.safetensors with `edit` applied to the (name -> info) list.
+  void rewrite_weights(const std::function<void(json& header, std::string& data)>& edit) {
+    const auto bytes = test::read_file(dir_ / "model.safetensors");
+    uint64_t n;
+    std::memcpy(&n, bytes.data(), 8);
+    json header = json::parse(bytes.substr(8, n));
+    std::string data = bytes.substr(8 + n);
+    edit(header, data);
+    test::write_file(dir_ / "model.safetensors", with_header(header.dump(), data));
+  }
+
+  std::filesystem::path dir_;
+  json config_;
+};
+
+TEST_F(BadModelDir, ValidCopyLoads) { EXPECT_NO_THROW(Model::load(dir_)); }
+
+TEST_F(BadModelDir, MissingTensor) {
+  rewrite_weights([](json& h, std::string&) { h.erase("model.layers.1.self_attn.k_proj.weight"); });
+  expect_error([&] { Model::load(dir_); }, {"missing tensor 'model.layers.1.self_attn.k_proj.weight'"});
+}
+
+TEST_F(BadModelDir, MisShapedTensor) {
+  rewrite_weights([](json& h, std::string&) {
+    auto& t = h["model.norm.weight"];
+    const int64_t n = t["shape"][0].get<int64_t>();
+    t["shape"] = {n / 2, 2};
+  });
+  expect_error([&] { Model::load(dir_); }, {"model.safetensors", "'model.norm.weight'", "has shape", "config implies [64]"});
+}
+
+TEST_F(BadModelDir, IntegerWeights) {
+  rewrite_weights([](json& h, std::string&) {
+    auto& t = h["model.norm.weight"];
+    t["dtype"] = "I16";
+  });
+  expect_error([&] { Model::load(dir_); }, {"'model.norm.weight'", "dtype I16"});
+}
+
+TEST_F(BadModelDir, ConfigMissingField) {
+  config_.erase("num_hidden_layers");
+  write_config();
+  expect_error([&] { Model::load(dir_); }, {"config.json", "missing required field 'num_hidden_layers'"});
+}
+
+TEST_F(BadModelDir, ConfigContradictoryHeads) {
+  config_["num_key_value_heads"] = 3;
+  write_config();
+  expect_error([&] { Model::load(dir_); }, {"config.json", "num_attention_heads (4)", "num_key_value_heads (3)"});
+}
+
+TEST_F(BadModelDir, ConfigTopKAboveExperts) {
+  config_["num_experts_per_tok"] = 9;
+  write_config();
+  expect_error([&] { Model::load(dir_); }, {"config.json", "num_experts_per_tok (9)", "experts (8)"});
+}
+
+TEST_F(BadModelDir, ConfigWrongType) {
+  config_["hidden_size"] = "64";
+  write_config();
+  expect_error([&] { Model::load(dir_); }, {"config.json", "'hidden_size' must be an integer"});
+}
+
+TEST_F(BadModelDir, ConfigNotJson) {
+  test::write_file(dir_ / "config.json", "{\"architectures\": [");
+  expect_error([&] { Model::load(dir_); }, {"config.json", "not valid JSON"});
+}
+
+TEST_F(BadModelDir, UnsupportedArchitecture) {
+  config_["architectures"] = {"GPT2LMHeadModel"};
+  write_config();
+  expect_error([&] { Model::load(dir_); }, {"config.json", "'GPT2LMHeadModel' is not supported"});
+}
+
+TEST_F(BadModelDir, ConfigDisagreesWithWeights) {
+  config_["hidden_size"] = 96;
+  write_config();
+  expect_error([&] { Model::load(dir_); }, {"'model.embed_tokens.weight'", "has shape [384, 64]", "[384, 96]"});
+}
+
+TEST_F(BadModelDir, ExtraTensorsMeanWrongArchitecture) {
+  config_["architectures"] = {"MistralForCausalLM"};
+  config_["model_type"] = "mistral";
+  write_config();
+  expect_error([&] { Model::load(dir_); }, {"missing tensor 'model.layers.0.mlp.gate_proj.weight'"});
+}
+
+TEST_F(BadModelDir, UnsupportedRopeScaling) {
+  config_["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+  write_config();
+  expect_error([&] { Model::load(dir_); }, {"config.json", "rope type 'yarn' is not supported"});
+}
+
+TEST_F(BadModelDir, SequenceLongerThanContext) {
+  config_["max_position_embeddings"] = 8;
+  write_config();
+  const auto model = Model::load(dir_);
+  const auto& c = model->config();
+  FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, 64);
+  std::vector<int32_t> tokens(9, 1);
+  std::vector<float> logits;
+  expect_error([&] { model->forward(tokens, cache, logits, false, default_pool()); },
+               {"9 tokens", "context of 8"});
+}
+
+TEST_F(BadModelDir, TokenOutsideVocabulary) {
+  const auto model = Model::load(dir_);
+  const auto& c = model->config();
+  FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, 64);
+  std::vector<int32_t> tokens = {1, 384};
+  std::vector<float> logits;
+  expect_error([&] { model->forward(tokens, cache, logits, false, default_pool()); },
+               {"token id 384", "outside the vocabulary"});
+}
+
+TEST(BadShardedDir, IndexNamesMissingShard) {
+  const auto dir = test::temp_dir("bad_index");
+  const auto src = test::reference_dir() / "mixtral_sharded";
+  for (const auto& e : std::filesystem::directory_iterator(src))
+    std::filesystem::copy(e.path(), dir / e.path().filename());
+  std::filesystem::remove(dir / "model-00002-of-00003.safetensors");
+  expect_error([&] { Model::load(dir); }, {"model-00002-of-00003.safetensors", "cannot open"});
+}
+
+TEST(BadShardedDir, IndexEscapingTheDirectory) {
+  const auto dir = test::temp_dir("bad_index2");
+  const auto src = test::reference_dir() / "mixtral_sharded";
+  for (const auto& e : std::filesystem::directory_iterator(src))
+    std::filesystem::copy(e.path(), dir / e.path().filename());
+  json index = json::parse(test::read_file(dir / "model.safetensors.index.json"));
+  index["weight_map"]["model.norm.weight"] = "../../etc/passwd";
+  test::write_file(dir / "model.safetensors.index.json", index.dump());
+  expect_error([&] { Model::load(dir); }, {"model.safetensors.index.json", "not a file in the model directory"});
+}
+
+}  // namespace
+}  // namespace ekva

@@ -1,0 +1,109 @@
+// The engine's logits against the independent numpy forward pass
+// (tools/make_reference.py), for every supported architecture: prefill logits of
+// every prompt position, then decode logits step by step, plus the router's top-k
+// choices in every MoE layer.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <map>
+
+#include <nlohmann/json.hpp>
+
+#include "core/thread_pool.h"
+#include "kv/kv_cache.h"
+#include "model/model.h"
+#include "test_util.h"
+
+namespace ekva {
+namespace {
+
+// f32 arithmetic against a float64 reference on weights stored in bf16/f16/f32:
+// the difference is f32 rounding accumulated over a few layers.
+constexpr double kTolerance = 1e-5;
+
+struct Reference {
+  std::vector<int32_t> tokens;
+  std::vector<float> logits;  // [N, vocab]
+  int64_t prefill_len = 0;
+  nlohmann::json router_topk;  // {"layer": [[e0, e1], ...per token]}
+};
+
+Reference load_reference(const std::filesystem::path& dir) {
+  const auto file = SafetensorsFile::open(dir / "reference.safetensors");
+  Reference r;
+  const TensorInfo& tokens = file->get("tokens");
+  const TensorInfo& logits = file->get("logits");
+  r.tokens.resize(static_cast<size_t>(tokens.numel()));
+  std::memcpy(r.tokens.data(), tokens.data, tokens.nbytes);
+  r.logits.resize(static_cast<size_t>(logits.numel()));
+  std::memcpy(r.logits.data(), logits.data, logits.nbytes);
+  r.prefill_len = std::stoll(file->metadata().at("prefill_len"));
+  if (file->metadata().count("router_topk")) r.router_topk = nlohmann::json::parse(file->metadata().at("router_topk"));
+  return r;
+}
+
+class ReferenceLogits : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ReferenceLogits, PrefillThenDecodeMatch) {
+  const auto dir = test::reference_dir() / GetParam();
+  ASSERT_TRUE(std::filesystem::exists(dir)) << dir << " missing: run the make_reference test fixture";
+  const auto model = Model::load(dir);
+  const Reference ref = load_reference(dir);
+  const ModelConfig& c = model->config();
+  const auto V = static_cast<size_t>(c.vocab_size);
+  const auto N = static_cast<int64_t>(ref.tokens.size());
+  ThreadPool& pool = default_pool();
+
+  // Routing decisions seen by the engine: layer -> [token] -> experts.
+  std::map<int, std::vector<std::vector<int32_t>>> routed;
+  ForwardObserver observer;
+  observer.routing = [&](int layer, const int32_t* experts, const float*, int64_t n, int k) {
+    for (int64_t t = 0; t < n; ++t) routed[layer].emplace_back(experts + t * k, experts + (t + 1) * k);
+  };
+
+  FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, N);
+  std::vector<float> logits;
+  model->forward(std::span(ref.tokens).first(static_cast<size_t>(ref.prefill_len)), cache, logits,
+                 /*all_logits=*/true, pool, &observer);
+  ASSERT_EQ(logits.size(), static_cast<size_t>(ref.prefill_len) * V);
+  for (int64_t t = 0; t < ref.prefill_len; ++t) {
+    EXPECT_LT(test::rel_error(&logits[static_cast<size_t>(t) * V], &ref.logits[static_cast<size_t>(t) * V], V), kTolerance)
+        << "prefill position " << t;
+  }
+  for (int64_t t = ref.prefill_len; t < N; ++t) {
+    model->forward(std::span(ref.tokens).subspan(static_cast<size_t>(t), 1), cache, logits, false, pool, &observer);
+    ASSERT_EQ(logits.size(), V);
+    EXPECT_LT(test::rel_error(logits.data(), &ref.logits[static_cast<size_t>(t) * V], V), kTolerance)
+        << "decode position " << t;
+  }
+  EXPECT_EQ(cache.length(), N);
+
+  for (const auto& [layer, per_token] : ref.router_topk.items()) {
+    const auto& mine = routed[std::stoi(layer)];
+    ASSERT_EQ(mine.size(), per_token.size()) << "layer " << layer;
+    for (size_t t = 0; t < mine.size(); ++t)
+      EXPECT_EQ(mine[t], per_token[t].get<std::vector<int32_t>>()) << "layer " << layer << " token " << t;
+  }
+}
+
+TEST_P(ReferenceLogits, LastLogitsOnlyMatchesAllLogits) {
+  const auto dir = test::reference_dir() / GetParam();
+  const auto model = Model::load(dir);
+  const Reference ref = load_reference(dir);
+  const ModelConfig& c = model->config();
+  const auto V = static_cast<size_t>(c.vocab_size);
+  FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, 64);
+  std::vector<float> logits;
+  const auto n = static_cast<size_t>(ref.tokens.size());
+  model->forward(ref.tokens, cache, logits, false, default_pool());
+  ASSERT_EQ(logits.size(), V);
+  EXPECT_LT(test::rel_error(logits.data(), &ref.logits[(n - 1) * V], V), kTolerance);
+}
+
+INSTANTIATE_TEST_SUITE_P(Architectures, ReferenceLogits,
+                         ::testing::Values("mixtral", "mixtral_sharded", "mixtral_f32", "mixtral_f16",
+                                           "qwen2_moe", "qwen2_moe_norm", "olmoe", "olmoe_clip",
+                                           "mistral", "mistral_swa", "llama"));
+
+}  // namespace
+}  // namespace ekva
