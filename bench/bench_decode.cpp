@@ -1,0 +1,133 @@
+// CPU decode against the machine's read bandwidth.
+//
+// Measures (1) the streaming read bandwidth of this machine with the engine's
+// thread pool and (2) the decode step of a model too large for the caches: the
+// bytes each step must read (the weights it touches, routed experts only, plus the
+// KV entries attention visits) over the step's median time, as a fraction of (1).
+//
+//   ekva_bench_decode -m DIR [--prompt 128 --steps 64] [--json-out FILE]
+#include <algorithm>
+#include <chrono>
+#include <ctime>
+#include <fstream>
+#include <random>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "kv/kv_cache.h"
+#include "model/model.h"
+#include "roofline/ceilings.h"
+
+namespace {
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+std::string utc_now() {
+  const std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"EKVA CPU decode benchmark: bytes read per step against measured read bandwidth"};
+  std::string model_dir, json_out, commit = "unknown";
+  int prompt_len = 128, steps = 64, bandwidth_runs = 15, threads = 0;
+  double bandwidth_gib = 2.0;
+  app.add_option("-m,--model", model_dir, "Model directory (larger than the last-level cache)")->required();
+  app.add_option("--prompt", prompt_len, "Prompt tokens before decoding")->check(CLI::PositiveNumber);
+  app.add_option("--steps", steps, "Decode steps to time")->check(CLI::PositiveNumber);
+  app.add_option("--bandwidth-gib", bandwidth_gib, "Buffer for the bandwidth measurement (GiB)");
+  app.add_option("--bandwidth-runs", bandwidth_runs, "Repetitions of the bandwidth measurement");
+  app.add_option("-t,--threads", threads, "Threads (0 = one per core)");
+  app.add_option("--commit", commit, "Commit recorded in the JSON");
+  app.add_option("--json-out", json_out, "Write the figures as JSON");
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    if (threads > 0) ekva::set_default_pool_threads(threads);
+    ekva::ThreadPool& pool = ekva::default_pool();
+    const auto bw = ekva::measure_read_bandwidth(pool, static_cast<size_t>(bandwidth_gib * (1 << 30)),
+                                                 bandwidth_runs);
+    fmt::print("read bandwidth   {:.2f} GB/s median, {:.2f} best ({} runs over {:.1f} GiB, {} threads)\n",
+               bw.median_gb_per_s, bw.best_gb_per_s, bw.runs, bandwidth_gib, pool.size());
+
+    const auto model = ekva::Model::load(model_dir);
+    const auto& c = model->config();
+    fmt::print("model            {} ({:.1f} MB of weights, {:.1f} MB active per token)\n", c.arch_name,
+               static_cast<double>(model->tensors().total_bytes()) / 1e6,
+               static_cast<double>(model->active_weight_bytes_per_token()) / 1e6);
+
+    ekva::FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, prompt_len + steps + 1);
+    std::mt19937 rng(1);
+    std::vector<int32_t> prompt(static_cast<size_t>(prompt_len));
+    for (auto& t : prompt) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(c.vocab_size));
+    std::vector<float> logits;
+    const auto t0 = std::chrono::steady_clock::now();
+    model->forward(prompt, cache, logits, false, pool);
+    const double prefill_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+    std::vector<double> step_s, step_gbs;
+    size_t bytes_total = 0, weight_total = 0, kv_total = 0;
+    for (int s = 0; s < steps; ++s) {
+      const auto next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+      const auto a = std::chrono::steady_clock::now();
+      const auto counters = model->forward({&next, 1}, cache, logits, false, pool);
+      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count();
+      const size_t bytes = counters.weight_bytes + counters.kv_bytes;
+      step_s.push_back(dt);
+      step_gbs.push_back(static_cast<double>(bytes) / dt / 1e9);
+      bytes_total += bytes;
+      weight_total += counters.weight_bytes;
+      kv_total += counters.kv_bytes;
+    }
+    const double med_s = median(step_s);
+    const double med_gbs = median(step_gbs);
+    const double fraction = med_gbs / bw.median_gb_per_s;
+    fmt::print("prefill          {} tokens in {:.3f} s ({:.1f} tok/s)\n", prompt_len, prefill_s,
+               prompt_len / prefill_s);
+    fmt::print("decode step      {:.2f} ms median ({:.1f} tok/s), {:.1f} MB read per step "
+               "({:.1f} weights + {:.2f} KV)\n",
+               med_s * 1e3, 1.0 / med_s, static_cast<double>(bytes_total) / steps / 1e6,
+               static_cast<double>(weight_total) / steps / 1e6, static_cast<double>(kv_total) / steps / 1e6);
+    fmt::print("decode read rate {:.2f} GB/s median = {:.1f}% of measured read bandwidth (target 70%)\n",
+               med_gbs, 100.0 * fraction);
+
+    if (!json_out.empty()) {
+      nlohmann::json j;
+      j["benchmark"] = "cpu_decode_vs_read_bandwidth";
+      j["commit"] = commit;
+      j["date"] = utc_now();
+      j["device"] = ekva::cpu_description(pool.size());
+      j["model"] = {{"dir", model_dir},
+                    {"architecture", c.arch_name},
+                    {"weight_bytes", model->tensors().total_bytes()},
+                    {"active_weight_bytes_per_token", model->active_weight_bytes_per_token()}};
+      j["read_bandwidth_gb_per_s"] = {{"median", bw.median_gb_per_s}, {"best", bw.best_gb_per_s},
+                                      {"buffer_bytes", bw.bytes}, {"runs", bw.runs}};
+      j["decode"] = {{"prompt_tokens", prompt_len},
+                     {"steps", steps},
+                     {"step_ms_median", med_s * 1e3},
+                     {"tokens_per_second", 1.0 / med_s},
+                     {"bytes_per_step", static_cast<double>(bytes_total) / steps},
+                     {"read_gb_per_s_median", med_gbs},
+                     {"fraction_of_read_bandwidth", fraction}};
+      j["prefill"] = {{"tokens", prompt_len}, {"seconds", prefill_s}};
+      std::ofstream(json_out) << j.dump(2) << "\n";
+      fmt::print("wrote {}\n", json_out);
+    }
+  } catch (const ekva::Error& e) {
+    fmt::print(stderr, "ekva_bench_decode: error: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The `ekva` command on bad input: a non-zero exit and one clear message naming the
+# culprit, never a crash. Needs EKVA (the binary) and DATA (the test data folder).
+set -u
+fails=0
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# expect_error WANT_SUBSTRING -- COMMAND...
+expect_error() {
+  local want=$1; shift; shift
+  local out rc
+  out=$("$@" 2>&1); rc=$?
+  if [ $rc -eq 0 ] || [ $rc -ge 128 ]; then
+    echo "FAIL (exit $rc, want a clean non-zero exit): $*"; echo "$out" | head -5; fails=$((fails+1))
+  elif ! grep -qF -- "$want" <<<"$out"; then
+    echo "FAIL (message lacks '$want'): $*"; echo "$out" | head -5; fails=$((fails+1))
+  else
+    echo "ok: $want"
+  fi
+}
+
+ref=$DATA/reference/mixtral
+expect_error "not a model directory" -- "$EKVA" generate -m "$tmp/nope" -p hi
+expect_error "tokenizer.json" -- "$EKVA" generate -m "$ref" -p hi
+expect_error "give a prompt" -- "$EKVA" generate -m "$ref"
+expect_error "top-p" -- "$EKVA" generate -m "$ref" -p hi --top-p 2
+expect_error "prompt-file" -- "$EKVA" generate -m "$ref" -f "$tmp/missing.txt"
+
+cp -r "$ref" "$tmp/trunc"
+head -c 100 "$ref/model.safetensors" > "$tmp/trunc/model.safetensors"
+expect_error "model.safetensors: truncated" -- "$EKVA" info -m "$tmp/trunc"
+
+cp -r "$ref" "$tmp/arch"
+sed -i 's/MixtralForCausalLM/FalconForCausalLM/' "$tmp/arch/config.json"
+expect_error "'FalconForCausalLM' is not supported" -- "$EKVA" info -m "$tmp/arch"
+
+# With a real tokenizer: the shipped model, when present.
+model=${SHIPPED_MODEL:-}
+if [ -n "$model" ] && [ -d "$model" ]; then
+  long=$(printf 'the quick brown fox jumps over the lazy dog %.0s' $(seq 1 40))
+  expect_error "does not fit the context of 64 tokens" -- "$EKVA" generate -m "$model" -c 64 -p "$long"
+  expect_error "exceeds the model's max_position_embeddings" -- "$EKVA" generate -m "$model" -c 100000000 -p hi
+  cp -r "$model" "$tmp/badtok"
+  echo '{"model": {"type": "BPE", "vocab": ' > "$tmp/badtok/tokenizer.json"
+  expect_error "tokenizer.json" -- "$EKVA" generate -m "$tmp/badtok" -p hi
+fi
+
+[ $fails -eq 0 ] && echo "all CLI error checks passed" || { echo "$fails CLI error check(s) failed"; exit 1; }
