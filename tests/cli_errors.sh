@@ -25,7 +25,7 @@ expect_error "not a model directory" -- "$EKVA" generate -m "$tmp/nope" -p hi
 expect_error "tokenizer.json" -- "$EKVA" generate -m "$ref" -p hi
 expect_error "give a prompt" -- "$EKVA" generate -m "$ref"
 expect_error "top-p" -- "$EKVA" generate -m "$ref" -p hi --top-p 2
-expect_error "prompt-file" -- "$EKVA" generate -m "$ref" -f "$tmp/missing.txt"
+expect_error "missing.txt: cannot open prompt file" -- "$EKVA" generate -m "$ref" -f "$tmp/missing.txt"
 
 cp -r "$ref" "$tmp/trunc"
 head -c 100 "$ref/model.safetensors" > "$tmp/trunc/model.safetensors"

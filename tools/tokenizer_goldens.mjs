@@ -35,11 +35,15 @@ const TEXTS = [
   { name: "shouting", text: "HELLO WORLD, SHOUTING'S FUN. DON'T YOU THINK? WE'LL SEE." },
   {
     name: "python",
-    text: "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n\n\nprint([fib(i) for i in range(10)])\n",
+    text:
+      "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n" +
+      "\n\nprint([fib(i) for i in range(10)])\n",
   },
   {
     name: "cpp_tabs",
-    text: "#include <vector>\n\nint main() {\n\tstd::vector<int> v{1, 2, 3};\n\tfor (auto& x : v) {\n\t\tx *= 2;  // double\n\t}\n\treturn 0;\n}\n",
+    text:
+      "#include <vector>\n\nint main() {\n\tstd::vector<int> v{1, 2, 3};\n" +
+      "\tfor (auto& x : v) {\n\t\tx *= 2;  // double\n\t}\n\treturn 0;\n}\n",
   },
   { name: "json", text: '{"key": [1, 2.5, -3e10], "nested": {"a": null, "b": true}}' },
   { name: "accents", text: "Café naïve résumé — São Paulo, Zürich, Ångström, façade" },

@@ -51,8 +51,8 @@ int run_generate(const GenerateArgs& a) {
   ekva::EngineOptions eo;
   eo.threads = a.threads;
   eo.context = a.context;
-  auto engine = ekva::Engine::open(a.model_dir, eo);
   const std::string prompt = a.prompt_file.empty() ? a.prompt : read_file(a.prompt_file);
+  auto engine = ekva::Engine::open(a.model_dir, eo);
   ekva::GenerateOptions go;
   go.max_new_tokens = a.n;
   go.sampling = a.sampling;
