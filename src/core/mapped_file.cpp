@@ -30,7 +30,9 @@ MappedFile MappedFile::open(const std::filesystem::path& path) {
   file.path_ = path;
   file.size_ = static_cast<size_t>(st.st_size);
   if (file.size_ > 0) {
-    void* p = ::mmap(nullptr, file.size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    // MAP_POPULATE maps every page up front: a decode step that routes to an
+    // expert for the first time would otherwise stall on thousands of page faults.
+    void* p = ::mmap(nullptr, file.size_, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
     if (p == MAP_FAILED) {
       const int err = errno;
       ::close(fd);

@@ -70,9 +70,36 @@ HWY_INLINE void tile(const WT* const* w, const float* const* x, int64_t K, float
   }
 }
 
+// One token (decode): each weight row is one linear stream, walked with four
+// independent accumulators. Reading rows one after another keeps the access
+// pattern a single sequential stream per thread, which the hardware prefetcher
+// follows across the whole matrix; interleaving several rows (as the prefill tile
+// does) splits it into short streams the prefetcher keeps losing.
+template <typename WT>
+HWY_INLINE float row_dot(const WT* w, const float* x, int64_t K) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
+  int64_t k = 0;
+  for (; k + 4 * N <= K; k += 4 * N) {
+    a0 = hn::MulAdd(load_weights<WT>(w + k), hn::LoadU(df, x + k), a0);
+    a1 = hn::MulAdd(load_weights<WT>(w + k + N), hn::LoadU(df, x + k + N), a1);
+    a2 = hn::MulAdd(load_weights<WT>(w + k + 2 * N), hn::LoadU(df, x + k + 2 * N), a2);
+    a3 = hn::MulAdd(load_weights<WT>(w + k + 3 * N), hn::LoadU(df, x + k + 3 * N), a3);
+  }
+  for (; k + N <= K; k += N) a0 = hn::MulAdd(load_weights<WT>(w + k), hn::LoadU(df, x + k), a0);
+  float sum = hn::GetLane(hn::SumOfLanes(df, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3))));
+  for (; k < K; ++k) sum += weight_scalar(w, k) * x[k];
+  return sum;
+}
+
 template <typename WT>
 void matmul_range_t(const float* const* x_rows, int64_t n_tokens, const WT* w, int64_t K,
                     int64_t row_begin, int64_t row_end, float* const* y_rows) {
+  if (n_tokens == 1) {
+    for (int64_t r = row_begin; r < row_end; ++r) y_rows[0][r] = row_dot(w + r * K, x_rows[0], K);
+    return;
+  }
   constexpr int kRows = 4;
   constexpr int kTokens = 4;
   int64_t r = row_begin;
