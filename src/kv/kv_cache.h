@@ -28,6 +28,12 @@ class KvCache {
   // their original positions; they are never re-rotated).
   virtual void append(int layer, std::span<const int32_t> positions, const float* k,
                       const float* v) = 0;
+  // Expert tags of the entries just appended to `layer`: the top-1 expert of that
+  // layer's router for each token (the router runs after attention, so tags come
+  // after append, within the same forward call). Dense layers never call it.
+  virtual void tag(int layer, std::span<const int32_t> positions, const int32_t* top1_experts) {
+    (void)layer, (void)positions, (void)top1_experts;
+  }
   // Appends to `out` the chunks holding the live entries of (layer, kv_head).
   virtual void view(int layer, int kv_head, std::vector<KvChunk>& out) const = 0;
   // Tokens the sequence has seen (the next position), whether or not they are kept.

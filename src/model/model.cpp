@@ -165,7 +165,7 @@ ForwardCounters Model::forward(std::span<const int32_t> tokens, KvCache& cache,
 
   for (int layer = 0; layer < c.n_layers; ++layer) {
     attention_block(layer, s, cache, pool, observer, counters);
-    moe_block(layer, s, pool, observer, counters);
+    moe_block(layer, s, cache, pool, observer, counters);
     if (observer && observer->tensor) observer->tensor("hidden", layer, s.x.data(), T, H);
   }
 
@@ -257,8 +257,8 @@ size_t mlp_bytes(const MlpWeights& m) { return m.gate.nbytes() + m.up.nbytes() +
 
 }  // namespace
 
-void Model::moe_block(int layer, Scratch& s, ThreadPool& pool, const ForwardObserver* observer,
-                      ForwardCounters& counters) const {
+void Model::moe_block(int layer, Scratch& s, KvCache& cache, ThreadPool& pool,
+                      const ForwardObserver* observer, ForwardCounters& counters) const {
   const ModelConfig& c = config_;
   const LayerWeights& L = weights_.layers[static_cast<size_t>(layer)];
   const int64_t T = s.n_tokens;
@@ -289,6 +289,9 @@ void Model::moe_block(int layer, Scratch& s, ThreadPool& pool, const ForwardObse
       route(&router_logits[static_cast<size_t>(t * E)], c.router, &experts[static_cast<size_t>(t * K)],
             &weights[static_cast<size_t>(t * K)]);
     if (observer && observer->routing) observer->routing(layer, experts.data(), weights.data(), T, K);
+    std::vector<int32_t> top1(static_cast<size_t>(T));  // the expert tags of this layer's entries
+    for (int64_t t = 0; t < T; ++t) top1[static_cast<size_t>(t)] = experts[static_cast<size_t>(t * K)];
+    cache.tag(layer, s.positions, top1.data());
 
     // Group the tokens by expert so each expert's weights are read once per call.
     std::vector<std::vector<int32_t>> rows(static_cast<size_t>(E));

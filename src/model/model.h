@@ -64,8 +64,8 @@ class Model {
   struct Scratch;
   void attention_block(int layer, Scratch& s, KvCache& cache, ThreadPool& pool,
                        const ForwardObserver* observer, ForwardCounters& counters) const;
-  void moe_block(int layer, Scratch& s, ThreadPool& pool, const ForwardObserver* observer,
-                 ForwardCounters& counters) const;
+  void moe_block(int layer, Scratch& s, KvCache& cache, ThreadPool& pool,
+                 const ForwardObserver* observer, ForwardCounters& counters) const;
 
   ModelConfig config_;
   TensorStore store_;

@@ -1,0 +1,230 @@
+#include "kv/block_pool.h"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstring>
+
+#include "core/error.h"
+
+// Under AddressSanitizer, free blocks are poisoned so that reading a block after its
+// release (a stale view chunk, say) is reported: the slabs come from mmap, which
+// ASan does not track by itself.
+#if defined(__SANITIZE_ADDRESS__)
+#define EKVA_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define EKVA_ASAN 1
+#endif
+#endif
+#ifdef EKVA_ASAN
+#include <sanitizer/asan_interface.h>
+#define EKVA_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define EKVA_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define EKVA_POISON(p, n) ((void)(p), (void)(n))
+#define EKVA_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+namespace ekva {
+
+namespace {
+
+constexpr size_t kAlign = 64;  // a cache line; also keeps K and V rows 16-byte aligned
+constexpr size_t kDefaultSlabBytes = size_t{2} << 20;
+
+size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+}  // namespace
+
+BlockPool::BlockPool(BlockPoolConfig config)
+    : block_size_(config.block_size),
+      head_dim_(config.head_dim),
+      max_empty_slabs_(config.max_empty_slabs) {
+  if (block_size_ <= 0) fail("block pool: block_size must be positive, got {}", block_size_);
+  if (head_dim_ <= 0) fail("block pool: head_dim must be positive, got {}", head_dim_);
+  if (config.slab_blocks < 0 || max_empty_slabs_ < 0)
+    fail("block pool: slab_blocks ({}) and max_empty_slabs ({}) must not be negative",
+         config.slab_blocks, max_empty_slabs_);
+  const auto B = static_cast<size_t>(block_size_);
+  const size_t row_bytes = static_cast<size_t>(head_dim_) * sizeof(float);
+  v_offset_ = align_up(B * row_bytes);
+  positions_offset_ = v_offset_ + align_up(B * row_bytes);
+  tags_offset_ = positions_offset_ + B * sizeof(int32_t);
+  scores_offset_ = tags_offset_ + B * sizeof(int32_t);
+  block_bytes_ = align_up(scores_offset_ + B * sizeof(float));
+  const size_t wanted = config.slab_blocks > 0
+                            ? static_cast<size_t>(config.slab_blocks)
+                            : std::max<size_t>(1, kDefaultSlabBytes / block_bytes_);
+  slab_shift_ = std::bit_width(std::bit_ceil(wanted)) - 1;
+  if (slab_shift_ > 20) fail("block pool: {} blocks per slab is too many (at most 2^20)", wanted);
+  slab_mask_ = (int32_t{1} << slab_shift_) - 1;
+}
+
+BlockPool::~BlockPool() {
+  const size_t slab_bytes = static_cast<size_t>(slab_blocks()) * block_bytes_;
+  for (const Slab& s : slabs_) {
+    if (!s.base) continue;
+    EKVA_UNPOISON(s.base, slab_bytes);
+    munmap(s.base, slab_bytes);
+  }
+}
+
+int32_t BlockPool::allocate() {
+  int slab = -1;
+  for (size_t w = 0; w < has_free_.size(); ++w) {
+    if (has_free_[w]) {
+      slab = static_cast<int>(w * 64) + std::countr_zero(has_free_[w]);
+      break;
+    }
+  }
+  if (slab < 0) slab = map_slab();
+  Slab& s = slabs_[static_cast<size_t>(slab)];
+  if (s.free.size() == static_cast<size_t>(slab_blocks())) --slabs_empty_;
+  const int32_t index = s.free.back();
+  s.free.pop_back();
+  s.used[static_cast<size_t>(index)] = true;
+  if (s.free.empty()) set_has_free(slab, false);
+  ++blocks_in_use_;
+  const int32_t block = (slab << slab_shift_) | index;
+  EKVA_UNPOISON(base(block), block_bytes_);
+  return block;
+}
+
+void BlockPool::release(int32_t block) {
+  EKVA_CHECK(in_use(block), "block pool: block {} released but not in use", block);
+  EKVA_POISON(base(block), block_bytes_);
+  const int slab = block >> slab_shift_;
+  Slab& s = slabs_[static_cast<size_t>(slab)];
+  const int32_t index = block & slab_mask_;
+  s.used[static_cast<size_t>(index)] = false;
+  s.free.push_back(index);
+  if (!s.draining) set_has_free(slab, true);
+  --blocks_in_use_;
+  if (s.free.size() == static_cast<size_t>(slab_blocks())) {
+    ++slabs_empty_;
+    if (s.draining || slabs_empty_ > max_empty_slabs_) unmap_slab(slab);
+  }
+}
+
+int BlockPool::release_empty_slabs() {
+  int released = 0;
+  for (size_t s = 0; s < slabs_.size(); ++s) {
+    if (slabs_[s].base && slabs_[s].free.size() == static_cast<size_t>(slab_blocks())) {
+      unmap_slab(static_cast<int>(s));
+      ++released;
+    }
+  }
+  return released;
+}
+
+int BlockPool::begin_drain() {
+  EKVA_CHECK(draining_.empty(), "block pool: a drain is already under way");
+  const int64_t per_slab = slab_blocks();
+  const auto keep = static_cast<size_t>((blocks_in_use_ + per_slab - 1) / per_slab);
+  std::vector<int> mapped;  // fullest first
+  for (size_t s = 0; s < slabs_.size(); ++s)
+    if (slabs_[s].base) mapped.push_back(static_cast<int>(s));
+  std::stable_sort(mapped.begin(), mapped.end(), [&](int a, int b) {
+    return slabs_[static_cast<size_t>(a)].free.size() < slabs_[static_cast<size_t>(b)].free.size();
+  });
+  for (size_t i = keep; i < mapped.size(); ++i) {
+    slabs_[static_cast<size_t>(mapped[i])].draining = true;
+    set_has_free(mapped[i], false);
+    draining_.push_back(mapped[i]);
+  }
+  return static_cast<int>(draining_.size());
+}
+
+int32_t BlockPool::move(int32_t block) {
+  // The slabs kept by begin_drain() have room for every block in use, so this never
+  // maps a slab.
+  const int32_t to = allocate();
+  std::memcpy(base(to), base(block), block_bytes_);
+  release(block);
+  return to;
+}
+
+int BlockPool::end_drain() {
+  int returned = 0;
+  for (int slab : draining_) {
+    Slab& s = slabs_[static_cast<size_t>(slab)];
+    if (!s.base) {  // emptied, and unmapped, while draining
+      ++returned;
+      continue;
+    }
+    s.draining = false;
+    if (s.free.size() == static_cast<size_t>(slab_blocks())) {
+      unmap_slab(slab);
+      ++returned;
+    } else if (!s.free.empty()) {
+      set_has_free(slab, true);
+    }
+  }
+  draining_.clear();
+  return returned;
+}
+
+bool BlockPool::in_use(int32_t block) const {
+  if (block < 0) return false;
+  const auto slab = static_cast<size_t>(block >> slab_shift_);
+  return slab < slabs_.size() && slabs_[slab].base &&
+         slabs_[slab].used[static_cast<size_t>(block & slab_mask_)];
+}
+
+int BlockPool::map_slab() {
+  // Anonymous mmap rather than operator new: munmap really returns the pages, where
+  // malloc may keep large freed chunks in its arenas.
+  const size_t bytes = static_cast<size_t>(slab_blocks()) * block_bytes_;
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED)
+    fail("block pool: cannot map a slab of {} bytes ({} blocks in use): {}", bytes, blocks_in_use_,
+         std::strerror(errno));
+  size_t slab = 0;
+  while (slab < slabs_.size() && slabs_[slab].base) ++slab;  // reuse a returned slab's id
+  if (slab == slabs_.size()) {
+    if (static_cast<int64_t>(slab + 1) << slab_shift_ > (int64_t{1} << 31)) {
+      munmap(p, bytes);
+      fail("block pool: more than 2^31 blocks");
+    }
+    slabs_.emplace_back();
+    has_free_.resize(slabs_.size() / 64 + 1, 0);
+  }
+  Slab& s = slabs_[slab];
+  s.base = static_cast<std::byte*>(p);
+  EKVA_POISON(p, bytes);
+  s.used.assign(static_cast<size_t>(slab_blocks()), false);
+  s.free.resize(static_cast<size_t>(slab_blocks()));
+  // A stack popped from the back: index 0 is handed out first, so blocks fill a
+  // slab from its start.
+  for (int32_t i = 0; i < slab_blocks(); ++i)
+    s.free[static_cast<size_t>(i)] = slab_blocks() - 1 - i;
+  set_has_free(static_cast<int>(slab), true);
+  ++slabs_mapped_;
+  ++slabs_empty_;
+  return static_cast<int>(slab);
+}
+
+// Only for empty slabs.
+void BlockPool::unmap_slab(int slab) {
+  Slab& s = slabs_[static_cast<size_t>(slab)];
+  EKVA_UNPOISON(s.base, static_cast<size_t>(slab_blocks()) * block_bytes_);
+  munmap(s.base, static_cast<size_t>(slab_blocks()) * block_bytes_);
+  s.base = nullptr;
+  s.free = {};
+  s.used = {};
+  s.draining = false;
+  set_has_free(slab, false);
+  --slabs_mapped_;
+  --slabs_empty_;
+}
+
+void BlockPool::set_has_free(int slab, bool value) {
+  const uint64_t bit = uint64_t{1} << (slab % 64);
+  uint64_t& word = has_free_[static_cast<size_t>(slab / 64)];
+  word = value ? word | bit : word & ~bit;
+}
+
+}  // namespace ekva

@@ -1,0 +1,203 @@
+// The ragged paged KV store: the KV entries of many sequences in blocks of one
+// BlockPool, grouped into segments that policies compress to their budgets. Each
+// sequence gets a KvCache (append, tag, view) so the forward pass runs on the store
+// unchanged; eviction goes through one call per segment (keep) that compacts the
+// survivors and returns the emptied blocks to the pool.
+//
+// Per (sequence, layer, kv-head) the entries live in:
+//   - the protected segment, never evicted: the attention sinks (positions <
+//     sink_tokens, a block list of their own) and the recent window (the last
+//     recent_window entries, a FIFO ring of blocks). New entries enter the ring
+//     untagged; when it overflows, its oldest entries graduate into the list of
+//     their expert tag. Untagged entries never graduate, so between append and
+//     tag the ring may hold a whole prompt longer than the window.
+//   - evictable lists, one per storage tag: entries in position order, every block
+//     full except the last one.
+// Entries keep their original positions (RoPE is applied at write, never redone).
+//
+// Granularity decides the budget key, i.e. which entries form one segment. K/V stay
+// per kv-head physically (attention reads one kv-head's entries), so collapsing
+// kv-heads makes a segment span the lists of several kv-heads. Collapsing experts
+// stores all tags of a (layer, kv-head) in one list (the tag stays in each entry's
+// metadata): one list per tag would only add a partly filled tail block per tag, up
+// to (n_experts + 1) x block_size wasted slots per kv-head, and more, shorter chunks
+// for attention to read.
+//
+// Not thread-safe: the sequences share one pool, so calls (forward passes of
+// different sequences included) must not overlap.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "kv/block_pool.h"
+#include "kv/kv_cache.h"
+
+namespace ekva {
+
+// Which entries of a sequence share one budget.
+enum class Granularity {
+  kPerLayer,       // (layer): SnapKV, PyramidKV
+  kPerHead,        // (layer, kv-head): Ada-KV
+  kPerExpert,      // (layer, expert tag), all kv-heads together
+  kPerHeadExpert,  // (layer, kv-head, expert tag): EKVA
+};
+
+inline constexpr int kNoExpert = -1;          // tag of entries of dense layers (never tagged)
+inline constexpr int kAllExperts = -2;        // SegmentKey::expert when experts are collapsed
+inline constexpr int kAllHeads = -1;          // SegmentKey::kv_head when kv-heads are collapsed
+inline constexpr int kProtectedSegment = -1;  // EntryRun::segment of sinks and recent window
+
+struct StoreConfig {
+  KvShape shape;
+  int n_experts = 0;  // 0: a dense model (every entry is tagged kNoExpert)
+  int block_size = 32;
+  Granularity granularity = Granularity::kPerHeadExpert;
+  int sink_tokens = 4;
+  int recent_window = 32;
+  int64_t max_context = 0;  // positions must stay below it
+  int slab_blocks = 0;      // BlockPoolConfig::slab_blocks
+  int max_empty_slabs = 1;  // BlockPoolConfig::max_empty_slabs
+};
+
+struct SegmentKey {
+  int layer = 0;
+  int kv_head = kAllHeads;   // 0..n_kv_heads-1, or kAllHeads
+  int expert = kAllExperts;  // 0..n_experts-1, kNoExpert, or kAllExperts
+};
+
+struct SegmentInfo {
+  int id = 0;  // 0..n_segments()-1, the same key for the same id in every sequence
+  SegmentKey key;
+  int64_t n_entries = 0;
+  int64_t n_blocks = 0;
+};
+
+// Entries of one (sequence, layer, kv-head) that sit contiguously in one block, with
+// their metadata. Runs are listed in a fixed order (view_runs: the order of view's
+// chunks; segment_runs: the order keep's entry indices count in), so a policy can
+// line its per-entry scores up with them. Valid until the next call that changes
+// the sequence.
+struct EntryRun {
+  int segment = kProtectedSegment;  // segment id, or kProtectedSegment
+  int kv_head = 0;
+  int64_t n = 0;
+  const float* k = nullptr;            // [n, head_dim]
+  const float* v = nullptr;            // [n, head_dim]
+  const int32_t* positions = nullptr;  // [n] strictly increasing within a segment's list
+  const int32_t* tags = nullptr;       // [n] expert tags; kNoExpert until tagged
+  float* scores = nullptr;             // [n] the policy's score per entry; 0 at append
+};
+
+struct StoreBytes {
+  size_t kv = 0;        // live entries x 2 x head_dim x sizeof(float)
+  size_t metadata = 0;  // live entries x (position + tag + score)
+  size_t reserved = 0;  // blocks in use x block bytes
+  // Reserved over K/V bytes, minus one: the slack of partly filled blocks plus the
+  // metadata.
+  double paging_waste() const {
+    return kv == 0 ? 0.0 : static_cast<double>(reserved) / static_cast<double>(kv) - 1.0;
+  }
+};
+
+class PagedKvStore {
+ public:
+  explicit PagedKvStore(StoreConfig config);
+  ~PagedKvStore();
+  PagedKvStore(const PagedKvStore&) = delete;
+  PagedKvStore& operator=(const PagedKvStore&) = delete;
+
+  // A new empty sequence; ids of removed sequences are reused.
+  int add_sequence();
+  // Returns all blocks of the sequence to the pool and forgets its id.
+  void remove_sequence(int seq);
+  // The sequence's KvCache; stays valid until the sequence is removed.
+  KvCache& cache(int seq);
+
+  // Segments: ids are 0..n_segments()-1 for every (sequence, layer); the protected
+  // segment has none (it is never evicted).
+  int n_segments() const;
+  int segment_id(SegmentKey key) const;
+  SegmentKey segment_key(int layer, int segment) const;
+  // Appends the non-empty segments of (seq, layer) to `out`.
+  void segments(int seq, int layer, std::vector<SegmentInfo>& out) const;
+  // Appends the runs of a segment in entry order: its kv-heads ascending, each in
+  // position order. Entry index i of keep() is the i-th entry of these runs.
+  void segment_runs(int seq, int layer, int segment, std::vector<EntryRun>& out);
+  // Appends the runs of (seq, layer, kv_head), protected ones included, in the order
+  // of the chunks view() gives.
+  void view_runs(int seq, int layer, int kv_head, std::vector<EntryRun>& out);
+  // Commits an eviction: the segment keeps exactly the entries at `entries`
+  // (strictly increasing indices into its entry order), compacted into the fewest
+  // blocks in their original order with their metadata; the emptied blocks go back
+  // to the pool. A bad index changes nothing and throws.
+  void keep(int seq, int layer, int segment, std::span<const int32_t> entries);
+  // Sinks plus recent entries of (seq, layer, kv_head).
+  int64_t protected_entries(int seq, int layer, int kv_head) const;
+
+  // Appends the ids of every block the sequence holds (block tables, audits).
+  void blocks(int seq, std::vector<int32_t>& out) const;
+  StoreBytes bytes(int seq) const;
+  StoreBytes bytes() const;  // all sequences
+  // Blocks held by all sequences in one layer.
+  int64_t blocks_in_use(int layer) const;
+  // Packs the blocks of all sequences into the fewest slabs and returns the other
+  // slabs to the OS (eviction frees blocks, but the survivors may keep every slab
+  // partly used); copies at most the live blocks, for after a large eviction such as
+  // compressing a prefill. Invalidates views. The number of slabs returned.
+  int defragment();
+  const BlockPool& pool() const { return pool_; }
+  const StoreConfig& config() const { return config_; }
+
+ private:
+  class SequenceCache;
+  struct Sequence;
+  struct BlockList;
+  struct RecentRing;
+  struct HeadState;
+  struct LayerState;
+
+  Sequence& sequence(int seq) const;
+  void check_layer(int layer) const;
+  void check_segment(int segment) const;
+  int segment_of(int kv_head, int storage_tag) const {
+    return (heads_apart_ ? kv_head : 0) * n_storage_tags_ + storage_tag;
+  }
+  void append(Sequence& s, int layer, std::span<const int32_t> positions, const float* k,
+              const float* v);
+  void tag(Sequence& s, int layer, std::span<const int32_t> positions, const int32_t* experts);
+  void graduate(Sequence& s, int layer);
+  void compact(Sequence& s, int layer, BlockList& list, std::span<const int32_t> entries,
+               int64_t offset);
+  void clear(Sequence& s);
+  int32_t take_block(Sequence& s, int layer);
+  void give_block(Sequence& s, int layer, int32_t block);
+  // Room for one more entry at the tail: a new block when the last one is full.
+  void grow(Sequence& s, int layer, BlockList& list);
+  void grow(Sequence& s, int layer, RecentRing& ring);
+  // Drops the oldest entry of the ring, returning its block once drained.
+  void pop_front(Sequence& s, int layer, RecentRing& ring);
+  // Copies n entries with their metadata; src and dst may overlap within a block.
+  void move_entries(int32_t src, int64_t src_slot, int32_t dst, int64_t dst_slot, int64_t n) const;
+  // fn(segment, block, first slot, n) for the runs of one (layer, kv-head), in view order.
+  template <typename Fn>
+  void for_each_run(const HeadState& h, int kv_head, Fn&& fn) const;
+  // fn(kv_head, list) for the lists of a segment, in its entry order.
+  template <typename Fn>
+  void for_each_segment_list(Sequence& s, int layer, int segment, Fn&& fn) const;
+  EntryRun run(int segment, int kv_head, int32_t block, int64_t slot, int64_t n) const;
+
+  StoreConfig config_;
+  BlockPool pool_;
+  bool heads_apart_;    // segments keep kv-heads apart
+  bool experts_apart_;  // segments (and evictable lists) keep expert tags apart
+  int n_storage_tags_;  // evictable lists per (layer, kv-head): n_experts + 1 or 1
+  std::vector<std::unique_ptr<Sequence>> sequences_;  // [seq id]; null: removed
+  std::vector<int64_t> layer_blocks_;                 // [n_layers] blocks in use per layer
+  int64_t entries_ = 0;                               // live entries of all sequences
+};
+
+}  // namespace ekva

@@ -1,0 +1,730 @@
+// The block pool and the ragged paged KV store: attention over the store equals
+// attention over the full cache while nothing is evicted; tags send entries to their
+// expert segments; keep() compacts survivors exactly; a long decode soak with
+// periodic eviction keeps every invariant (protected tokens, budgets, no block lost
+// or shared, exact bytes); bad use fails with a clear message.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <iterator>
+#include <memory>
+#include <random>
+#include <set>
+#include <string>
+
+#include "core/thread_pool.h"
+#include "ekva/error.h"
+#include "kv/block_pool.h"
+#include "kv/kv_cache.h"
+#include "kv/paged_store.h"
+#include "ops/ops.h"
+#include "test_util.h"
+
+namespace ekva {
+namespace {
+
+// Runs fn and expects an ekva::Error whose message contains `what`.
+template <typename Fn>
+void expect_error(Fn&& fn, const std::string& what) {
+  try {
+    fn();
+    ADD_FAILURE() << "no error; expected one containing '" << what << "'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+  }
+}
+
+// K and V rows whose values say which entry they belong to (exact small integers),
+// so a test can tell that an entry's K, V and position stayed together.
+float k_value(int seq, int layer, int head, int32_t pos, int d) {
+  if (d == 0) return static_cast<float>(pos);
+  if (d == 1) return static_cast<float>((seq * 10 + layer) * 10 + head);
+  return static_cast<float>((pos * 31 + d * 7) % 1009);
+}
+float v_value(int seq, int layer, int head, int32_t pos, int d) {
+  return -k_value(seq, layer, head, pos, d) - 0.5f;
+}
+
+// k, v [n, n_kv_heads, head_dim] for `positions`, filled with k_value / v_value.
+void labelled_kv(int seq, int layer, const KvShape& shape, std::span<const int32_t> positions,
+                 std::vector<float>& k, std::vector<float>& v) {
+  const size_t n = positions.size(), H = static_cast<size_t>(shape.n_kv_heads),
+               D = static_cast<size_t>(shape.head_dim);
+  k.resize(n * H * D);
+  v.resize(n * H * D);
+  for (size_t t = 0; t < n; ++t)
+    for (size_t h = 0; h < H; ++h)
+      for (size_t d = 0; d < D; ++d) {
+        const auto hd = static_cast<int>(h), dd = static_cast<int>(d);
+        k[(t * H + h) * D + d] = k_value(seq, layer, hd, positions[t], dd);
+        v[(t * H + h) * D + d] = v_value(seq, layer, hd, positions[t], dd);
+      }
+}
+
+std::vector<int32_t> iota_positions(int64_t first, int64_t n) {
+  std::vector<int32_t> p(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) p[static_cast<size_t>(i)] = static_cast<int32_t>(first + i);
+  return p;
+}
+
+// Positions of runs, in run order.
+std::vector<int32_t> run_positions(const std::vector<EntryRun>& runs) {
+  std::vector<int32_t> out;
+  for (const EntryRun& r : runs) out.insert(out.end(), r.positions, r.positions + r.n);
+  return out;
+}
+
+std::vector<EntryRun> segment_runs(PagedKvStore& store, int seq, int layer, int segment) {
+  std::vector<EntryRun> runs;
+  store.segment_runs(seq, layer, segment, runs);
+  return runs;
+}
+
+std::vector<EntryRun> view_runs(PagedKvStore& store, int seq, int layer, int kv_head) {
+  std::vector<EntryRun> runs;
+  store.view_runs(seq, layer, kv_head, runs);
+  return runs;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+TEST(BlockPool, RecyclesBlocksAndReturnsEmptySlabs) {
+  BlockPool pool({/*block_size=*/4, /*head_dim=*/3, /*slab_blocks=*/3, /*max_empty_slabs=*/0});
+  EXPECT_EQ(pool.slab_blocks(), 4);  // rounded up to a power of two
+  EXPECT_EQ(pool.block_bytes() % 64, 0u);
+  std::vector<int32_t> blocks;
+  for (int i = 0; i < 10; ++i) blocks.push_back(pool.allocate());
+  EXPECT_EQ(std::set<int32_t>(blocks.begin(), blocks.end()).size(), 10u);
+  EXPECT_EQ(pool.blocks_in_use(), 10);
+  EXPECT_EQ(pool.blocks_free(), 2);
+  EXPECT_EQ(pool.slabs_mapped(), 3);
+  EXPECT_EQ(pool.reserved_bytes(), 3 * 4 * pool.block_bytes());
+  // Every array of every block is distinct memory: fill all, then read all back.
+  for (int32_t b : blocks) {
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(pool.k(b)) % 64, 0u);
+    for (int i = 0; i < 4 * 3; ++i) pool.k(b)[i] = static_cast<float>(b), pool.v(b)[i] = -b;
+    for (int i = 0; i < 4; ++i) {
+      pool.positions(b)[i] = b;
+      pool.tags(b)[i] = b + 1;
+      pool.scores(b)[i] = static_cast<float>(b + 2);
+    }
+  }
+  for (int32_t b : blocks) {
+    for (int i = 0; i < 4 * 3; ++i) ASSERT_TRUE(pool.k(b)[i] == b && pool.v(b)[i] == -b);
+    for (int i = 0; i < 4; ++i)
+      ASSERT_TRUE(pool.positions(b)[i] == b && pool.tags(b)[i] == b + 1 &&
+                  pool.scores(b)[i] == b + 2);
+  }
+  // Emptying the middle slab returns it to the OS at once (max_empty_slabs = 0).
+  for (int i = 4; i < 8; ++i) pool.release(blocks[static_cast<size_t>(i)]);
+  EXPECT_EQ(pool.slabs_mapped(), 2);
+  EXPECT_EQ(pool.blocks_in_use(), 6);
+  EXPECT_EQ(pool.blocks_free(), 2);
+  EXPECT_FALSE(pool.in_use(blocks[4]));
+  expect_error([&] { pool.release(blocks[4]); }, "released but not in use");
+  // The lowest slab with room is used first: the free blocks of slab 2, then slab 1
+  // is mapped again.
+  EXPECT_EQ(pool.allocate() >> 2, 2);
+  EXPECT_EQ(pool.allocate() >> 2, 2);
+  EXPECT_EQ(pool.allocate() >> 2, 1);
+  EXPECT_EQ(pool.slabs_mapped(), 3);
+
+  // Draining: with slab 0 emptied (and returned), the live blocks are one in slab 1
+  // and two in slab 2; the one in slab 1 moves to slab 2, with its contents, and
+  // slab 1 goes back to the OS.
+  for (int i : {0, 1, 2, 3, 8, 9}) pool.release(blocks[static_cast<size_t>(i)]);
+  std::vector<int32_t> live;
+  for (int32_t b = 0; b < 12; ++b)
+    if (pool.in_use(b)) live.push_back(b);
+  ASSERT_EQ(live, (std::vector<int32_t>{4, 10, 11}));
+  EXPECT_EQ(pool.slabs_mapped(), 2);
+  for (int32_t b : live) pool.scores(b)[3] = static_cast<float>(b);
+  EXPECT_EQ(pool.begin_drain(), 1);
+  EXPECT_TRUE(pool.draining(4));
+  EXPECT_FALSE(pool.draining(10));
+  const int32_t moved = pool.move(4);
+  EXPECT_EQ(moved >> 2, 2);
+  EXPECT_EQ(pool.scores(moved)[3], 4.f);
+  EXPECT_EQ(pool.end_drain(), 1);
+  EXPECT_EQ(pool.slabs_mapped(), 1);
+  EXPECT_EQ(pool.blocks_in_use(), 3);
+
+  BlockPool lazy({4, 3, 4, /*max_empty_slabs=*/1});
+  std::vector<int32_t> more;
+  for (int i = 0; i < 12; ++i) more.push_back(lazy.allocate());
+  for (int32_t b : more) lazy.release(b);
+  EXPECT_EQ(lazy.slabs_mapped(), 1);  // one empty slab kept against churn
+  EXPECT_EQ(lazy.blocks_free(), 4);
+  EXPECT_EQ(lazy.release_empty_slabs(), 1);
+  EXPECT_EQ(lazy.slabs_mapped(), 0);
+  EXPECT_EQ(lazy.reserved_bytes(), 0u);
+}
+
+// Without eviction, attention over the chunks of each sequence's store view equals
+// attention over a FullKvCache fed the same appends: several block sizes, GQA
+// shapes, both ends of the granularity range, three sequences appended in turns.
+struct AttentionShape {
+  int n_heads, n_kv_heads, head_dim;
+};
+
+using PagedVsFullParam = std::tuple<int /*block_size*/, AttentionShape, Granularity>;
+class PagedVsFull : public ::testing::TestWithParam<PagedVsFullParam> {};
+
+TEST_P(PagedVsFull, AttentionMatchesWithoutEviction) {
+  // Not a structured binding: the lambda below captures these (clang 14 cannot).
+  const int block_size = std::get<0>(GetParam());
+  const AttentionShape shape = std::get<1>(GetParam());
+  const Granularity granularity = std::get<2>(GetParam());
+  const KvShape kv{2, shape.n_kv_heads, shape.head_dim};
+  const int E = 4;
+  PagedKvStore store({kv, E, block_size, granularity, /*sink_tokens=*/4, /*recent_window=*/8,
+                      /*max_context=*/256});
+  ThreadPool pool(2);
+  std::mt19937 rng(block_size * 100 + shape.head_dim);
+  const int n_seqs = 3;
+  std::vector<int> seqs;
+  std::vector<std::unique_ptr<FullKvCache>> full;
+  for (int i = 0; i < n_seqs; ++i) {
+    seqs.push_back(store.add_sequence());
+    full.push_back(std::make_unique<FullKvCache>(kv, 256));
+  }
+  // One forward-like call: per layer append, attend the new tokens, tag (layer 0 is
+  // MoE, layer 1 dense).
+  const auto step = [&](int i, int64_t n_tokens) {
+    KvCache& paged = store.cache(seqs[static_cast<size_t>(i)]);
+    KvCache& ref = *full[static_cast<size_t>(i)];
+    ASSERT_EQ(paged.length(), ref.length());
+    const auto positions = iota_positions(ref.length(), n_tokens);
+    for (int layer = 0; layer < 2; ++layer) {
+      const size_t kv_size = static_cast<size_t>(n_tokens * kv.n_kv_heads * kv.head_dim);
+      const auto k = test::random_floats(kv_size, rng());
+      const auto v = test::random_floats(kv_size, rng());
+      paged.append(layer, positions, k.data(), v.data());
+      ref.append(layer, positions, k.data(), v.data());
+      std::vector<std::vector<KvChunk>> paged_chunks(static_cast<size_t>(kv.n_kv_heads)),
+          ref_chunks(static_cast<size_t>(kv.n_kv_heads));
+      for (int h = 0; h < kv.n_kv_heads; ++h) {
+        paged.view(layer, h, paged_chunks[static_cast<size_t>(h)]);
+        ref.view(layer, h, ref_chunks[static_cast<size_t>(h)]);
+        int64_t n = 0;
+        for (const KvChunk& c : paged_chunks[static_cast<size_t>(h)]) {
+          EXPECT_LE(c.n, block_size);
+          n += c.n;
+        }
+        EXPECT_EQ(n, ref.length());
+      }
+      const auto q = test::random_floats(
+          static_cast<size_t>(n_tokens * shape.n_heads * shape.head_dim), rng());
+      std::vector<float> out(q.size()), out_ref(q.size());
+      AttentionParams p;
+      p.n_queries = n_tokens;
+      p.n_heads = shape.n_heads;
+      p.n_kv_heads = shape.n_kv_heads;
+      p.head_dim = shape.head_dim;
+      p.scale = 1.f / std::sqrt(static_cast<float>(shape.head_dim));
+      p.q = q.data();
+      p.q_positions = positions.data();
+      p.out = out.data();
+      attention(p, paged_chunks, pool);
+      p.out = out_ref.data();
+      attention(p, ref_chunks, pool);
+      EXPECT_LT(test::rel_error(out.data(), out_ref.data(), out.size()), 1e-5)
+          << "sequence " << i << " layer " << layer << " at " << positions.front();
+      if (layer == 0) {
+        std::vector<int32_t> tags(static_cast<size_t>(n_tokens));
+        for (auto& t : tags) t = static_cast<int32_t>(rng() % E);
+        paged.tag(layer, positions, tags.data());
+      }
+    }
+    EXPECT_EQ(paged.bytes_used(), ref.bytes_used());
+  };
+  const int64_t prefill[n_seqs] = {9, 45, 1};
+  for (int i = 0; i < n_seqs; ++i) step(i, prefill[i]);
+  for (int t = 0; t < 30; ++t)
+    for (int i = 0; i < n_seqs; ++i) step(i, t == 10 && i == 1 ? 5 : 1);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    BlockSizesShapes, PagedVsFull,
+    ::testing::Combine(::testing::Values(1, 7, 32),
+                       ::testing::Values(AttentionShape{4, 2, 16}, AttentionShape{6, 3, 17},
+                                         AttentionShape{8, 1, 32}),
+                       ::testing::Values(Granularity::kPerHeadExpert, Granularity::kPerLayer)));
+
+// Tags: sinks and the recent window stay protected; older entries land in the
+// segment of their expert tag (kNoExpert for a dense layer), in position order.
+TEST(PagedKvStore, TagsGraduateIntoExpertSegments) {
+  const KvShape kv{2, 2, 4};
+  const int E = 3, S = 4, W = 8;
+  PagedKvStore store({kv, E, /*block_size=*/4, Granularity::kPerHeadExpert, S, W, 64});
+  const int seq = store.add_sequence();
+  KvCache& cache = store.cache(seq);
+  const auto tag_of = [](int32_t pos) { return static_cast<int32_t>(pos * 7 % 3); };
+  std::vector<float> k, v;
+  const auto forward = [&](int64_t n) {
+    const auto positions = iota_positions(cache.length(), n);
+    for (int layer = 0; layer < 2; ++layer) {
+      labelled_kv(seq, layer, kv, positions, k, v);
+      cache.append(layer, positions, k.data(), v.data());
+      if (layer == 0) {
+        // Until tagged, the new entries wait in the protected segment (beside the
+        // sinks) even past the window.
+        const int64_t waiting = n - std::max<int64_t>(0, S - positions[0]);
+        EXPECT_EQ(store.protected_entries(seq, 0, 1),
+                  std::min<int64_t>(S, cache.length()) + std::max<int64_t>(W, waiting));
+        std::vector<int32_t> tags;
+        for (int32_t p : positions) tags.push_back(tag_of(p));
+        cache.tag(layer, positions, tags.data());
+      }
+    }
+  };
+  // Protected: positions 0..S-1 and the last W; expert e: positions S..len-W-1 with
+  // tag e; layer 1 (dense): all of S..len-W-1 as kNoExpert (graduated at the next
+  // append, so one step behind for the last prefill entries).
+  const auto check = [&](int layer, int64_t graduated_end) {
+    const int64_t len = cache.length();
+    for (int h = 0; h < kv.n_kv_heads; ++h) {
+      std::vector<int32_t> protected_positions;
+      for (const EntryRun& r : view_runs(store, seq, layer, h))
+        if (r.segment == kProtectedSegment)
+          protected_positions.insert(protected_positions.end(), r.positions, r.positions + r.n);
+      std::vector<int32_t> expected_protected = iota_positions(0, S);
+      for (int64_t p = graduated_end; p < len; ++p)
+        expected_protected.push_back(static_cast<int32_t>(p));
+      EXPECT_EQ(protected_positions, expected_protected) << "layer " << layer << " head " << h;
+      for (int e = kNoExpert; e < E; ++e) {
+        std::vector<int32_t> expected;
+        for (int64_t p = S; p < graduated_end; ++p)
+          if (layer == 0 ? tag_of(static_cast<int32_t>(p)) == e : e == kNoExpert)
+            expected.push_back(static_cast<int32_t>(p));
+        const auto runs = segment_runs(store, seq, layer, store.segment_id({layer, h, e}));
+        EXPECT_EQ(run_positions(runs), expected)
+            << "layer " << layer << " head " << h << " e " << e;
+        for (const EntryRun& r : runs) {
+          EXPECT_EQ(r.kv_head, h);
+          for (int64_t j = 0; j < r.n; ++j) {
+            EXPECT_EQ(r.tags[j], e);
+            EXPECT_EQ(r.k[j * kv.head_dim + 1], k_value(seq, layer, h, r.positions[j], 1));
+            EXPECT_EQ(r.v[j * kv.head_dim + 3], v_value(seq, layer, h, r.positions[j], 3));
+          }
+        }
+      }
+    }
+  };
+  forward(20);  // prefill: 4 sinks, 16 recent, of which 8 graduate once tagged
+  check(0, 20 - W);
+  check(1, S);  // dense: nothing tagged, so nothing graduates until the next append
+  for (int step = 0; step < 10; ++step) {
+    forward(1);
+    check(0, cache.length() - W);
+    check(1, cache.length() - W);
+  }
+
+  // Collapsed experts: one segment per kv-head, tags kept per entry.
+  PagedKvStore per_head({kv, E, 4, Granularity::kPerHead, S, W, 64});
+  const int s2 = per_head.add_sequence();
+  const auto positions = iota_positions(0, 30);
+  labelled_kv(s2, 0, kv, positions, k, v);
+  per_head.cache(s2).append(0, positions, k.data(), v.data());
+  std::vector<int32_t> tags;
+  for (int32_t p : positions) tags.push_back(tag_of(p));
+  per_head.cache(s2).tag(0, positions, tags.data());
+  std::vector<SegmentInfo> infos;
+  per_head.segments(s2, 0, infos);
+  ASSERT_EQ(infos.size(), 2u);
+  for (int h = 0; h < 2; ++h) {
+    EXPECT_EQ(infos[static_cast<size_t>(h)].key.kv_head, h);
+    EXPECT_EQ(infos[static_cast<size_t>(h)].key.expert, kAllExperts);
+    const auto runs = segment_runs(per_head, s2, 0, infos[static_cast<size_t>(h)].id);
+    EXPECT_EQ(run_positions(runs), iota_positions(S, 30 - W - S));
+    for (const EntryRun& r : runs)
+      for (int64_t j = 0; j < r.n; ++j) EXPECT_EQ(r.tags[j], tag_of(r.positions[j]));
+  }
+
+  // Collapsed kv-heads: one segment per expert tag, spanning both kv-heads in order.
+  PagedKvStore per_expert({kv, E, 4, Granularity::kPerExpert, S, W, 64});
+  const int s3 = per_expert.add_sequence();
+  per_expert.cache(s3).append(0, positions, k.data(), v.data());
+  per_expert.cache(s3).tag(0, positions, tags.data());
+  for (int e = 0; e < E; ++e) {
+    const int id = per_expert.segment_id({0, kAllHeads, e});
+    EXPECT_EQ(per_expert.segment_key(0, id).expert, e);
+    std::vector<std::pair<int, int32_t>> got, want;  // (kv-head, position)
+    for (const EntryRun& r : segment_runs(per_expert, s3, 0, id))
+      for (int64_t j = 0; j < r.n; ++j) got.emplace_back(r.kv_head, r.positions[j]);
+    for (int h = 0; h < 2; ++h)
+      for (int32_t p = S; p < 30 - W; ++p)
+        if (tag_of(p) == e) want.emplace_back(h, p);
+    EXPECT_EQ(got, want) << "expert " << e;
+  }
+}
+
+// keep() of a random subset: survivors are exactly the kept entries in order, with
+// their K, V, positions, tags and scores; the segment shrinks to the fewest blocks;
+// bytes are exact.
+class KeepTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(KeepTest, CompactsSurvivorsInOrder) {
+  const int B = GetParam();
+  const KvShape kv{1, 2, 5};
+  for (Granularity granularity : {Granularity::kPerHeadExpert, Granularity::kPerLayer}) {
+    PagedKvStore store({kv, 2, B, granularity, /*sink_tokens=*/2, /*recent_window=*/3, 512});
+    const int seq = store.add_sequence();
+    const auto positions = iota_positions(0, 150);
+    std::vector<float> k, v;
+    labelled_kv(seq, 0, kv, positions, k, v);
+    store.cache(seq).append(0, positions, k.data(), v.data());
+    std::vector<int32_t> tags;
+    for (int32_t p : positions) tags.push_back(p % 5 == 0 ? 0 : 1);
+    store.cache(seq).tag(0, positions, tags.data());
+
+    const int segment =
+        granularity == Granularity::kPerLayer ? store.segment_id({0}) : store.segment_id({0, 1, 1});
+    auto runs = segment_runs(store, seq, 0, segment);
+    std::vector<std::pair<int, int32_t>> entries;  // (kv-head, position) in entry order
+    for (EntryRun& r : runs)
+      for (int64_t j = 0; j < r.n; ++j) {
+        r.scores[j] = static_cast<float>(r.positions[j]) * 0.5f + static_cast<float>(r.kv_head);
+        entries.emplace_back(r.kv_head, r.positions[j]);
+      }
+    std::vector<int32_t> keep;
+    std::mt19937 rng(B);
+    for (int32_t i = 0; i < static_cast<int32_t>(entries.size()); ++i)
+      if (rng() % 3 == 0) keep.push_back(i);
+    std::vector<SegmentInfo> before;
+    store.segments(seq, 0, before);
+    const int64_t blocks_before = store.pool().blocks_in_use();
+    int64_t segment_blocks_before = 0;
+    for (const SegmentInfo& s : before)
+      if (s.id == segment) segment_blocks_before = s.n_blocks;
+
+    store.keep(seq, 0, segment, keep);
+
+    runs = segment_runs(store, seq, 0, segment);
+    size_t i = 0;
+    int64_t kept_per_head[2] = {0, 0};
+    for (const EntryRun& r : runs) {
+      for (int64_t j = 0; j < r.n; ++j, ++i) {
+        ASSERT_LT(i, keep.size());
+        const auto [head, pos] = entries[static_cast<size_t>(keep[i])];
+        ++kept_per_head[head];
+        EXPECT_EQ(r.kv_head, head);
+        EXPECT_EQ(r.positions[j], pos);
+        EXPECT_EQ(r.tags[j], pos % 5 == 0 ? 0 : 1);
+        EXPECT_EQ(r.scores[j], static_cast<float>(pos) * 0.5f + static_cast<float>(head));
+        for (int d = 0; d < kv.head_dim; ++d) {
+          EXPECT_EQ(r.k[j * kv.head_dim + d], k_value(seq, 0, head, pos, d));
+          EXPECT_EQ(r.v[j * kv.head_dim + d], v_value(seq, 0, head, pos, d));
+        }
+      }
+    }
+    EXPECT_EQ(i, keep.size());
+    // One list per kv-head of the segment, each in ceil(kept / B) blocks.
+    const int64_t segment_blocks = ceil_div(kept_per_head[0], B) + ceil_div(kept_per_head[1], B);
+    std::vector<SegmentInfo> after;
+    store.segments(seq, 0, after);
+    for (const SegmentInfo& s : after) {
+      if (s.id != segment) continue;
+      EXPECT_EQ(s.n_entries, static_cast<int64_t>(keep.size()));
+      EXPECT_EQ(s.n_blocks, segment_blocks);
+    }
+    EXPECT_EQ(store.pool().blocks_in_use(), blocks_before - segment_blocks_before + segment_blocks);
+    EXPECT_EQ(store.blocks_in_use(0), store.pool().blocks_in_use());
+    // 150 entries per kv-head minus the evicted ones.
+    const auto live = static_cast<size_t>(2 * 150) - (entries.size() - keep.size());
+    const StoreBytes bytes = store.bytes(seq);
+    EXPECT_EQ(bytes.kv, live * 2 * 5 * sizeof(float));
+    EXPECT_EQ(bytes.metadata, live * 12);
+    EXPECT_EQ(bytes.reserved,
+              static_cast<size_t>(store.pool().blocks_in_use()) * store.pool().block_bytes());
+    EXPECT_EQ(store.cache(seq).bytes_used(), bytes.kv);
+
+    // Evicting everything frees every block of the segment.
+    store.keep(seq, 0, segment, {});
+    EXPECT_EQ(store.pool().blocks_in_use(), blocks_before - segment_blocks_before);
+    std::vector<SegmentInfo> emptied;
+    store.segments(seq, 0, emptied);
+    for (const SegmentInfo& s : emptied) EXPECT_NE(s.id, segment);
+
+    store.cache(seq).clear();
+    EXPECT_EQ(store.pool().blocks_in_use(), 0);
+    EXPECT_EQ(store.cache(seq).length(), 0);
+    EXPECT_EQ(store.bytes(seq).kv, 0u);
+    store.cache(seq).append(0, std::span(positions).first(3), k.data(), v.data());
+    EXPECT_EQ(store.cache(seq).length(), 3);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(BlockSizes, KeepTest, ::testing::Values(1, 7, 32));
+
+// 3 sequences x 2 layers x 2 kv-heads x 8 experts, 2000 decode steps with random
+// tags, each segment evicted down to a random budget whenever it passes budget +
+// slack; the store is audited against a mirror of the live positions after every
+// step. Reports the paging waste it measured.
+class SoakTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(SoakTest, DecodeWithPeriodicEviction) {
+  const int B = GetParam();
+  constexpr int kHeads = 2;
+  const KvShape kv{2, kHeads, 16};
+  const int E = 8, S = 4, W = 32, kSlack = 8, kSteps = 2000, kSeqs = 3;
+  const int64_t kContext = 4096;
+  PagedKvStore store({kv, E, B, Granularity::kPerHeadExpert, S, W, kContext, /*slab_blocks=*/16});
+  const int n_segments = store.n_segments();
+  std::mt19937 rng(1234 + B);
+
+  struct Mirror {
+    int id = -1;
+    std::vector<std::vector<char>> alive_by_head;  // [layer * n_kv_heads + head][position]
+    std::vector<int> budgets;                      // [layer * n_segments + segment]
+
+    std::vector<char>& alive(int layer, int kv_head) {
+      return alive_by_head[static_cast<size_t>(layer * kHeads + kv_head)];
+    }
+    int& budget(int layer, int segment, int n_segments) {
+      return budgets[static_cast<size_t>(layer * n_segments + segment)];
+    }
+  };
+  std::vector<Mirror> mirrors(kSeqs);
+  const auto draw_budgets = [&](Mirror& m) {
+    m.budgets.resize(static_cast<size_t>(kv.n_layers * n_segments));
+    for (int& b : m.budgets) b = static_cast<int>(rng() % 49);
+  };
+  std::vector<float> k, v;
+  const auto forward = [&](Mirror& m, int64_t n) {
+    KvCache& cache = store.cache(m.id);
+    const auto positions = iota_positions(cache.length(), n);
+    for (int layer = 0; layer < kv.n_layers; ++layer) {
+      labelled_kv(m.id, layer, kv, positions, k, v);
+      cache.append(layer, positions, k.data(), v.data());
+      std::vector<int32_t> tags;
+      for (size_t t = 0; t < positions.size(); ++t) tags.push_back(static_cast<int32_t>(rng() % E));
+      cache.tag(layer, positions, tags.data());
+      for (int h = 0; h < kv.n_kv_heads; ++h)
+        for (int32_t p : positions) m.alive(layer, h)[static_cast<size_t>(p)] = 1;
+    }
+  };
+  const auto start = [&](Mirror& m) {
+    m.id = store.add_sequence();
+    m.alive_by_head.assign(static_cast<size_t>(kv.n_layers * kv.n_kv_heads),
+                           std::vector<char>(static_cast<size_t>(kContext), 0));
+    draw_budgets(m);
+    forward(m, 1 + static_cast<int64_t>(rng() % 64));
+  };
+  // Amortised eviction: a segment past budget + slack drops to a random subset of
+  // `budget` entries.
+  const auto evict = [&](Mirror& m) {
+    for (int layer = 0; layer < kv.n_layers; ++layer) {
+      std::vector<SegmentInfo> infos;
+      store.segments(m.id, layer, infos);
+      for (const SegmentInfo& s : infos) {
+        const int budget = m.budget(layer, s.id, n_segments);
+        if (s.n_entries <= budget + kSlack) continue;
+        const auto positions = run_positions(segment_runs(store, m.id, layer, s.id));
+        std::vector<int32_t> all(positions.size()), keep;
+        for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int32_t>(i);
+        std::sample(all.begin(), all.end(), std::back_inserter(keep), budget, rng);
+        std::vector<char> kept(all.size(), 0);
+        for (int32_t i : keep) kept[static_cast<size_t>(i)] = 1;
+        for (size_t i = 0; i < all.size(); ++i)
+          if (!kept[i]) m.alive(layer, s.key.kv_head)[static_cast<size_t>(positions[i])] = 0;
+        store.keep(m.id, layer, s.id, keep);
+      }
+    }
+  };
+
+  size_t sum_reserved = 0, sum_kv = 0;
+  const auto audit = [&](int step) {
+    std::vector<int32_t> all_blocks;
+    size_t kv_total = 0;
+    for (Mirror& m : mirrors) {
+      SCOPED_TRACE("step " + std::to_string(step) + " sequence " + std::to_string(m.id));
+      const int64_t len = store.cache(m.id).length();
+      int64_t live = 0, segment_blocks = 0, min_protected_blocks = 0;
+      for (int layer = 0; layer < kv.n_layers; ++layer) {
+        for (int h = 0; h < kv.n_kv_heads; ++h) {
+          const auto& alive = m.alive(layer, h);
+          std::vector<int32_t> seen, protected_positions;
+          for (const EntryRun& r : view_runs(store, m.id, layer, h)) {
+            ASSERT_GT(r.n, 0);
+            ASSERT_LE(r.n, B);
+            for (int64_t j = 0; j < r.n; ++j) {
+              const int32_t p = r.positions[j];
+              seen.push_back(p);
+              if (r.segment == kProtectedSegment) protected_positions.push_back(p);
+              const bool full_row = step % 100 == 0;
+              for (int d = 0; d < kv.head_dim; d += full_row ? 1 : kv.head_dim - 1) {
+                ASSERT_EQ(r.k[j * kv.head_dim + d], k_value(m.id, layer, h, p, d)) << p;
+                ASSERT_EQ(r.v[j * kv.head_dim + d], v_value(m.id, layer, h, p, d)) << p;
+              }
+            }
+          }
+          // The store holds exactly the mirror's live positions.
+          std::sort(seen.begin(), seen.end());
+          std::vector<int32_t> expected;
+          for (int32_t p = 0; p < len; ++p)
+            if (alive[static_cast<size_t>(p)]) expected.push_back(p);
+          ASSERT_EQ(seen, expected) << "layer " << layer << " head " << h;
+          live += static_cast<int64_t>(seen.size());
+          // Protected: the sinks and the last W positions, never evicted.
+          std::vector<int32_t> want_protected;
+          for (int32_t p = 0; p < len; ++p)
+            if (p < S || p >= len - W) want_protected.push_back(p);
+          ASSERT_EQ(protected_positions, want_protected);
+          ASSERT_EQ(store.protected_entries(m.id, layer, h),
+                    static_cast<int64_t>(want_protected.size()));
+          const int64_t sinks = std::min<int64_t>(S, len);
+          const int64_t recent = std::min<int64_t>(W, len - sinks);
+          min_protected_blocks += ceil_div(sinks, B) + ceil_div(recent, B);
+        }
+        std::vector<SegmentInfo> infos;
+        store.segments(m.id, layer, infos);
+        for (const SegmentInfo& s : infos) {
+          ASSERT_LE(s.n_entries, m.budget(layer, s.id, n_segments) + kSlack);
+          ASSERT_EQ(s.n_blocks, ceil_div(s.n_entries, B));  // compact: fewest blocks
+          segment_blocks += s.n_blocks;
+          const auto runs = segment_runs(store, m.id, layer, s.id);
+          const auto positions = run_positions(runs);
+          ASSERT_TRUE(std::adjacent_find(positions.begin(), positions.end(),
+                                         [](int32_t a, int32_t b) { return a >= b; }) ==
+                      positions.end())
+              << "positions not strictly increasing in segment " << s.id;
+          for (const EntryRun& r : runs)
+            for (int64_t j = 0; j < r.n; ++j) ASSERT_EQ(r.tags[j], s.key.expert);
+        }
+      }
+      std::vector<int32_t> blocks;
+      store.blocks(m.id, blocks);
+      const auto n_blocks = static_cast<int64_t>(blocks.size());
+      // Protected blocks: sinks, plus the ring (at most one more block per kv-head).
+      ASSERT_GE(n_blocks - segment_blocks, min_protected_blocks);
+      ASSERT_LE(n_blocks - segment_blocks, min_protected_blocks + kv.n_layers * kv.n_kv_heads);
+      all_blocks.insert(all_blocks.end(), blocks.begin(), blocks.end());
+      // Exact bytes.
+      const StoreBytes bytes = store.bytes(m.id);
+      ASSERT_EQ(bytes.kv, static_cast<size_t>(live) * 2 * kv.head_dim * sizeof(float));
+      ASSERT_EQ(bytes.metadata, static_cast<size_t>(live) * 12);
+      ASSERT_EQ(bytes.reserved, static_cast<size_t>(n_blocks) * store.pool().block_bytes());
+      ASSERT_EQ(store.cache(m.id).bytes_used(), bytes.kv);
+      kv_total += bytes.kv;
+    }
+    // No block leaked or held twice.
+    std::sort(all_blocks.begin(), all_blocks.end());
+    ASSERT_TRUE(std::adjacent_find(all_blocks.begin(), all_blocks.end()) == all_blocks.end());
+    ASSERT_EQ(static_cast<int64_t>(all_blocks.size()), store.pool().blocks_in_use());
+    for (int32_t b : all_blocks) ASSERT_TRUE(store.pool().in_use(b));
+    ASSERT_EQ(store.blocks_in_use(0) + store.blocks_in_use(1), store.pool().blocks_in_use());
+    const StoreBytes total = store.bytes();
+    ASSERT_EQ(total.kv, kv_total);
+    ASSERT_EQ(total.reserved, all_blocks.size() * store.pool().block_bytes());
+    sum_reserved += total.reserved;
+    sum_kv += total.kv;
+  };
+
+  for (Mirror& m : mirrors) start(m);
+  for (int step = 0; step < kSteps; ++step) {
+    if (step == kSteps / 2) {  // a sequence ends and a new one takes its id and blocks
+      const int old = mirrors[1].id;
+      store.remove_sequence(old);
+      start(mirrors[1]);
+      EXPECT_EQ(mirrors[1].id, old);
+    }
+    for (Mirror& m : mirrors) {
+      if (step % 500 == 499) draw_budgets(m);
+      forward(m, 1);
+      evict(m);
+    }
+    if (step % 250 == 125) {  // pack the survivors of eviction into the fewest slabs
+      store.defragment();
+      EXPECT_EQ(store.pool().slabs_mapped(),
+                ceil_div(store.pool().blocks_in_use(), store.pool().slab_blocks()));
+    }
+    audit(step);
+    if (HasFatalFailure()) return;
+  }
+
+  const StoreBytes end = store.bytes();
+  const double mean_waste = static_cast<double>(sum_reserved) / static_cast<double>(sum_kv) - 1.0;
+  const double metadata_share = static_cast<double>(end.metadata) / static_cast<double>(end.kv);
+  std::printf(
+      "[ soak B=%d ] paging waste: mean %.3f, final %.3f (metadata %.3f of it); "
+      "%lld blocks in %lld slabs (pool reserved %zu bytes)\n",
+      B, mean_waste, end.paging_waste(), metadata_share,
+      static_cast<long long>(store.pool().blocks_in_use()),
+      static_cast<long long>(store.pool().slabs_mapped()), store.pool().reserved_bytes());
+  RecordProperty("mean_paging_waste", std::to_string(mean_waste));
+
+  for (Mirror& m : mirrors) store.remove_sequence(m.id);
+  EXPECT_EQ(store.pool().blocks_in_use(), 0);
+  EXPECT_EQ(store.blocks_in_use(0) + store.blocks_in_use(1), 0);
+  EXPECT_EQ(store.bytes().kv, 0u);
+  EXPECT_EQ(store.bytes().reserved, 0u);
+  EXPECT_LE(store.pool().slabs_mapped(), 1);  // max_empty_slabs: the rest went back to the OS
+  store.defragment();
+  EXPECT_EQ(store.pool().reserved_bytes(), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(BlockSizes, SoakTest, ::testing::Values(8, 32));
+
+TEST(PagedKvStore, BadUseFailsWithClearMessages) {
+  const KvShape kv{2, 2, 4};
+  PagedKvStore store({kv, 3, 4, Granularity::kPerHeadExpert, 2, 2, /*max_context=*/16});
+  const int seq = store.add_sequence();
+  KvCache& cache = store.cache(seq);
+  std::vector<float> k, v;
+  const auto positions = iota_positions(0, 10);
+  labelled_kv(seq, 0, kv, positions, k, v);
+  cache.append(0, positions, k.data(), v.data());
+  const std::vector<int32_t> tags(10, 1);
+
+  expect_error([&] { store.cache(7); }, "unknown sequence 7");
+  expect_error([&] { store.keep(-1, 0, 0, {}); }, "unknown sequence -1");
+  expect_error([&] { cache.append(2, positions, k.data(), v.data()); }, "layer 2 is out of range");
+  expect_error([&] { cache.append(0, positions, k.data(), v.data()); },
+               "layer 0 gets position 0 after position 9 (positions must increase)");
+  labelled_kv(seq, 1, kv, iota_positions(0, 17), k, v);
+  expect_error([&] { cache.append(1, iota_positions(0, 17), k.data(), v.data()); },
+               "17 tokens exceed the context of 16 tokens");
+  expect_error([&] { cache.tag(0, std::span(positions).first(4), tags.data()); },
+               "positions 0..9 (10) await tags");
+  const std::vector<int32_t> bad_tags = {1, 1, 1, 3, 1, 1, 1, 1, 1, 1};
+  expect_error([&] { cache.tag(0, positions, bad_tags.data()); },
+               "expert tag 3 of position 3 is out of range (0..2)");
+  cache.tag(0, positions, tags.data());
+  expect_error([&] { cache.tag(0, positions, tags.data()); }, "no entries await tags");
+
+  const int segment = store.segment_id({0, 0, 1});
+  std::vector<SegmentInfo> infos;
+  store.segments(seq, 0, infos);
+  ASSERT_EQ(infos.size(), 2u);  // expert 1 of each kv-head: positions 2..7
+  EXPECT_EQ(infos[0].n_entries, 6);
+  const std::vector<int32_t> out_of_range = {0, 6};
+  expect_error([&] { store.keep(seq, 0, segment, out_of_range); },
+               "keep: index 6 is out of range (6 entries in segment 2 of layer 0)");
+  const std::vector<int32_t> unordered = {3, 1};
+  expect_error([&] { store.keep(seq, 0, segment, unordered); },
+               "strictly increasing (1 follows 3)");
+  expect_error([&] { store.keep(seq, 0, store.n_segments(), {}); }, "segment 8 is out of range");
+  expect_error([&] { store.segment_id({0, kAllHeads, 1}); }, "no segment (layer 0, kv-head -1");
+  // A refused keep changed nothing.
+  EXPECT_EQ(run_positions(segment_runs(store, seq, 0, segment)), iota_positions(2, 6));
+
+  store.remove_sequence(seq);
+  expect_error([&] { store.remove_sequence(seq); }, "unknown sequence 0");
+  const auto make_store = [](const StoreConfig& config) { PagedKvStore bad(config); };
+  expect_error(
+      [&] {
+        make_store({kv, 3, 0, Granularity::kPerLayer, 2, 2, 16});
+      },
+      "block_size must be positive");
+  expect_error(
+      [&] {
+        make_store({kv, 3, 4, Granularity::kPerLayer, 2, 2, 0});
+      },
+      "max_context must be in 1..2^31-1");
+}
+
+}  // namespace
+}  // namespace ekva
