@@ -1,12 +1,57 @@
 #!/usr/bin/env bash
-# The main job: set up, build, and generate with the shipped model.
+# The main job, on the shipped model (models/ekva-moe-tiny):
+#   1. set up and build;
+#   2. calibrate the model (routing and attention statistics -> profile.json);
+#   3. answer a 4k-token retrieval prompt with the full cache and with a 10% budget
+#      allocated by EKVA-mass, side by side (answer, KV bytes, speed);
+#   4. a short evaluation table (the committed one in bench/results/ is the full grid).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cmake --preset release >/dev/null
 cmake --build --preset release -j "$(nproc)" --target ekva
+ekva=./build/release/ekva
 model=models/ekva-moe-tiny
-./build/release/ekva info -m "$model"
-echo
-./build/release/ekva generate -m "$model" -n 64 \
-  -p "The Linux kernel is"
+out=build/release/main
+mkdir -p "$out"
+
+echo "== model"
+$ekva info -m "$model"
+
+echo; echo "== calibration"
+$ekva calibrate -m "$model" --data data/calibration/validation_sample.txt -o "$out/profile.json" \
+  --context 2048 --max-tokens 16384
+
+echo; echo "== a 4096-token pass-key prompt: full cache vs 10% EKVA-mass budget"
+/usr/bin/python3 - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
+for line in open("data/evalsets/retrieval.jsonl"):
+    p = json.loads(line)
+    if p["context"] == 4096 and p["task"] == "passkey" and p["depth"] == 0.5:
+        break
+open(f"{out}/prompt.txt", "w").write(p["prompt"])
+open(f"{out}/answer.txt", "w").write(p["answer"])
+print(f"needle at token {p['needle_token_pos']} of {p['n_tokens']}; expected answer: {p['answer']}")
+PY
+$ekva generate -m "$model" -f "$out/prompt.txt" -n 8 --json > "$out/full.json"
+$ekva generate -m "$model" -f "$out/prompt.txt" -n 8 --json --policy snapkv --allocator ekva-mass \
+  --budget 10% --profile "$out/profile.json" > "$out/ekva.json"
+/usr/bin/python3 - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
+want = open(f"{out}/answer.txt").read()
+rows = [("full cache", json.load(open(f"{out}/full.json"))),
+        ("EKVA-mass 10%", json.load(open(f"{out}/ekva.json")))]
+print(f"{'':16}{'answer':>10}{'correct':>9}{'KV bytes':>12}{'of full':>9}{'prefill tok/s':>15}{'decode tok/s':>14}")
+for name, r in rows:
+    answer = r["text"].strip()
+    print(f"{name:16}{answer:>10}{'yes' if answer.startswith(want) else 'no':>9}"
+          f"{r['kv_bytes'] / 2**20:>9.2f} MiB{100 * r['kv_bytes'] / r['kv_full_bytes']:>8.1f}%"
+          f"{r['prefill_tokens_per_second']:>15.0f}{r['decode_tokens_per_second']:>14.1f}")
+PY
+
+echo; echo "== a short evaluation (the full grid: bench/results/eval_ekva-moe-tiny.md)"
+$ekva eval -m "$model" --profile "$out/profile.json" --contexts 4096 --max-retrieval 6 \
+  --max-ppl 1 --ppl-continuation 256 --budgets 10% \
+  --methods uniform:snapkv,pyramidkv:snapkv,adakv:snapkv,ekva-entropy:snapkv,ekva-mass:snapkv

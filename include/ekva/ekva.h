@@ -21,9 +21,18 @@
 
 namespace ekva {
 
+// How each sequence's KV cache is compressed (ARCHITECTURE.md names the parts).
+struct KvCompressionOptions {
+  std::string policy = "full";        // full, streamingllm, h2o, snapkv, knorm, random
+  std::string allocator = "uniform";  // uniform, pyramidkv, adakv, ekva-entropy, ekva-mass
+  std::string budget = "100%";        // tokens per sequence ("2048"), bytes ("64MiB"), or a fraction ("10%")
+  std::filesystem::path profile;      // calibration profile from `ekva calibrate` (EKVA allocators)
+};
+
 struct EngineOptions {
   int threads = 0;       // 0: EKVA_THREADS or one per core
   int64_t context = 0;   // tokens per sequence; 0: the model's max_position_embeddings
+  KvCompressionOptions kv;
 };
 
 struct SamplingOptions {
@@ -46,6 +55,7 @@ struct GenerateStats {
   double prefill_seconds = 0;
   double decode_seconds = 0;
   size_t kv_bytes = 0;               // KV storage of the sequence at the end
+  size_t kv_full_bytes = 0;          // what the full cache would hold for the same tokens
   size_t decode_bytes_read = 0;      // weights + KV read by all decode steps
   std::string stop_reason;           // "eos", "length" or "context"
   std::vector<int32_t> tokens;       // generated ids
@@ -64,6 +74,8 @@ class Session {
   virtual int64_t length() const = 0;
   virtual int64_t context() const = 0;
   virtual size_t kv_bytes() const = 0;
+  // K/V bytes of an uncompressed cache holding every token of the sequence.
+  virtual size_t kv_full_bytes() const = 0;
   // Bytes (weights + KV) the last prefill/decode call had to read.
   virtual size_t last_bytes_read() const = 0;
 };

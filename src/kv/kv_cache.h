@@ -34,6 +34,15 @@ class KvCache {
   virtual void tag(int layer, std::span<const int32_t> positions, const int32_t* top1_experts) {
     (void)layer, (void)positions, (void)top1_experts;
   }
+  // The queries of the tokens just appended to `layer`, [n_tokens, n_heads,
+  // head_dim] with RoPE applied, before attention runs: a compressing cache scores
+  // its entries with them (the attention op itself returns no weights).
+  virtual void observe_queries(int layer, std::span<const int32_t> positions, const float* q) {
+    (void)layer, (void)positions, (void)q;
+  }
+  // Called once at the end of every forward call, after the last layer: the point
+  // where a compressing cache enforces its budgets.
+  virtual void end_forward() {}
   // Appends to `out` the chunks holding the live entries of (layer, kv_head).
   virtual void view(int layer, int kv_head, std::vector<KvChunk>& out) const = 0;
   // Tokens the sequence has seen (the next position), whether or not they are kept.

@@ -1,11 +1,14 @@
 // The public Engine and Session on top of Model, Tokenizer and the KV cache.
 #include <algorithm>
 #include <chrono>
+#include <optional>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "ekva/ekva.h"
+#include "kv/compressed_cache.h"
 #include "kv/kv_cache.h"
+#include "kv/profile.h"
 #include "model/model.h"
 #include "model/sampler.h"
 #include "model/tokenizer.h"
@@ -28,11 +31,15 @@ double seconds_since(Clock::time_point t0) {
 
 class SessionImpl final : public Session {
  public:
-  SessionImpl(const Model& model, int64_t context)
-      : model_(model),
-        context_(context),
-        cache_(KvShape{model.config().n_layers, model.config().n_kv_heads, model.config().head_dim},
-               context) {}
+  // compression == nullptr: the plain full cache.
+  SessionImpl(const Model& model, int64_t context, const CompressionConfig* compression)
+      : model_(model), context_(context) {
+    const ModelConfig& c = model.config();
+    if (compression == nullptr)
+      cache_ = std::make_unique<FullKvCache>(KvShape{c.n_layers, c.n_kv_heads, c.head_dim}, context);
+    else
+      cache_ = std::make_unique<CompressedKvCache>(c, *compression, context, default_pool());
+  }
 
   std::span<const float> prefill(std::span<const int32_t> tokens) override {
     if (tokens.empty()) fail("prefill: empty prompt");
@@ -45,24 +52,28 @@ class SessionImpl final : public Session {
     return run({&token, 1});
   }
 
-  int64_t length() const override { return cache_.length(); }
+  int64_t length() const override { return cache_->length(); }
   int64_t context() const override { return context_; }
-  size_t kv_bytes() const override { return cache_.bytes_used(); }
+  size_t kv_bytes() const override { return cache_->bytes_used(); }
+  size_t kv_full_bytes() const override {
+    const ModelConfig& c = model_.config();
+    return static_cast<size_t>(cache_->length()) * c.n_layers * c.n_kv_heads * 2 * c.head_dim * sizeof(float);
+  }
   size_t last_bytes_read() const override { return last_.weight_bytes + last_.kv_bytes; }
 
  private:
   void check_room(int64_t n) const {
-    if (cache_.length() + n > context_)
-      fail("sequence of {} tokens exceeds the context of {} tokens", cache_.length() + n, context_);
+    if (cache_->length() + n > context_)
+      fail("sequence of {} tokens exceeds the context of {} tokens", cache_->length() + n, context_);
   }
   std::span<const float> run(std::span<const int32_t> tokens) {
-    last_ = model_.forward(tokens, cache_, logits_, /*all_logits=*/false, default_pool());
+    last_ = model_.forward(tokens, *cache_, logits_, /*all_logits=*/false, default_pool());
     return logits_;
   }
 
   const Model& model_;
   int64_t context_;
-  FullKvCache cache_;
+  std::unique_ptr<KvCache> cache_;
   std::vector<float> logits_;
   ForwardCounters last_;
 };
@@ -82,6 +93,21 @@ class EngineImpl final : public Engine {
     if (tokenizer_.vocab_size() > c.vocab_size)
       fail("{}: tokenizer has {} tokens but config.json vocab_size is {}", dir.string(),
            tokenizer_.vocab_size(), c.vocab_size);
+
+    const KvCompressionOptions& kv = options.kv;
+    const BudgetSpec budget = BudgetSpec::parse(kv.budget);
+    const bool everything = budget.unit == BudgetSpec::Unit::kFraction && budget.value == 1.0;
+    if (kv.policy != "full" || !everything) {
+      if (!kv.profile.empty()) profile_ = CalibrationProfile::load(kv.profile, c);
+      compression_ = CompressionConfig{};
+      compression_->policy = kv.policy;
+      compression_->allocator = kv.allocator;
+      compression_->budget = budget;
+      compression_->profile = kv.profile.empty() ? nullptr : &*profile_;
+      // Validates the combination now (unknown names, missing profile, impossible
+      // budgets) rather than at the first prompt.
+      CompressedKvCache probe(c, *compression_, context_, default_pool());
+    }
   }
 
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens) const override {
@@ -90,7 +116,7 @@ class EngineImpl final : public Engine {
   std::string decode(std::span<const int32_t> ids) const override { return tokenizer_.decode(ids); }
 
   std::unique_ptr<Session> new_session() const override {
-    return std::make_unique<SessionImpl>(*model_, context_);
+    return std::make_unique<SessionImpl>(*model_, context_, compression_ ? &*compression_ : nullptr);
   }
 
   GenerateStats generate(std::string_view prompt, const GenerateOptions& options,
@@ -141,6 +167,7 @@ class EngineImpl final : public Engine {
       if (!rest.empty()) on_text(rest);
     }
     stats.kv_bytes = session->kv_bytes();
+    stats.kv_full_bytes = session->kv_full_bytes();
     return stats;
   }
 
@@ -153,6 +180,8 @@ class EngineImpl final : public Engine {
   std::unique_ptr<Model> model_;
   Tokenizer tokenizer_;
   int64_t context_ = 0;
+  std::optional<CalibrationProfile> profile_;
+  std::optional<CompressionConfig> compression_;
 };
 
 }  // namespace

@@ -169,6 +169,8 @@ ForwardCounters Model::forward(std::span<const int32_t> tokens, KvCache& cache,
     if (observer && observer->tensor) observer->tensor("hidden", layer, s.x.data(), T, H);
   }
 
+  cache.end_forward();
+
   // Final norm and LM head, only for the rows the caller wants.
   const int64_t first = all_logits ? 0 : T - 1;
   const int64_t n_out = T - first;
@@ -214,6 +216,7 @@ void Model::attention_block(int layer, Scratch& s, KvCache& cache, ThreadPool& p
   observe("v", s.v, c.kv_dim());
 
   cache.append(layer, s.positions, s.k.data(), s.v.data());
+  cache.observe_queries(layer, s.positions, s.q.data());
   for (int h = 0; h < c.n_kv_heads; ++h) {
     auto& list = s.chunks[static_cast<size_t>(h)];
     list.clear();

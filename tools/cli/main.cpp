@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "commands.h"
 #include "ekva/ekva.h"
 #include "model/model.h"
 
@@ -45,12 +46,14 @@ struct GenerateArgs {
   int64_t context = 0;
   bool json = false;
   bool ignore_eos = false;
+  ekva::KvCompressionOptions kv;
 };
 
 int run_generate(const GenerateArgs& a) {
   ekva::EngineOptions eo;
   eo.threads = a.threads;
   eo.context = a.context;
+  eo.kv = a.kv;
   const std::string prompt = a.prompt_file.empty() ? a.prompt : read_file(a.prompt_file);
   auto engine = ekva::Engine::open(a.model_dir, eo);
   ekva::GenerateOptions go;
@@ -81,17 +84,25 @@ int run_generate(const GenerateArgs& a) {
     j["prefill_tokens_per_second"] = stats.prefill_tokens_per_second();
     j["decode_tokens_per_second"] = stats.decode_tokens_per_second();
     j["kv_bytes"] = stats.kv_bytes;
+    j["kv_full_bytes"] = stats.kv_full_bytes;
+    j["kv"] = {{"policy", a.kv.policy}, {"allocator", a.kv.allocator}, {"budget", a.kv.budget},
+               {"profile", a.kv.profile.string()}};
     j["decode_bytes_read"] = stats.decode_bytes_read;
     std::cout << j.dump(2) << "\n";
   } else {
     const double gbps = stats.decode_seconds > 0
                             ? static_cast<double>(stats.decode_bytes_read) / stats.decode_seconds / 1e9
                             : 0.0;
+    const double saved = stats.kv_full_bytes > 0
+                             ? 100.0 * (1.0 - static_cast<double>(stats.kv_bytes) / static_cast<double>(stats.kv_full_bytes))
+                             : 0.0;
     std::printf("\n[ekva] prompt %lld tok, %.1f tok/s | decode %lld tok, %.1f tok/s, %.2f GB/s read | "
-                "KV %s | stop: %s\n",
+                "KV %s of %s full (%.1f%% saved) | stop: %s\n",
                 static_cast<long long>(stats.prompt_tokens), stats.prefill_tokens_per_second(),
                 static_cast<long long>(stats.generated_tokens), stats.decode_tokens_per_second(), gbps,
-                human_bytes(static_cast<double>(stats.kv_bytes)).c_str(), stats.stop_reason.c_str());
+                human_bytes(static_cast<double>(stats.kv_bytes)).c_str(),
+                human_bytes(static_cast<double>(stats.kv_full_bytes)).c_str(), saved,
+                stats.stop_reason.c_str());
   }
   return 0;
 }
@@ -143,13 +154,24 @@ int main(int argc, char** argv) {
   gen->add_option("-c,--ctx", g.context, "Context length (0 = the model's)")->check(CLI::NonNegativeNumber);
   gen->add_flag("--json", g.json, "Print one JSON object instead of streaming text");
   gen->add_flag("--ignore-eos", g.ignore_eos, "Keep generating past end-of-sequence tokens");
+  gen->add_option("--policy", g.kv.policy, "KV policy: full, streamingllm, h2o, snapkv, knorm, random")
+      ->capture_default_str();
+  gen->add_option("--allocator", g.kv.allocator,
+                  "KV budget allocator: uniform, pyramidkv, adakv, ekva-entropy, ekva-mass")
+      ->capture_default_str();
+  gen->add_option("--budget", g.kv.budget, "KV budget: tokens (2048), bytes (64MiB) or a fraction (10%)")
+      ->capture_default_str();
+  gen->add_option("--profile", g.kv.profile, "Calibration profile (ekva calibrate), for the EKVA allocators");
 
   std::string info_dir;
   auto* info = app.add_subcommand("info", "Describe a model directory");
   info->add_option("-m,--model", info_dir, "Model directory")->required();
 
-  CLI11_PARSE(app, argc, argv);
+  ekva::cli::add_calibrate_command(app);
+  ekva::cli::add_eval_command(app);
+
   try {
+    app.parse(argc, argv);  // runs the callbacks of calibrate and eval
     if (gen->parsed()) {
       if (g.prompt.empty() && g.prompt_file.empty()) {
         std::fprintf(stderr, "ekva: error: give a prompt with -p TEXT or -f FILE\n");
@@ -158,6 +180,8 @@ int main(int argc, char** argv) {
       return run_generate(g);
     }
     if (info->parsed()) return run_info(info_dir);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
   } catch (const ekva::Error& e) {
     std::fprintf(stderr, "ekva: error: %s\n", e.what());
     return 1;

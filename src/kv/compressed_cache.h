@@ -1,0 +1,112 @@
+// The compressed KV cache of one sequence: entries live in a PagedKvStore (shared
+// with the batch's other sequences, or owned), scored for the policy from the
+// queries the forward pass shows it, and cut to budgets that the allocator derives
+// from the sequence's total budget. Compression runs at the end of a forward call:
+// after the prompt, and during decode whenever a segment outgrows its budget by
+// more than a slack (evicting in chunks, not at every step), with a full
+// re-allocation when the sequence's total budget has grown by an eighth.
+#pragma once
+
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kv/allocator.h"
+#include "kv/budget.h"
+#include "kv/kv_cache.h"
+#include "kv/paged_store.h"
+#include "kv/policy.h"
+#include "kv/profile.h"
+#include "model/config.h"
+
+namespace ekva {
+
+class ThreadPool;
+
+struct CompressionConfig {
+  std::string policy = "snapkv";
+  std::string allocator = "uniform";
+  BudgetSpec budget;                            // default: 100% (nothing evicted)
+  const CalibrationProfile* profile = nullptr;  // required by the EKVA allocators
+  int observation_window = 32;                  // SnapKV: prompt queries that score entries
+  int sink_tokens = 4;
+  int recent_window = 32;
+  int block_size = 32;
+  uint64_t seed = 0;  // the random policy
+};
+
+struct CompressionStats {
+  int64_t live_entries = 0;       // summed over layers and kv-heads
+  int64_t protected_entries = 0;
+  int64_t target_entries = 0;     // the budget at the last compression
+  int64_t full_entries = 0;       // what the full cache would hold now
+  int64_t compressions = 0;       // allocations (after the prompt, and re-allocations)
+  int64_t segment_evictions = 0;  // per-segment evictions during decode
+  int64_t evicted_entries = 0;
+  StoreBytes bytes;
+};
+
+// The store layout a compression config needs (granularity from the allocator).
+StoreConfig store_config_for(const ModelConfig& model, const CompressionConfig& config,
+                             int64_t max_context);
+
+class CompressedKvCache final : public KvCache {
+ public:
+  // A sequence in an existing store (batch > 1: each sequence has its own budget).
+  // The store's granularity must be the allocator's.
+  CompressedKvCache(PagedKvStore& store, const ModelConfig& model, CompressionConfig config,
+                    ThreadPool& pool);
+  // A sequence with a store of its own.
+  CompressedKvCache(const ModelConfig& model, CompressionConfig config, int64_t max_context,
+                    ThreadPool& pool);
+  ~CompressedKvCache() override;
+
+  void append(int layer, std::span<const int32_t> positions, const float* k, const float* v) override;
+  void tag(int layer, std::span<const int32_t> positions, const int32_t* top1_experts) override;
+  void observe_queries(int layer, std::span<const int32_t> positions, const float* q) override;
+  void end_forward() override;
+  void view(int layer, int kv_head, std::vector<KvChunk>& out) const override;
+  int64_t length() const override;
+  size_t bytes_used() const override;
+  void clear() override;
+
+  CompressionStats stats() const;
+  // Budget of each segment at the last allocation: [layer][segment id], -1 = none yet.
+  const std::vector<std::vector<int64_t>>& budgets() const { return budgets_; }
+  int sequence() const { return seq_; }
+  PagedKvStore& store() { return *store_; }
+  // Slack a segment may exceed its budget by before it is cut back (amortisation).
+  static int64_t slack(int64_t budget) { return std::max<int64_t>(4, budget / 8); }
+
+ private:
+  void init(const ModelConfig& model);
+  int64_t total_target(int64_t length) const;
+  int64_t protected_total() const;
+  void reallocate(int64_t evictable_target);
+  void evict(int layer, int segment, int64_t budget);
+  // Adds the attention probabilities of the given query rows to the entries' scores.
+  void score(int layer, std::span<const int32_t> positions, const float* q, int64_t first_row);
+
+  std::unique_ptr<PagedKvStore> owned_store_;
+  PagedKvStore* store_ = nullptr;
+  int seq_ = -1;
+  CompressionConfig config_;
+  ThreadPool& pool_;
+  std::unique_ptr<Policy> policy_;
+  std::unique_ptr<Allocator> allocator_;
+  ScoreSource score_source_ = ScoreSource::kNone;
+  int n_layers_ = 0, n_heads_ = 0, n_kv_heads_ = 0, head_dim_ = 0, n_experts_ = 0;
+  int64_t sliding_window_ = 0;
+  int64_t allocated_target_ = -1;  // evictable target of the last allocation
+  std::vector<std::vector<int64_t>> budgets_;
+  std::mt19937_64 rng_;
+  CompressionStats stats_;
+  // Scratch reused across calls.
+  std::vector<EntryRun> runs_;
+  std::vector<SegmentInfo> segments_;
+  std::vector<int32_t> keep_;
+  std::vector<float> rows_, logits_, column_sums_;
+};
+
+}  // namespace ekva

@@ -1,0 +1,219 @@
+// The compressed cache on the shipped model: no-op budgets reproduce the full
+// cache exactly; real budgets hold after every decode step (up to the eviction
+// slack), protected tokens are never evicted, a batch of sequences with different
+// budgets shares one store without leaking or sharing blocks, and feeding a
+// recorded prefill through the cache's calls (what `ekva eval` does) is the same as
+// a real forward.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <random>
+#include <set>
+
+#include "core/thread_pool.h"
+#include "ekva/error.h"
+#include "kv/compressed_cache.h"
+#include "model/model.h"
+#include "model/prefill_recording.h"
+#include "test_util.h"
+
+namespace ekva {
+namespace {
+
+const std::filesystem::path kModel = std::filesystem::path(EKVA_SOURCE_DIR) / "models/ekva-moe-tiny";
+
+const Model& model() {
+  static const auto m = Model::load(kModel);
+  return *m;
+}
+
+std::vector<int32_t> random_tokens(int n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  t[0] = 1;
+  for (int i = 1; i < n; ++i) t[static_cast<size_t>(i)] = 100 + static_cast<int32_t>(rng() % 20000);
+  return t;
+}
+
+CompressionConfig config(const std::string& allocator, const std::string& policy, const std::string& budget) {
+  CompressionConfig c;
+  c.allocator = allocator;
+  c.policy = policy;
+  c.budget = BudgetSpec::parse(budget);
+  return c;
+}
+
+// Logits of prefill(prompt) then greedy decode `steps` tokens.
+std::vector<std::vector<float>> run(KvCache& cache, const std::vector<int32_t>& prompt, int steps) {
+  std::vector<std::vector<float>> out;
+  std::vector<float> logits;
+  model().forward(prompt, cache, logits, false, default_pool());
+  out.push_back(logits);
+  for (int s = 0; s < steps; ++s) {
+    const auto next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    model().forward({&next, 1}, cache, logits, false, default_pool());
+    out.push_back(logits);
+  }
+  return out;
+}
+
+TEST(CompressedCache, FullBudgetReproducesTheFullCache) {
+  const ModelConfig& c = model().config();
+  const auto prompt = random_tokens(150, 1);
+  FullKvCache full({c.n_layers, c.n_kv_heads, c.head_dim}, 256);
+  const auto want = run(full, prompt, 20);
+  for (const auto& [alloc, policy, budget] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"uniform", "full", "10%"}, {"uniform", "snapkv", "100%"}, {"adakv", "h2o", "100%"},
+           {"pyramidkv", "knorm", "100%"}, {"uniform", "random", "4096"}}) {
+    CompressedKvCache cache(c, config(alloc, policy, budget), 256, default_pool());
+    const auto got = run(cache, prompt, 20);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i)
+      EXPECT_LT(test::rel_error(got[i].data(), want[i].data(), got[i].size()), 1e-5)
+          << alloc << ":" << policy << "@" << budget << " step " << i;
+    EXPECT_EQ(cache.stats().evicted_entries, 0);
+  }
+}
+
+// After every step: each segment within budget + slack, the protected tokens all
+// present, and the bytes exact.
+void check_invariants(CompressedKvCache& cache, const ModelConfig& c, int64_t length, const StoreConfig& sc) {
+  PagedKvStore& store = cache.store();
+  std::vector<SegmentInfo> segs;
+  for (int layer = 0; layer < c.n_layers; ++layer) {
+    segs.clear();
+    store.segments(cache.sequence(), layer, segs);
+    const auto& budgets = cache.budgets()[static_cast<size_t>(layer)];
+    if (budgets.empty()) continue;  // not compressed yet
+    for (const SegmentInfo& s : segs) {
+      const int64_t b = std::max<int64_t>(0, budgets[static_cast<size_t>(s.id)]);
+      EXPECT_LE(s.n_entries, b + CompressedKvCache::slack(b)) << "layer " << layer << " segment " << s.id;
+    }
+    for (int h = 0; h < c.n_kv_heads; ++h) {
+      std::vector<KvChunk> chunks;
+      cache.view(layer, h, chunks);
+      std::set<int32_t> present;
+      for (const KvChunk& ch : chunks)
+        for (int64_t i = 0; i < ch.n; ++i) EXPECT_TRUE(present.insert(ch.positions[i]).second) << "duplicate";
+      for (int32_t p = 0; p < std::min<int64_t>(sc.sink_tokens, length); ++p)
+        EXPECT_TRUE(present.count(p)) << "sink " << p << " evicted";
+      for (int64_t p = std::max<int64_t>(0, length - sc.recent_window); p < length; ++p)
+        EXPECT_TRUE(present.count(static_cast<int32_t>(p))) << "recent " << p << " evicted";
+    }
+  }
+  const CompressionStats st = cache.stats();
+  EXPECT_EQ(st.bytes.kv, static_cast<size_t>(st.live_entries) * 2 * c.head_dim * sizeof(float));
+  EXPECT_EQ(cache.bytes_used(), st.bytes.kv);
+}
+
+TEST(CompressedCache, BudgetsHoldDuringDecode) {
+  const ModelConfig& c = model().config();
+  const auto prompt = random_tokens(400, 2);
+  for (const auto& [alloc, policy] : std::vector<std::pair<std::string, std::string>>{
+           {"uniform", "snapkv"}, {"pyramidkv", "h2o"}, {"adakv", "snapkv"}, {"uniform", "knorm"},
+           {"uniform", "streamingllm"}, {"uniform", "random"}}) {
+    const CompressionConfig cfg = config(alloc, policy, "15%");
+    const StoreConfig sc = store_config_for(c, cfg, 1024);
+    CompressedKvCache cache(c, cfg, 1024, default_pool());
+    std::vector<float> logits;
+    model().forward(prompt, cache, logits, false, default_pool());
+    check_invariants(cache, c, 400, sc);
+    const CompressionStats after_prompt = cache.stats();
+    EXPECT_EQ(after_prompt.compressions, 1) << alloc << ":" << policy;
+    // 15% of the full cache, but never below the protected entries.
+    EXPECT_LE(after_prompt.live_entries, std::max(after_prompt.target_entries, after_prompt.protected_entries))
+        << alloc << ":" << policy;
+    for (int s = 0; s < 120; ++s) {
+      const auto next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+      model().forward({&next, 1}, cache, logits, false, default_pool());
+      check_invariants(cache, c, 401 + s, sc);
+      if (::testing::Test::HasFailure()) return;
+    }
+    EXPECT_GT(cache.stats().evicted_entries, after_prompt.evicted_entries) << "no eviction during decode";
+  }
+}
+
+TEST(CompressedCache, BatchSharesOneStoreWithPerSequenceBudgets) {
+  const ModelConfig& c = model().config();
+  const CompressionConfig base = config("uniform", "h2o", "100%");
+  PagedKvStore store(store_config_for(c, base, 1024));
+  std::vector<std::unique_ptr<CompressedKvCache>> seqs;
+  const std::vector<std::string> budgets = {"100%", "20%", "10%"};
+  for (const auto& b : budgets) seqs.push_back(std::make_unique<CompressedKvCache>(store, c, config("uniform", "h2o", b), default_pool()));
+  std::vector<std::vector<float>> logits(seqs.size());
+  for (size_t i = 0; i < seqs.size(); ++i)
+    model().forward(random_tokens(300, 10 + i), *seqs[i], logits[i], false, default_pool());
+  for (int s = 0; s < 150; ++s) {
+    for (size_t i = 0; i < seqs.size(); ++i) {  // interleaved decode steps
+      const auto next = static_cast<int32_t>(std::max_element(logits[i].begin(), logits[i].end()) - logits[i].begin());
+      model().forward({&next, 1}, *seqs[i], logits[i], false, default_pool());
+    }
+    // No block held twice, none lost: the sequences' blocks are exactly the pool's.
+    std::vector<int32_t> blocks;
+    for (const auto& q : seqs) store.blocks(q->sequence(), blocks);
+    std::set<int32_t> unique(blocks.begin(), blocks.end());
+    ASSERT_EQ(unique.size(), blocks.size()) << "a block is shared";
+    int64_t in_use = 0;
+    for (int l = 0; l < c.n_layers; ++l) in_use += store.blocks_in_use(l);
+    ASSERT_EQ(static_cast<int64_t>(blocks.size()), in_use) << "a block leaked";
+  }
+  // The uncompressed sequence matches its own full-cache run; the others hold less.
+  FullKvCache full({c.n_layers, c.n_kv_heads, c.head_dim}, 1024);
+  const auto want = run(full, random_tokens(300, 10), 150);
+  EXPECT_LT(test::rel_error(logits[0].data(), want.back().data(), logits[0].size()), 1e-5);
+  EXPECT_GT(seqs[0]->bytes_used(), seqs[1]->bytes_used());
+  EXPECT_GT(seqs[1]->bytes_used(), seqs[2]->bytes_used());
+  seqs.clear();
+  for (int l = 0; l < c.n_layers; ++l) EXPECT_EQ(store.blocks_in_use(l), 0);
+}
+
+TEST(CompressedCache, ImpossibleBudgetsAndUnknownNamesAreClearErrors) {
+  const ModelConfig& c = model().config();
+  const auto expect_error = [&](const CompressionConfig& cfg, const char* fragment) {
+    try {
+      CompressedKvCache cache(c, cfg, 1024, default_pool());
+      ADD_FAILURE() << "no error for " << fragment;
+    } catch (const Error& e) {
+      EXPECT_THAT(e.what(), ::testing::HasSubstr(fragment));
+    }
+  };
+  expect_error(config("uniform", "snapkv", "8"), "protected");  // 8 tokens < sinks + window
+  expect_error(config("uniform", "snapkv", "150%"), "150");
+  expect_error(config("uniform", "lru", "10%"), "unknown policy 'lru'");
+  expect_error(config("fancy", "snapkv", "10%"), "fancy");
+  expect_error(config("ekva-mass", "snapkv", "10%"), "needs a calibration profile");
+}
+
+}  // namespace
+}  // namespace ekva
+
+namespace ekva {
+namespace {
+
+TEST(CompressedCache, ReplayedPrefillEqualsARealForward) {
+  // What `ekva eval` relies on: a recorded prefill replayed into a cache leaves it
+  // in the state a real forward would, compression included.
+  const ModelConfig& c = model().config();
+  const auto prompt = random_tokens(300, 5);
+  for (const std::string policy : {"snapkv", "h2o"}) {
+    const CompressionConfig cfg = config("adakv", policy, "12%");
+    CompressedKvCache real(c, cfg, 512, default_pool());
+    CompressedKvCache replayed(c, cfg, 512, default_pool());
+    const auto want = run(real, prompt, 10);
+    const PrefillRecording rec = PrefillRecording::record(model(), prompt, default_pool());
+    rec.replay(replayed);
+    EXPECT_LT(test::rel_error(rec.last_logits.data(), want[0].data(), want[0].size()), 1e-6);
+    std::vector<float> logits = rec.last_logits;
+    for (int s = 0; s < 10; ++s) {
+      const auto next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+      model().forward({&next, 1}, replayed, logits, false, default_pool());
+      EXPECT_LT(test::rel_error(logits.data(), want[static_cast<size_t>(s + 1)].data(), logits.size()), 1e-5)
+          << policy << " step " << s;
+    }
+    EXPECT_EQ(replayed.stats().live_entries, real.stats().live_entries) << policy;
+  }
+}
+
+}  // namespace
+}  // namespace ekva

@@ -1,0 +1,183 @@
+// `ekva calibrate`: runs sample text through a model and writes its calibration
+// profile (src/kv/profile.h), the statistics the budget allocators read.
+//   ekva calibrate -m DIR --data FILE -o profile.json [--context N] [--max-tokens N]
+//                  [--sink-tokens N] [--recent-window N] [-t N]
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include <fmt/format.h>
+#include <CLI/CLI.hpp>
+
+#include "commands.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "kv/calibration.h"
+#include "kv/profile.h"
+#include "model/model.h"
+#include "model/tokenizer.h"
+
+namespace ekva::cli {
+
+namespace {
+
+struct CalibrateArgs {
+  std::string model_dir;
+  std::string data;
+  std::string output;
+  int64_t context = 2048;
+  int64_t max_tokens = 65536;
+  int64_t sink_tokens = 4;
+  int64_t recent_window = 32;
+  int threads = 0;
+};
+
+std::string clock_text(double seconds) {
+  const auto s = static_cast<int64_t>(std::max(0.0, seconds) + 0.5);
+  return s >= 3600 ? fmt::format("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+                   : fmt::format("{}:{:02}", s / 60, s % 60);
+}
+
+// Progress on stderr: a bar redrawn in place on a terminal, otherwise one line per
+// sequence (logs and CI keep every line, and \r would garble them).
+class Progress {
+ public:
+  explicit Progress(int64_t n_sequences)
+      : n_sequences_(n_sequences),
+        tty_(isatty(STDERR_FILENO) != 0),
+        start_(std::chrono::steady_clock::now()) {}
+
+  void update(int64_t done_tokens, int64_t total_tokens) {
+    ++done_sequences_;
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    const double rate = elapsed > 0 ? static_cast<double>(done_tokens) / elapsed : 0.0;
+    const double eta = rate > 0 ? static_cast<double>(total_tokens - done_tokens) / rate : 0.0;
+    const std::string status =
+        fmt::format("{}/{} sequences, {}/{} tokens, {:.0f} tok/s, ETA {}", done_sequences_,
+                    n_sequences_, done_tokens, total_tokens, rate, clock_text(eta));
+    if (tty_) {
+      constexpr int kWidth = 30;
+      const auto filled =
+          static_cast<int>(kWidth * done_tokens / std::max<int64_t>(1, total_tokens));
+      fmt::print(stderr, "\rcalibrate [{}{}] {}", std::string(static_cast<size_t>(filled), '#'),
+                 std::string(static_cast<size_t>(kWidth - filled), '.'), status);
+      if (done_sequences_ == n_sequences_) fmt::print(stderr, "\n");
+    } else {
+      fmt::print(stderr, "calibrate: {}\n", status);
+    }
+    std::fflush(stderr);
+  }
+
+ private:
+  int64_t n_sequences_;
+  int64_t done_sequences_ = 0;
+  bool tty_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+// What a reader wants to see before opening the JSON: per layer, how unequal the
+// experts are (routing, mass on their keys, entropy of their queries) and how much
+// mass the best 10% of entries hold.
+void print_summary(const CalibrationProfile& p) {
+  fmt::print(
+      "layer  entropy(nats)  mass@10%  | experts: top-1 freq      mass_received    "
+      "query_entropy\n");
+  for (size_t l = 0; l < p.layers.size(); ++l) {
+    const LayerStats& L = p.layers[l];
+    std::string experts = "dense";
+    if (L.moe) {
+      const auto range = [&](double ExpertStats::*field) {
+        const auto [lo, hi] = std::minmax_element(
+            L.experts.begin(), L.experts.end(),
+            [&](const ExpertStats& a, const ExpertStats& b) { return a.*field < b.*field; });
+        return fmt::format("{:.3f}..{:.3f}", (*lo).*field, (*hi).*field);
+      };
+      experts = fmt::format("{}     {}     {}", range(&ExpertStats::routing_top1_frequency),
+                            range(&ExpertStats::mass_received), range(&ExpertStats::query_entropy));
+    }
+    fmt::print("{:5}  {:13.3f}  {:8.3f}  |          {}\n", l, L.all.query_entropy,
+               L.all.coverage.mass_at(0.1), experts);
+  }
+}
+
+void run_calibrate(const CalibrateArgs& a) {
+  if (a.context <= a.sink_tokens + a.recent_window)
+    fail("--context {} must be larger than --sink-tokens + --recent-window ({})", a.context,
+         a.sink_tokens + a.recent_window);
+  if (a.max_tokens < a.context)
+    fail("--max-tokens {} is less than one sequence of --context {} tokens", a.max_tokens,
+         a.context);
+  // Before minutes of work, not after.
+  const auto out_dir = std::filesystem::path(a.output).parent_path();
+  if (!out_dir.empty() && !std::filesystem::is_directory(out_dir))
+    fail("{}: directory {} does not exist", a.output, out_dir.string());
+  if (a.threads > 0) set_default_pool_threads(a.threads);
+  ThreadPool& pool = default_pool();
+
+  const auto model = Model::load(a.model_dir);
+  const ModelConfig& c = model->config();
+  if (a.context > c.max_position_embeddings)
+    fail("--context {} exceeds the model's context of {} (max_position_embeddings)", a.context,
+         c.max_position_embeddings);
+  const Tokenizer tokenizer = Tokenizer::from_model_dir(a.model_dir);
+  const auto sequences = calibration_sequences(a.data, tokenizer, a.context, a.max_tokens);
+  const auto n = static_cast<int64_t>(sequences.size());
+  fmt::print(stderr, "calibrate: {} sequences of {} tokens from {}{}, {} threads\n", n, a.context,
+             a.data, n * a.context < a.max_tokens ? " (all of it)" : "", pool.size());
+
+  CalibrationOptions options;
+  options.sink_tokens = a.sink_tokens;
+  options.recent_window = a.recent_window;
+  options.data = fmt::format("{} ({} sequences of {} tokens; sink_tokens {}, recent_window {})",
+                             a.data, n, a.context, a.sink_tokens, a.recent_window);
+  Progress progress(n);
+  const auto start = std::chrono::steady_clock::now();
+  const CalibrationProfile profile =
+      calibrate(*model, sequences, options, pool,
+                [&](int64_t done, int64_t total) { progress.update(done, total); });
+  profile.save(a.output);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  fmt::print(stderr, "calibrate: wrote {} ({} tokens in {:.1f} s)\n", a.output, profile.tokens,
+             seconds);
+  print_summary(profile);
+}
+
+}  // namespace
+
+void add_calibrate_command(CLI::App& app) {
+  auto args = std::make_shared<CalibrateArgs>();
+  auto* cmd = app.add_subcommand(
+      "calibrate", "Record a model's attention and routing statistics (a calibration profile)");
+  cmd->add_option("-m,--model", args->model_dir, "Model directory")->required();
+  cmd->add_option("--data", args->data,
+                  "Calibration text: a plain text file, or .jsonl with a \"text\" or \"tokens\" "
+                  "field per line")
+      ->required();
+  cmd->add_option("-o,--output", args->output, "Profile to write (JSON)")->required();
+  cmd->add_option("--context", args->context, "Tokens per calibration sequence")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--max-tokens", args->max_tokens, "Tokens to calibrate on, at most")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--sink-tokens", args->sink_tokens,
+                  "Protected first positions (left out of the statistics)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--recent-window", args->recent_window,
+                  "Protected most recent entries (left out of the statistics)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("-t,--threads", args->threads, "Threads (0 = one per core)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->callback([args] { run_calibrate(*args); });
+}
+
+}  // namespace ekva::cli
