@@ -129,7 +129,7 @@ void run_calibrate(const CalibrateArgs& a) {
   const auto sequences = calibration_sequences(a.data, tokenizer, a.context, a.max_tokens);
   const auto n = static_cast<int64_t>(sequences.size());
   fmt::print(stderr, "calibrate: {} sequences of {} tokens from {}{}, {} threads\n", n, a.context,
-             a.data, n * a.context < a.max_tokens ? " (all of it)" : "", pool.size());
+             a.data, n < a.max_tokens / a.context ? " (all the text holds)" : "", pool.size());
 
   CalibrationOptions options;
   options.sink_tokens = a.sink_tokens;
