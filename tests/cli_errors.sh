@@ -41,6 +41,14 @@ if [ -n "$model" ] && [ -d "$model" ]; then
   long=$(printf 'the quick brown fox jumps over the lazy dog %.0s' $(seq 1 40))
   expect_error "does not fit the context of 64 tokens" -- "$EKVA" generate -m "$model" -c 64 -p "$long"
   expect_error "exceeds the model's max_position_embeddings" -- "$EKVA" generate -m "$model" -c 100000000 -p hi
+  expect_error "below the" -- "$EKVA" generate -m "$model" -p hi --policy snapkv --budget 8
+  expect_error "exceeds the full cache" -- "$EKVA" generate -m "$model" -p hi --policy snapkv --budget 120%
+  expect_error "unknown policy 'lru'" -- "$EKVA" generate -m "$model" -p hi --policy lru --budget 10%
+  expect_error "needs a calibration profile" -- "$EKVA" generate -m "$model" -p hi --policy snapkv --allocator ekva-mass --budget 10%
+  expect_error "budget 'ten'" -- "$EKVA" generate -m "$model" -p hi --policy snapkv --budget ten
+  echo '{"version": 99}' > "$tmp/profile.json"
+  expect_error "profile.json" -- "$EKVA" generate -m "$model" -p hi --policy snapkv --allocator ekva-mass --budget 10% --profile "$tmp/profile.json"
+  expect_error "validation_sample.txt" -- "$EKVA" calibrate -m "$model" --data "$tmp/validation_sample.txt" -o "$tmp/p.json"
   cp -r "$model" "$tmp/badtok"
   echo '{"model": {"type": "BPE", "vocab": ' > "$tmp/badtok/tokenizer.json"
   expect_error "tokenizer.json" -- "$EKVA" generate -m "$tmp/badtok" -p hi

@@ -67,20 +67,18 @@ void CompressedKvCache::init(const ModelConfig& model) {
   score_source_ = policy_->score_source();
   if (allocator_->needs_live_scores() && score_source_ == ScoreSource::kNone)
     score_source_ = ScoreSource::kObservationWindow;  // Ada-KV needs attention scores
-  const BudgetSpec& b = config_.budget;
-  if (b.unit == BudgetSpec::Unit::kFraction && (b.value < 0 || b.value > 1))
-    fail("budget {} is not a fraction of the full cache between 0% and 100%", b.to_string());
-  if (b.unit != BudgetSpec::Unit::kFraction) {
-    // Tokens and bytes are fixed amounts: below the protected entries (sinks plus the
-    // recent window of every layer and kv-head) they can never be met.
-    BudgetShape shape;
-    shape.n_layers = n_layers_;
-    shape.n_kv_heads = n_kv_heads_;
-    shape.entry_bytes = int64_t{2} * head_dim_ * static_cast<int64_t>(sizeof(float));
-    shape.sequence_tokens = std::numeric_limits<int32_t>::max();
-    shape.protected_entries = int64_t{config_.sink_tokens + config_.recent_window} * n_layers_ * n_kv_heads_;
-    budget_entries(b, shape);  // throws for impossible budgets
-  }
+  // Validate the budget once, against the longest sequence: fractions must lie in
+  // [0, 100%]; tokens and bytes are fixed amounts that must at least hold the
+  // protected entries (sinks plus the recent window of every layer and kv-head).
+  BudgetShape shape;
+  shape.n_layers = n_layers_;
+  shape.n_kv_heads = n_kv_heads_;
+  shape.entry_bytes = int64_t{2} * head_dim_ * static_cast<int64_t>(sizeof(float));
+  shape.sequence_tokens = std::numeric_limits<int32_t>::max();
+  shape.protected_entries =
+      int64_t{config_.sink_tokens + config_.recent_window} * n_layers_ * n_kv_heads_;
+  if (config_.budget.unit == BudgetSpec::Unit::kFraction) shape.protected_entries = 0;
+  budget_entries(config_.budget, shape);  // throws for impossible budgets
   budgets_.assign(static_cast<size_t>(n_layers_), {});
 }
 
