@@ -10,6 +10,7 @@
 #define HWY_TARGET_INCLUDE "cpu/attention.cpp"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 #include <hwy/highway.h>
+#include <hwy/contrib/math/math-inl.h>
 
 #include <algorithm>
 #include <cmath>
@@ -25,47 +26,87 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 constexpr int64_t kBlock = 32;
 
-HWY_INLINE float dot(const float* a, const float* b, int64_t n) {
-  const hn::ScalableTag<float> d;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  auto acc0 = hn::Zero(d);
-  auto acc1 = hn::Zero(d);
-  int64_t i = 0;
-  for (; i + 2 * N <= n; i += 2 * N) {
-    acc0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), acc0);
-    acc1 = hn::MulAdd(hn::LoadU(d, a + i + N), hn::LoadU(d, b + i + N), acc1);
+using DF = hn::ScalableTag<float>;
+
+// Masked scores: finite (so the vector exp stays in its domain), far below any real
+// score; a block whose maximum is this low has nothing visible.
+constexpr float kMasked = -1e30f;
+
+// s[i] = q_i · k for up to four query heads at once: each K vector loaded feeds
+// four FMAs (the group's heads share the key).
+template <int kHeads>
+HWY_INLINE void dots(const float* const* q, const float* k, int64_t D, float* s) {
+  const DF d;
+  const auto N = static_cast<int64_t>(hn::Lanes(d));
+  hn::Vec<DF> acc[kHeads];
+  for (int i = 0; i < kHeads; ++i) acc[i] = hn::Zero(d);
+  int64_t x = 0;
+  for (; x + N <= D; x += N) {
+    const auto kv = hn::LoadU(d, k + x);
+    for (int i = 0; i < kHeads; ++i) acc[i] = hn::MulAdd(hn::LoadU(d, q[i] + x), kv, acc[i]);
   }
-  for (; i + N <= n; i += N) acc0 = hn::MulAdd(hn::LoadU(d, a + i), hn::LoadU(d, b + i), acc0);
-  float s = hn::GetLane(hn::SumOfLanes(d, hn::Add(acc0, acc1)));
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
+  for (int i = 0; i < kHeads; ++i) {
+    float sum = hn::GetLane(hn::SumOfLanes(d, acc[i]));
+    for (int64_t y = x; y < D; ++y) sum += q[i][y] * k[y];
+    s[i] = sum;
+  }
 }
 
-// o = o * scale + p * v
-HWY_INLINE void scale_axpy(float* o, float scale, float p, const float* v, int64_t n) {
-  const hn::ScalableTag<float> d;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
-  const auto vs = hn::Set(d, scale);
+// o *= c
+HWY_INLINE void scale(float* o, float c, int64_t n) {
+  const DF d;
+  const auto N = static_cast<int64_t>(hn::Lanes(d));
+  const auto vc = hn::Set(d, c);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(hn::Mul(vc, hn::LoadU(d, o + i)), d, o + i);
+  for (; i < n; ++i) o[i] *= c;
+}
+
+// o += p * v
+HWY_INLINE void axpy(float* o, float p, const float* v, int64_t n) {
+  const DF d;
+  const auto N = static_cast<int64_t>(hn::Lanes(d));
   const auto vp = hn::Set(d, p);
   int64_t i = 0;
-  for (; i + N <= n; i += N)
-    hn::StoreU(hn::MulAdd(vp, hn::LoadU(d, v + i), hn::Mul(vs, hn::LoadU(d, o + i))), d, o + i);
-  for (; i < n; ++i) o[i] = o[i] * scale + p * v[i];
+  for (; i + N <= n; i += N) hn::StoreU(hn::MulAdd(vp, hn::LoadU(d, v + i), hn::LoadU(d, o + i)), d, o + i);
+  for (; i < n; ++i) o[i] += p * v[i];
+}
+
+// p[j] = exp(s[j] - m) for j < n, in place; returns the sum.
+HWY_INLINE float exp_shifted(float* s, int64_t n, float m) {
+  const DF d;
+  const auto N = static_cast<int64_t>(hn::Lanes(d));
+  const auto vm = hn::Set(d, m);
+  auto sum = hn::Zero(d);
+  int64_t j = 0;
+  for (; j + N <= n; j += N) {
+    const auto p = hn::Exp(d, hn::Sub(hn::LoadU(d, s + j), vm));
+    hn::StoreU(p, d, s + j);
+    sum = hn::Add(sum, p);
+  }
+  float total = hn::GetLane(hn::SumOfLanes(d, sum));
+  for (; j < n; ++j) total += s[j] = std::exp(s[j] - m);
+  return total;
 }
 
 // Attention of G query heads q [G, D] over entries [begin, end) of the
 // concatenated chunks; writes m, l and unnormalised o [G, D].
-void AttendPiece(const float* q, int64_t G, int64_t D, float scale, int32_t q_pos, int64_t window,
-                 const KvChunk* chunks, int64_t n_chunks, int64_t begin, int64_t end, float* m,
-                 float* l, float* o) {
-  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+//
+// Per block of kBlock entries: the scores of all G heads (K read once), then per
+// head one rescale of o and FMAs of the block's V rows weighted by exp(s - m),
+// with the exponentials computed as vectors.
+void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32_t q_pos,
+                 int64_t window, const KvChunk* chunks, int64_t n_chunks, int64_t begin,
+                 int64_t end, float* m, float* l, float* o) {
   for (int64_t g = 0; g < G; ++g) {
-    m[g] = kNegInf;
+    m[g] = kMasked;
     l[g] = 0.f;
   }
   std::fill(o, o + G * D, 0.f);
   // scores[g][j] for one block; G <= 64 is checked by the caller.
-  float scores[64 * kBlock];
+  HWY_ALIGN float scores[64 * kBlock];
+  const float* qh[64];
+  for (int64_t g = 0; g < G; ++g) qh[g] = q + g * D;
   int64_t chunk_start = 0;
   for (int64_t c = 0; c < n_chunks; ++c) {
     const KvChunk& ch = chunks[c];
@@ -78,28 +119,35 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale, int32_t q_po
         const int32_t k_pos = ch.positions[j0 + j];
         const bool visible = k_pos <= q_pos && (window == 0 || q_pos - k_pos < window);
         const float* k = ch.k + (j0 + j) * D;
-        for (int64_t g = 0; g < G; ++g)
-          scores[g * kBlock + j] = visible ? dot(q + g * D, k, D) * scale : kNegInf;
+        float s[4];
+        int64_t g = 0;
+        for (; g + 4 <= G; g += 4) {
+          if (visible) dots<4>(qh + g, k, D, s);
+          for (int i = 0; i < 4; ++i) scores[(g + i) * kBlock + j] = visible ? s[i] * scale_factor : kMasked;
+        }
+        for (; g < G; ++g) {
+          if (visible) dots<1>(qh + g, k, D, s);
+          scores[g * kBlock + j] = visible ? s[0] * scale_factor : kMasked;
+        }
       }
       for (int64_t g = 0; g < G; ++g) {
-        float* s = scores + g * kBlock;
-        float block_max = kNegInf;
-        for (int64_t j = 0; j < nb; ++j) block_max = std::max(block_max, s[j]);
-        if (block_max == kNegInf) continue;
+        float* sg = scores + g * kBlock;
+        float block_max = kMasked;
+        for (int64_t j = 0; j < nb; ++j) block_max = std::max(block_max, sg[j]);
+        if (block_max <= kMasked) continue;
         const float m_new = std::max(m[g], block_max);
-        float correction = std::exp(m[g] - m_new);  // exp(-inf) = 0 on the first block
+        const float correction = std::exp(m[g] - m_new);  // 0 on the first block
         float* og = o + g * D;
-        for (int64_t j = 0; j < nb; ++j) {
-          if (s[j] == kNegInf) continue;
-          const float p = std::exp(s[j] - m_new);
-          l[g] = l[g] * correction + p;
-          scale_axpy(og, correction, p, ch.v + (j0 + j) * D, D);
-          correction = 1.f;
-        }
+        if (correction != 1.f) scale(og, correction, D);
+        l[g] = l[g] * correction + exp_shifted(sg, nb, m_new);
+        for (int64_t j = 0; j < nb; ++j)
+          if (sg[j] > 0.f) axpy(og, sg[j], ch.v + (j0 + j) * D, D);
         m[g] = m_new;
       }
     }
   }
+  for (int64_t g = 0; g < G; ++g)
+    if (m[g] <= kMasked) m[g] = -std::numeric_limits<float>::infinity();
 }
 
 }  // namespace ekva::HWY_NAMESPACE
