@@ -62,14 +62,47 @@ HWY_INLINE void scale(float* o, float c, int64_t n) {
   for (; i < n; ++i) o[i] *= c;
 }
 
-// o += p * v
-HWY_INLINE void axpy(float* o, float p, const float* v, int64_t n) {
+// o += sum_j p[j] * v[j] over a block's V rows v [nb, D], with o held in eight
+// vector registers per pass (a dependency chain through memory, o loaded and
+// stored for every row, would bound the loop by store-to-load latency instead).
+HWY_INLINE void accumulate_rows(float* o, const float* p, const float* v, int64_t nb, int64_t D) {
   const DF d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
-  const auto vp = hn::Set(d, p);
-  int64_t i = 0;
-  for (; i + N <= n; i += N) hn::StoreU(hn::MulAdd(vp, hn::LoadU(d, v + i), hn::LoadU(d, o + i)), d, o + i);
-  for (; i < n; ++i) o[i] += p * v[i];
+  int64_t x = 0;
+  for (; x + 8 * N <= D; x += 8 * N) {
+    auto a0 = hn::LoadU(d, o + x), a1 = hn::LoadU(d, o + x + N), a2 = hn::LoadU(d, o + x + 2 * N),
+         a3 = hn::LoadU(d, o + x + 3 * N), a4 = hn::LoadU(d, o + x + 4 * N),
+         a5 = hn::LoadU(d, o + x + 5 * N), a6 = hn::LoadU(d, o + x + 6 * N),
+         a7 = hn::LoadU(d, o + x + 7 * N);
+    for (int64_t j = 0; j < nb; ++j) {
+      if (p[j] == 0.f) continue;
+      const auto vp = hn::Set(d, p[j]);
+      const float* r = v + j * D + x;
+      a0 = hn::MulAdd(vp, hn::LoadU(d, r), a0);
+      a1 = hn::MulAdd(vp, hn::LoadU(d, r + N), a1);
+      a2 = hn::MulAdd(vp, hn::LoadU(d, r + 2 * N), a2);
+      a3 = hn::MulAdd(vp, hn::LoadU(d, r + 3 * N), a3);
+      a4 = hn::MulAdd(vp, hn::LoadU(d, r + 4 * N), a4);
+      a5 = hn::MulAdd(vp, hn::LoadU(d, r + 5 * N), a5);
+      a6 = hn::MulAdd(vp, hn::LoadU(d, r + 6 * N), a6);
+      a7 = hn::MulAdd(vp, hn::LoadU(d, r + 7 * N), a7);
+    }
+    hn::StoreU(a0, d, o + x);
+    hn::StoreU(a1, d, o + x + N);
+    hn::StoreU(a2, d, o + x + 2 * N);
+    hn::StoreU(a3, d, o + x + 3 * N);
+    hn::StoreU(a4, d, o + x + 4 * N);
+    hn::StoreU(a5, d, o + x + 5 * N);
+    hn::StoreU(a6, d, o + x + 6 * N);
+    hn::StoreU(a7, d, o + x + 7 * N);
+  }
+  for (; x + N <= D; x += N) {
+    auto a = hn::LoadU(d, o + x);
+    for (int64_t j = 0; j < nb; ++j) a = hn::MulAdd(hn::Set(d, p[j]), hn::LoadU(d, v + j * D + x), a);
+    hn::StoreU(a, d, o + x);
+  }
+  for (; x < D; ++x)
+    for (int64_t j = 0; j < nb; ++j) o[x] += p[j] * v[j * D + x];
 }
 
 // p[j] = exp(s[j] - m) for j < n, in place; returns the sum.
@@ -140,8 +173,7 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32
         float* og = o + g * D;
         if (correction != 1.f) scale(og, correction, D);
         l[g] = l[g] * correction + exp_shifted(sg, nb, m_new);
-        for (int64_t j = 0; j < nb; ++j)
-          if (sg[j] > 0.f) axpy(og, sg[j], ch.v + (j0 + j) * D, D);
+        accumulate_rows(og, sg, ch.v + j0 * D, nb, D);
         m[g] = m_new;
       }
     }
