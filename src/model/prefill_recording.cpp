@@ -16,10 +16,10 @@ PrefillRecording PrefillRecording::record(const Model& model, std::span<const in
     auto* dst = name == "q" ? &r.q : name == "k" ? &r.k : name == "v" ? &r.v : nullptr;
     if (dst != nullptr) (*dst)[static_cast<size_t>(layer)].assign(data, data + n * width);
   };
-  obs.routing = [&](int layer, const int32_t* experts, const float*, int64_t n, int k) {
+  obs.routing = [&](int layer, const int32_t* experts, const float*, int64_t n, int top_k) {
     auto& t = r.top1[static_cast<size_t>(layer)];
     t.resize(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) t[static_cast<size_t>(i)] = experts[i * k];
+    for (int64_t i = 0; i < n; ++i) t[static_cast<size_t>(i)] = experts[i * top_k];
   };
   FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, static_cast<int64_t>(tokens.size()));
   model.forward(tokens, cache, r.last_logits, false, pool, &obs);
