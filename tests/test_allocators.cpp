@@ -24,24 +24,15 @@
 #include "ekva/error.h"
 #include "kv/allocator.h"
 
+#include "test_util.h"
+
 namespace ekva {
 namespace {
 
 constexpr std::array<const char*, 5> kNames = {"uniform", "pyramidkv", "adakv", "ekva-entropy",
                                                "ekva-mass"};
 
-// Runs fn and expects an ekva::Error whose message contains every fragment.
-template <typename Fn>
-void expect_error(Fn&& fn, std::initializer_list<std::string> fragments) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected one containing '" << *fragments.begin() << "'";
-  } catch (const Error& e) {
-    for (const std::string& f : fragments)
-      EXPECT_NE(std::string(e.what()).find(f), std::string::npos)
-          << "'" << e.what() << "' lacks '" << f << "'";
-  }
-}
+using test::expect_error;
 
 int64_t total(const std::vector<int64_t>& v) {
   return std::accumulate(v.begin(), v.end(), int64_t{0});

@@ -28,16 +28,7 @@ std::string with_header(const std::string& header, const std::string& data) {
   return out + header + data;
 }
 
-// Expects `fn` to throw ekva::Error whose message contains every fragment.
-template <typename Fn>
-void expect_error(Fn&& fn, std::initializer_list<const char*> fragments) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error thrown";
-  } catch (const Error& e) {
-    for (const char* f : fragments) EXPECT_THAT(e.what(), HasSubstr(f));
-  }
-}
+using test::expect_error;
 
 class BadSafetensors : public ::testing::Test {
  protected:

@@ -12,23 +12,14 @@
 #include "ekva/error.h"
 #include "kv/budget.h"
 
+#include "test_util.h"
+
 namespace ekva {
 namespace {
 
 using Unit = BudgetSpec::Unit;
 
-// Runs fn and expects an ekva::Error whose message contains every fragment.
-template <typename Fn>
-void expect_error(Fn&& fn, std::initializer_list<std::string> fragments) {
-  try {
-    fn();
-    ADD_FAILURE() << "no error; expected one containing '" << *fragments.begin() << "'";
-  } catch (const Error& e) {
-    for (const std::string& f : fragments)
-      EXPECT_NE(std::string(e.what()).find(f), std::string::npos)
-          << "'" << e.what() << "' lacks '" << f << "'";
-  }
-}
+using test::expect_error;
 
 void expect_spec(std::string_view text, Unit unit, double value) {
   const BudgetSpec spec = BudgetSpec::parse(text);
