@@ -21,15 +21,9 @@
 #include "kv/paged_store.h"
 #include "ops/ops.h"
 #include "roofline/ceilings.h"
+#include "roofline/report.h"
 
-namespace {
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-}  // namespace
+using ekva::median;
 
 int main(int argc, char** argv) {
   CLI::App app{"EKVA CPU ragged decode attention against measured read bandwidth"};
@@ -137,12 +131,9 @@ int main(int argc, char** argv) {
     fmt::print("attention        {:.2f} GB/s median = {:.1f}% of the measured read bandwidth (target 70%)\n",
                median(rates), 100 * fraction);
     if (!json_out.empty()) {
-      const std::time_t t = std::time(nullptr);
-      char date[32];
-      std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
       nlohmann::json j = {{"benchmark", "cpu_ragged_decode_attention_vs_read_bandwidth"},
                           {"commit", commit},
-                          {"date", date},
+                          {"date", ekva::utc_timestamp()},
                           {"device", ekva::cpu_description(pool.size())},
                           {"problem", {{"batch", batch}, {"kv_heads", kv_heads}, {"group", group},
                                        {"head_dim", head_dim}, {"mean_entries_per_seq_head", entries},

@@ -21,22 +21,9 @@
 #include "kv/kv_cache.h"
 #include "model/model.h"
 #include "roofline/ceilings.h"
+#include "roofline/report.h"
 
-namespace {
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-std::string utc_now() {
-  const std::time_t t = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-  return buf;
-}
-
-}  // namespace
+using ekva::median;
 
 int main(int argc, char** argv) {
   CLI::App app{"EKVA CPU decode benchmark: bytes read per step against measured read bandwidth"};
@@ -128,7 +115,7 @@ int main(int argc, char** argv) {
       nlohmann::json j;
       j["benchmark"] = "cpu_decode_vs_read_bandwidth";
       j["commit"] = commit;
-      j["date"] = utc_now();
+      j["date"] = ekva::utc_timestamp();
       j["device"] = ekva::cpu_description(pool.size());
       j["model"] = {{"dir", model_dir},
                     {"architecture", c.arch_name},

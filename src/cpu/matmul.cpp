@@ -45,8 +45,7 @@ HWY_INLINE float weight_scalar(const WT* p, int64_t i) {
 
 // out[r][t] = w[r] · x[t] for kRows rows and kTokens tokens.
 template <int kRows, int kTokens, typename WT>
-HWY_INLINE void tile(const WT* const* w, const float* const* x, int64_t K, float* out_rows[],
-                     int64_t) {
+HWY_INLINE void tile(const WT* const* w, const float* const* x, int64_t K, float* out_rows[]) {
   const DF df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   hn::Vec<DF> acc[kRows][kTokens];
@@ -111,13 +110,13 @@ void matmul_range_t(const float* const* x_rows, int64_t n_tokens, const WT* w, i
     for (; t + kTokens <= n_tokens; t += kTokens) {
       float* out[kTokens];
       for (int i = 0; i < kTokens; ++i) out[i] = y_rows[t + i] + r;
-      if (full_rows) tile<kRows, kTokens>(wr, x_rows + t, K, out, t);
-      else tile<1, kTokens>(wr, x_rows + t, K, out, t);
+      if (full_rows) tile<kRows, kTokens>(wr, x_rows + t, K, out);
+      else tile<1, kTokens>(wr, x_rows + t, K, out);
     }
     for (; t < n_tokens; ++t) {
       float* out[1] = {y_rows[t] + r};
-      if (full_rows) tile<kRows, 1>(wr, x_rows + t, K, out, t);
-      else tile<1, 1>(wr, x_rows + t, K, out, t);
+      if (full_rows) tile<kRows, 1>(wr, x_rows + t, K, out);
+      else tile<1, 1>(wr, x_rows + t, K, out);
     }
   }
 }
