@@ -18,6 +18,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "cpu/cpu_backend.h"
 #include "kv/paged_store.h"
 #include "ops/ops.h"
 #include "roofline/ceilings.h"
@@ -42,7 +43,8 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   try {
-    ekva::ThreadPool& pool = ekva::default_pool();
+    ekva::CpuBackend backend;
+    ekva::ThreadPool& pool = backend.pool();
     ekva::StoreConfig sc;
     sc.shape = {1, kv_heads, head_dim};
     sc.n_experts = experts;
@@ -102,7 +104,7 @@ int main(int argc, char** argv) {
         const int32_t qp = static_cast<int32_t>(lengths[static_cast<size_t>(s)]);
         ekva::AttentionParams p{1, n_heads, kv_heads, head_dim, 1.f / std::sqrt(static_cast<float>(head_dim)),
                                 0, q.data(), &qp, out.data()};
-        ekva::attention(p, chunks[static_cast<size_t>(s)], pool);
+        backend.attention(p, chunks[static_cast<size_t>(s)]);
       }
     };
     step();  // warm-up

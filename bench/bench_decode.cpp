@@ -18,6 +18,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "cpu/cpu_backend.h"
 #include "kv/kv_cache.h"
 #include "model/model.h"
 #include "roofline/ceilings.h"
@@ -42,8 +43,8 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   try {
-    if (threads > 0) ekva::set_default_pool_threads(threads);
-    ekva::ThreadPool& pool = ekva::default_pool();
+    ekva::CpuBackend backend(threads);
+    ekva::ThreadPool& pool = backend.pool();
     const auto bandwidth_bytes = static_cast<size_t>(bandwidth_gib * (1 << 30));
 
     const auto model = ekva::Model::load(model_dir);
@@ -59,7 +60,8 @@ int main(int argc, char** argv) {
     for (auto& t : prompt) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(c.vocab_size));
     std::vector<float> logits;
     const auto t0 = std::chrono::steady_clock::now();
-    model->forward(prompt, cache, logits, false, pool);
+    model->forward(prompt, cache, logits, false, backend);
+    ekva::Activations act(c, backend, {.max_sequences = 1, .max_tokens = 1});
     const double prefill_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     fmt::print("prefill          {} tokens in {:.3f} s ({:.1f} tok/s)\n", prompt_len, prefill_s,
                prompt_len / prefill_s);
@@ -77,7 +79,9 @@ int main(int argc, char** argv) {
         const auto next =
             static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
         const auto a = std::chrono::steady_clock::now();
-        const auto counters = model->forward({&next, 1}, cache, logits, false, pool);
+        const ekva::SequenceStep step{&cache, {&next, 1}};
+        const auto counters = model->forward({&step, 1}, act, backend);
+        logits.assign(act.logits.data(), act.logits.data() + c.vocab_size);
         const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count();
         const size_t bytes = counters.weight_bytes + counters.kv_bytes;
         step_gbs.push_back(static_cast<double>(bytes) / dt / 1e9);

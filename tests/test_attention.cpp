@@ -6,7 +6,7 @@
 #include <numeric>
 
 #include "core/thread_pool.h"
-#include "ops/ops.h"
+#include "cpu/kernels.h"
 #include "test_util.h"
 
 namespace ekva {
@@ -54,7 +54,7 @@ TEST_P(AttentionTest, MatchesReference) {
   p.q_positions = q_pos.data();
   std::vector<float> out(q.size(), NAN), out_ref(q.size(), NAN);
   p.out = out.data();
-  attention(p, chunks, pool);
+  cpu::attention(p, chunks, pool);
   p.out = out_ref.data();
   ref::attention(p, chunks);
   EXPECT_LT(test::rel_error(out.data(), out_ref.data(), out.size()), 2e-6);
@@ -88,9 +88,9 @@ TEST(Attention, SplittingChunksDoesNotChangeTheResult) {
     many[0].push_back({&k[static_cast<size_t>(b * D)], &v[static_cast<size_t>(b * D)], &pos[static_cast<size_t>(b)], std::min<int64_t>(7, n - b)});
   std::vector<float> a(static_cast<size_t>(4 * D)), b(a.size());
   p.out = a.data();
-  attention(p, one, pool);
+  cpu::attention(p, one, pool);
   p.out = b.data();
-  attention(p, many, pool);
+  cpu::attention(p, many, pool);
   EXPECT_LT(test::rel_error(a.data(), b.data(), a.size()), 1e-6);
 }
 

@@ -210,7 +210,7 @@ TEST_F(BadModelDir, SequenceLongerThanContext) {
   FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, 64);
   std::vector<int32_t> tokens(9, 1);
   std::vector<float> logits;
-  expect_error([&] { model->forward(tokens, cache, logits, false, default_pool()); },
+  expect_error([&] { model->forward(tokens, cache, logits, false, test::cpu()); },
                {"9 tokens", "context of 8"});
 }
 
@@ -220,7 +220,7 @@ TEST_F(BadModelDir, TokenOutsideVocabulary) {
   FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, 64);
   std::vector<int32_t> tokens = {1, 384};
   std::vector<float> logits;
-  expect_error([&] { model->forward(tokens, cache, logits, false, default_pool()); },
+  expect_error([&] { model->forward(tokens, cache, logits, false, test::cpu()); },
                {"token id 384", "outside the vocabulary"});
 }
 

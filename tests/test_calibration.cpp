@@ -79,8 +79,8 @@ Captured capture(const Model& model, const std::vector<int32_t>& tokens) {
   };
   FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, static_cast<int64_t>(tokens.size()));
   std::vector<float> logits;
-  ThreadPool pool(1);
-  model.forward(tokens, cache, logits, false, pool, &o);
+  CpuBackend backend(1);
+  model.forward(tokens, cache, logits, false, backend, &o);
   return cap;
 }
 

@@ -14,7 +14,7 @@
 #include "ekva/error.h"
 #include "kv/compressed_cache.h"
 #include "model/model.h"
-#include "model/prefill_recording.h"
+#include "runtime/prefill_recording.h"
 #include "test_util.h"
 
 namespace ekva {
@@ -47,11 +47,11 @@ CompressionConfig config(const std::string& allocator, const std::string& policy
 std::vector<std::vector<float>> run(KvCache& cache, const std::vector<int32_t>& prompt, int steps) {
   std::vector<std::vector<float>> out;
   std::vector<float> logits;
-  model().forward(prompt, cache, logits, false, default_pool());
+  model().forward(prompt, cache, logits, false, test::cpu());
   out.push_back(logits);
   for (int s = 0; s < steps; ++s) {
     const auto next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    model().forward({&next, 1}, cache, logits, false, default_pool());
+    model().forward({&next, 1}, cache, logits, false, test::cpu());
     out.push_back(logits);
   }
   return out;
@@ -66,7 +66,7 @@ TEST(CompressedCache, FullBudgetReproducesTheFullCache) {
        std::vector<std::tuple<std::string, std::string, std::string>>{
            {"uniform", "full", "10%"}, {"uniform", "snapkv", "100%"}, {"adakv", "h2o", "100%"},
            {"pyramidkv", "knorm", "100%"}, {"uniform", "random", "4096"}}) {
-    CompressedKvCache cache(c, config(alloc, policy, budget), 256, default_pool());
+    CompressedKvCache cache(c, config(alloc, policy, budget), 256, test::cpu().pool());
     const auto got = run(cache, prompt, 20);
     ASSERT_EQ(got.size(), want.size());
     for (size_t i = 0; i < got.size(); ++i)
@@ -115,9 +115,9 @@ TEST(CompressedCache, BudgetsHoldDuringDecode) {
            {"uniform", "streamingllm"}, {"uniform", "random"}}) {
     const CompressionConfig cfg = config(alloc, policy, "15%");
     const StoreConfig sc = store_config_for(c, cfg, 1024);
-    CompressedKvCache cache(c, cfg, 1024, default_pool());
+    CompressedKvCache cache(c, cfg, 1024, test::cpu().pool());
     std::vector<float> logits;
-    model().forward(prompt, cache, logits, false, default_pool());
+    model().forward(prompt, cache, logits, false, test::cpu());
     check_invariants(cache, c, 400, sc);
     const CompressionStats after_prompt = cache.stats();
     EXPECT_EQ(after_prompt.compressions, 1) << alloc << ":" << policy;
@@ -126,7 +126,7 @@ TEST(CompressedCache, BudgetsHoldDuringDecode) {
         << alloc << ":" << policy;
     for (int s = 0; s < 120; ++s) {
       const auto next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-      model().forward({&next, 1}, cache, logits, false, default_pool());
+      model().forward({&next, 1}, cache, logits, false, test::cpu());
       check_invariants(cache, c, 401 + s, sc);
       if (::testing::Test::HasFailure()) return;
     }
@@ -140,14 +140,14 @@ TEST(CompressedCache, BatchSharesOneStoreWithPerSequenceBudgets) {
   PagedKvStore store(store_config_for(c, base, 1024));
   std::vector<std::unique_ptr<CompressedKvCache>> seqs;
   const std::vector<std::string> budgets = {"100%", "20%", "10%"};
-  for (const auto& b : budgets) seqs.push_back(std::make_unique<CompressedKvCache>(store, c, config("uniform", "h2o", b), default_pool()));
+  for (const auto& b : budgets) seqs.push_back(std::make_unique<CompressedKvCache>(store, c, config("uniform", "h2o", b), test::cpu().pool()));
   std::vector<std::vector<float>> logits(seqs.size());
   for (size_t i = 0; i < seqs.size(); ++i)
-    model().forward(random_tokens(300, 10 + i), *seqs[i], logits[i], false, default_pool());
+    model().forward(random_tokens(300, 10 + i), *seqs[i], logits[i], false, test::cpu());
   for (int s = 0; s < 150; ++s) {
     for (size_t i = 0; i < seqs.size(); ++i) {  // interleaved decode steps
       const auto next = static_cast<int32_t>(std::max_element(logits[i].begin(), logits[i].end()) - logits[i].begin());
-      model().forward({&next, 1}, *seqs[i], logits[i], false, default_pool());
+      model().forward({&next, 1}, *seqs[i], logits[i], false, test::cpu());
     }
     // No block held twice, none lost: the sequences' blocks are exactly the pool's.
     std::vector<int32_t> blocks;
@@ -172,7 +172,7 @@ TEST(CompressedCache, ImpossibleBudgetsAndUnknownNamesAreClearErrors) {
   const ModelConfig& c = model().config();
   const auto expect_error = [&](const CompressionConfig& cfg, const char* fragment) {
     try {
-      CompressedKvCache cache(c, cfg, 1024, default_pool());
+      CompressedKvCache cache(c, cfg, 1024, test::cpu().pool());
       ADD_FAILURE() << "no error for " << fragment;
     } catch (const Error& e) {
       EXPECT_THAT(e.what(), ::testing::HasSubstr(fragment));
@@ -198,16 +198,16 @@ TEST(CompressedCache, ReplayedPrefillEqualsARealForward) {
   const auto prompt = random_tokens(300, 5);
   for (const std::string policy : {"snapkv", "h2o"}) {
     const CompressionConfig cfg = config("adakv", policy, "12%");
-    CompressedKvCache real(c, cfg, 512, default_pool());
-    CompressedKvCache replayed(c, cfg, 512, default_pool());
+    CompressedKvCache real(c, cfg, 512, test::cpu().pool());
+    CompressedKvCache replayed(c, cfg, 512, test::cpu().pool());
     const auto want = run(real, prompt, 10);
-    const PrefillRecording rec = PrefillRecording::record(model(), prompt, default_pool());
+    const PrefillRecording rec = PrefillRecording::record(model(), prompt, test::cpu());
     rec.replay(replayed);
     EXPECT_LT(test::rel_error(rec.last_logits.data(), want[0].data(), want[0].size()), 1e-6);
     std::vector<float> logits = rec.last_logits;
     for (int s = 0; s < 10; ++s) {
       const auto next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-      model().forward({&next, 1}, replayed, logits, false, default_pool());
+      model().forward({&next, 1}, replayed, logits, false, test::cpu());
       EXPECT_LT(test::rel_error(logits.data(), want[static_cast<size_t>(s + 1)].data(), logits.size()), 1e-5)
           << policy << " step " << s;
     }

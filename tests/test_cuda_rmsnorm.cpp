@@ -1,4 +1,4 @@
-// The CUDA RMSNorm against the CPU op; skipped where there is no GPU.
+// The CUDA RMSNorm against the scalar reference; skipped where there is no GPU.
 #include <gtest/gtest.h>
 
 #include <cuda_runtime.h>
@@ -17,7 +17,7 @@ TEST(CudaRmsNorm, MatchesCpu) {
     const auto x = test::random_floats(static_cast<size_t>(rows * width), 1);
     const auto w = test::random_floats(static_cast<size_t>(width), 2);
     std::vector<float> ref(x.size()), out(x.size(), NAN);
-    rmsnorm(x.data(), w.data(), rows, width, 1e-6f, ref.data());
+    ref::rmsnorm({x.data(), w.data(), rows, width, 1e-6f, ref.data()});
     float *dx, *dw, *dout;
     EKVA_CUDA_CHECK(cudaMalloc(&dx, x.size() * 4));
     EKVA_CUDA_CHECK(cudaMalloc(&dw, w.size() * 4));
@@ -25,7 +25,7 @@ TEST(CudaRmsNorm, MatchesCpu) {
     EKVA_CUDA_CHECK(cudaMemcpy(dx, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
     EKVA_CUDA_CHECK(cudaMemcpy(dw, w.data(), w.size() * 4, cudaMemcpyHostToDevice));
     EKVA_CUDA_CHECK(cudaMemset(dout, 0xff, x.size() * 4));  // NaN poison
-    cuda::rmsnorm({dx, dw, dout, rows, width, 1e-6f}, nullptr);
+    cuda::rmsnorm({dx, dw, rows, width, 1e-6f, dout}, nullptr);
     EKVA_CUDA_CHECK(cudaMemcpy(out.data(), dout, x.size() * 4, cudaMemcpyDeviceToHost));
     EXPECT_LT(test::rel_error(out.data(), ref.data(), out.size()), 1e-6) << rows << "x" << width;
     cudaFree(dx);

@@ -2,7 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "core/thread_pool.h"
-#include "ops/ops.h"
+#include "cpu/kernels.h"
 #include "test_util.h"
 
 namespace ekva {
@@ -33,8 +33,8 @@ TEST_P(MatmulTest, MatchesReference) {
   const int64_t ldy = shape.rows + 3;
   std::vector<float> y(static_cast<size_t>(shape.tokens * ldy), NAN);
   std::vector<float> y_ref(y.size(), NAN);
-  matmul(x.data(), shape.tokens, w, y.data(), ldy, pool);
-  ref::matmul(x.data(), shape.tokens, w, y_ref.data(), ldy);
+  cpu::matmul({x.data(), shape.tokens, nullptr, w, y.data(), ldy}, pool);
+  ref::matmul({x.data(), shape.tokens, nullptr, w, y_ref.data(), ldy});
   for (int64_t t = 0; t < shape.tokens; ++t) {
     const size_t off = static_cast<size_t>(t * ldy);
     EXPECT_LT(test::rel_error(&y[off], &y_ref[off], static_cast<size_t>(shape.rows)), 1e-6)
@@ -57,9 +57,9 @@ TEST(MatmulRows, GathersTheNamedRows) {
   const WeightMatrix w{DType::kBF16, R, C, wb.data()};
   const std::vector<int32_t> rows = {8, 0, 3, 3};
   std::vector<float> y(rows.size() * R), y_ref(static_cast<size_t>(R));
-  matmul_rows(x.data(), rows, w, y.data(), pool);
+  cpu::matmul({x.data(), static_cast<int64_t>(rows.size()), rows.data(), w, y.data(), R}, pool);
   for (size_t i = 0; i < rows.size(); ++i) {
-    ref::matmul(&x[static_cast<size_t>(rows[i] * C)], 1, w, y_ref.data(), R);
+    ref::matmul({&x[static_cast<size_t>(rows[i] * C)], 1, nullptr, w, y_ref.data(), R});
     EXPECT_LT(test::rel_error(&y[i * R], y_ref.data(), R), 1e-6);
   }
 }

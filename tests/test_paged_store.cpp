@@ -18,6 +18,7 @@
 #include "ekva/error.h"
 #include "kv/block_pool.h"
 #include "kv/kv_cache.h"
+#include "cpu/kernels.h"
 #include "kv/paged_store.h"
 #include "ops/ops.h"
 #include "test_util.h"
@@ -227,9 +228,9 @@ TEST_P(PagedVsFull, AttentionMatchesWithoutEviction) {
       p.q = q.data();
       p.q_positions = positions.data();
       p.out = out.data();
-      attention(p, paged_chunks, pool);
+      cpu::attention(p, paged_chunks, pool);
       p.out = out_ref.data();
-      attention(p, ref_chunks, pool);
+      cpu::attention(p, ref_chunks, pool);
       EXPECT_LT(test::rel_error(out.data(), out_ref.data(), out.size()), 1e-5)
           << "sequence " << i << " layer " << layer << " at " << positions.front();
       if (layer == 0) {

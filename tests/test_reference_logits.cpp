@@ -52,7 +52,7 @@ TEST_P(ReferenceLogits, PrefillThenDecodeMatch) {
   const ModelConfig& c = model->config();
   const auto V = static_cast<size_t>(c.vocab_size);
   const auto N = static_cast<int64_t>(ref.tokens.size());
-  ThreadPool& pool = default_pool();
+  Backend& pool = test::cpu();
 
   // Routing decisions seen by the engine: layer -> [token] -> experts.
   std::map<int, std::vector<std::vector<int32_t>>> routed;
@@ -95,7 +95,7 @@ TEST_P(ReferenceLogits, LastLogitsOnlyMatchesAllLogits) {
   FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, 64);
   std::vector<float> logits;
   const auto n = static_cast<size_t>(ref.tokens.size());
-  model->forward(ref.tokens, cache, logits, false, default_pool());
+  model->forward(ref.tokens, cache, logits, false, test::cpu());
   ASSERT_EQ(logits.size(), V);
   EXPECT_LT(test::rel_error(logits.data(), &ref.logits[(n - 1) * V], V), kTolerance);
 }

@@ -58,11 +58,11 @@ TEST_P(ShippedModel, LogitsAndRoutingMatchTransformers) {
   FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, N);
   std::vector<float> logits;
   model->forward(std::span(tokens).first(static_cast<size_t>(start + 1)), cache, logits, false,
-                 default_pool(), &observer);
+                 test::cpu(), &observer);
   for (int64_t t = start; t < N; ++t) {
     if (t > start)
       model->forward(std::span(tokens).subspan(static_cast<size_t>(t), 1), cache, logits, false,
-                     default_pool(), &observer);
+                     test::cpu(), &observer);
     const float* want = &logits_ref[static_cast<size_t>(t - start) * V];
     // Same bf16 weights, f32 arithmetic on both sides (GPU vs CPU summation order).
     EXPECT_LT(test::rel_error(logits.data(), want, V), 2e-4) << "position " << t;

@@ -57,4 +57,9 @@ std::string read_file(const std::filesystem::path& path) {
 
 std::filesystem::path reference_dir() { return std::filesystem::path(EKVA_TEST_DATA) / "reference"; }
 
+CpuBackend& cpu() {
+  static CpuBackend backend;
+  return backend;
+}
+
 }  // namespace ekva::test

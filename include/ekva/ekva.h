@@ -4,6 +4,12 @@
 //   auto stats = engine->generate("The capital of France is", {.max_new_tokens = 32},
 //                                 [](std::string_view piece) { std::cout << piece; });
 //
+//   auto scheduler = engine->new_scheduler({.max_sequences = 32});
+//   scheduler->add("First prompt", {.max_new_tokens = 64});
+//   scheduler->add("Second prompt", {.max_new_tokens = 16});
+//   while (!scheduler->idle())
+//     for (const auto& u : scheduler->step()) std::cout << u.id << ": " << u.text << "\n";
+//
 // Every failure (bad files, bad options, overlong prompts) throws ekva::Error.
 #pragma once
 
@@ -32,6 +38,9 @@ struct KvCompressionOptions {
 struct EngineOptions {
   int threads = 0;       // 0: EKVA_THREADS or one per core
   int64_t context = 0;   // tokens per sequence; 0: the model's max_position_embeddings
+  // Tokens one forward call runs at most: longer prompts are prefilled in chunks
+  // of this size (the activations are allocated for it once).
+  int64_t max_step_tokens = 512;
   KvCompressionOptions kv;
 };
 
@@ -80,6 +89,56 @@ class Session {
   virtual size_t last_bytes_read() const = 0;
 };
 
+struct SchedulerOptions {
+  int max_sequences = 16;         // sequences in one step (the batch); more wait their turn
+  int64_t max_step_tokens = 512;  // tokens in one step: one per decoding sequence, plus prefill chunks
+};
+
+// What one step did to one sequence.
+struct SequenceUpdate {
+  int64_t id = 0;
+  std::vector<int32_t> tokens;  // generated in this step (none while prefilling)
+  std::string text;             // their text, complete UTF-8 only
+  bool finished = false;
+  GenerateStats stats;          // the whole sequence's, once finished
+};
+
+struct SchedulerStats {
+  int64_t steps = 0;
+  int64_t prompt_tokens = 0;     // prefilled
+  int64_t generated_tokens = 0;
+  double step_seconds = 0;       // in forward passes and sampling
+  int max_batch = 0;             // most sequences in one step
+  double generated_tokens_per_second() const {
+    return step_seconds > 0 ? static_cast<double>(generated_tokens) / step_seconds : 0.0;
+  }
+};
+
+// Continuous batching: sequences join between steps and leave as soon as they
+// finish (end of text, max_new_tokens, the context, or cancel), and a finished
+// sequence's KV memory is free at once for the others. Each step is one forward
+// pass over every running sequence: one token for each decoding sequence and
+// prefill chunks of the prompts that are still being read. Not thread-safe.
+class Scheduler {
+ public:
+  virtual ~Scheduler() = default;
+  // Queues a sequence and returns its id. An empty prompt, a prompt that does not
+  // fit the context or bad options throw ekva::Error; queued and running
+  // sequences are unaffected.
+  virtual int64_t add(std::string_view prompt, const GenerateOptions& options) = 0;
+  virtual int64_t add_tokens(std::span<const int32_t> prompt, const GenerateOptions& options) = 0;
+  // Ends a waiting or running sequence now and frees its KV memory; the next step
+  // reports it finished with stop_reason "cancelled". An unknown id throws.
+  virtual void cancel(int64_t id) = 0;
+  // Runs one step; returns an update for every sequence that produced a token or
+  // finished. With nothing to run it returns only pending cancellations.
+  virtual std::vector<SequenceUpdate> step() = 0;
+  virtual bool idle() const = 0;  // nothing waiting or running
+  virtual int n_running() const = 0;
+  virtual int n_waiting() const = 0;
+  virtual const SchedulerStats& stats() const = 0;
+};
+
 class Engine {
  public:
   static std::unique_ptr<Engine> open(const std::filesystem::path& model_dir,
@@ -89,6 +148,9 @@ class Engine {
   virtual std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = true) const = 0;
   virtual std::string decode(std::span<const int32_t> ids) const = 0;
   virtual std::unique_ptr<Session> new_session() const = 0;
+  // A scheduler of its own (its own KV store and activations) over this engine's
+  // model; the engine must outlive it.
+  virtual std::unique_ptr<Scheduler> new_scheduler(const SchedulerOptions& options = {}) const = 0;
   // Encodes the prompt, prefills, samples up to max_new_tokens and streams the text
   // of each step to on_text as soon as it is complete UTF-8.
   virtual GenerateStats generate(std::string_view prompt, const GenerateOptions& options,

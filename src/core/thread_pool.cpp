@@ -77,12 +77,6 @@ void ThreadPool::worker(int thread) {
   }
 }
 
-namespace {
-std::unique_ptr<ThreadPool>& pool_slot() {
-  static std::unique_ptr<ThreadPool> pool;
-  return pool;
-}
-
 int default_thread_count() {
   if (const char* env = std::getenv("EKVA_THREADS"); env != nullptr && *env != '\0') {
     char* end = nullptr;
@@ -93,14 +87,5 @@ int default_thread_count() {
   const unsigned hw = std::thread::hardware_concurrency();
   return hw == 0 ? 1 : static_cast<int>(hw);
 }
-}  // namespace
-
-ThreadPool& default_pool() {
-  auto& pool = pool_slot();
-  if (!pool) pool = std::make_unique<ThreadPool>(default_thread_count());
-  return *pool;
-}
-
-void set_default_pool_threads(int n) { pool_slot() = std::make_unique<ThreadPool>(n); }
 
 }  // namespace ekva

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace ekva {
@@ -32,7 +33,7 @@ class ThreadPool {
       return;
     }
     auto trampoline = [](void* ctx, int64_t begin, int64_t end, int thread) {
-      (*static_cast<Fn*>(ctx))(begin, end, thread);
+      (*static_cast<std::remove_reference_t<Fn>*>(ctx))(begin, end, thread);
     };
     run(n, trampoline, &fn);
   }
@@ -56,9 +57,7 @@ class ThreadPool {
   std::condition_variable wake_;
 };
 
-// The process-wide pool: EKVA_THREADS if set, otherwise one thread per core.
-ThreadPool& default_pool();
-// Recreates the process-wide pool with n threads (the CLI's --threads).
-void set_default_pool_threads(int n);
+// Threads a backend uses when not told: EKVA_THREADS if set, otherwise one per core.
+int default_thread_count();
 
 }  // namespace ekva

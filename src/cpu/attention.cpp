@@ -18,7 +18,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
-#include "ops/ops.h"
+#include "cpu/kernels.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace ekva::HWY_NAMESPACE {
@@ -186,7 +186,7 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32
 HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
-namespace ekva {
+namespace ekva::cpu {
 
 HWY_EXPORT(AttendPiece);
 
@@ -200,18 +200,21 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
                ThreadPool& pool) {
   const int64_t G = p.n_heads / p.n_kv_heads;
   const int64_t D = p.head_dim;
+  const int64_t KH = p.n_kv_heads;
   EKVA_CHECK(G <= 64, "attention: GQA group of {} query heads exceeds 64", G);
-  EKVA_CHECK(static_cast<int64_t>(chunks.size()) == p.n_kv_heads, "attention: {} chunk lists for {} kv-heads",
-             chunks.size(), p.n_kv_heads);
+  EKVA_CHECK(static_cast<int64_t>(chunks.size()) == p.n_seqs * KH,
+             "attention: {} chunk lists for {} sequences x {} kv-heads", chunks.size(), p.n_seqs, KH);
+  const auto seq_of = [&](int64_t t) -> int64_t { return p.q_seq != nullptr ? p.q_seq[t] : 0; };
 
-  std::vector<int64_t> total(static_cast<size_t>(p.n_kv_heads), 0);
+  // Entries per (sequence, kv-head).
+  std::vector<int64_t> total(chunks.size(), 0);
   int64_t max_total = 0;
-  for (int64_t h = 0; h < p.n_kv_heads; ++h) {
-    for (const auto& c : chunks[static_cast<size_t>(h)]) total[static_cast<size_t>(h)] += c.n;
-    max_total = std::max(max_total, total[static_cast<size_t>(h)]);
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    for (const auto& c : chunks[i]) total[i] += c.n;
+    max_total = std::max(max_total, total[i]);
   }
   // Split only when (query, kv-head) items alone cannot fill the threads.
-  const int64_t base_items = p.n_queries * p.n_kv_heads;
+  const int64_t base_items = p.n_queries * KH;
   int64_t pieces = 1;
   if (base_items < 4 * pool.size()) {
     pieces = std::max<int64_t>(1, std::min((4 * pool.size() + base_items - 1) / base_items,
@@ -226,10 +229,11 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
   pool.parallel_for(n_items, [&](int64_t i0, int64_t i1, int) {
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t piece = item % pieces;
-      const int64_t h = (item / pieces) % p.n_kv_heads;
-      const int64_t t = item / pieces / p.n_kv_heads;
-      const auto& list = chunks[static_cast<size_t>(h)];
-      const int64_t n = total[static_cast<size_t>(h)];
+      const int64_t h = (item / pieces) % KH;
+      const int64_t t = item / pieces / KH;
+      const auto list_index = static_cast<size_t>(seq_of(t) * KH + h);
+      const auto& list = chunks[list_index];
+      const int64_t n = total[list_index];
       const int64_t begin = n * piece / pieces;
       const int64_t end = n * (piece + 1) / pieces;
       HWY_DYNAMIC_DISPATCH(AttendPiece)(
@@ -265,5 +269,5 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
   }
 }
 
-}  // namespace ekva
+}  // namespace ekva::cpu
 #endif  // HWY_ONCE

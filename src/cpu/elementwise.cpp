@@ -1,47 +1,141 @@
-// Row-wise and element-wise ops. Each is a single pass over activations that are
-// small next to the weights, so plain loops (auto-vectorised) suffice.
+// Row-wise and element-wise ops of the CPU backend. Each is a single pass over
+// activations that are small next to the weights: plain loops the compiler
+// vectorises, with rows split over the pool where a call can be long (prefill).
+#include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstring>
 
-#include "ops/ops.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "cpu/kernels.h"
 
-namespace ekva {
+namespace ekva::cpu {
 
-void rmsnorm(const float* x, const float* weight, int64_t n_rows, int64_t width, float eps,
-             float* out) {
-  for (int64_t r = 0; r < n_rows; ++r) {
-    const float* xr = x + r * width;
-    float* yr = out + r * width;
-    double sum_sq = 0.0;  // double: widths up to 16k in f32 would lose digits
-    for (int64_t i = 0; i < width; ++i) sum_sq += double{xr[i]} * xr[i];
-    const auto inv = static_cast<float>(1.0 / std::sqrt(sum_sq / static_cast<double>(width) + eps));
-    for (int64_t i = 0; i < width; ++i) yr[i] = xr[i] * inv * weight[i];
-  }
-}
+namespace {
+// Rows below this many elements in total are not worth waking the pool for.
+constexpr int64_t kParallelElements = 1 << 15;
+}  // namespace
 
-void rope(float* x, const int32_t* positions, int64_t n_tokens, int64_t n_heads, int64_t head_dim,
-          const float* inv_freq) {
-  const int64_t half = head_dim / 2;
-  for (int64_t t = 0; t < n_tokens; ++t) {
-    const double pos = positions[t];
-    for (int64_t i = 0; i < half; ++i) {
-      // Angles in double: position * frequency reaches 1e5+ rad at long contexts,
-      // where f32 would leave only a few correct digits in the angle.
-      const double angle = pos * static_cast<double>(inv_freq[i]);
-      const auto c = static_cast<float>(std::cos(angle));
-      const auto s = static_cast<float>(std::sin(angle));
-      for (int64_t h = 0; h < n_heads; ++h) {
-        float* v = x + (t * n_heads + h) * head_dim;
-        const float a = v[i];
-        const float b = v[i + half];
-        v[i] = a * c - b * s;
-        v[i + half] = b * c + a * s;
-      }
+void embedding(const EmbeddingParams& p) {
+  const WeightMatrix& e = p.table;
+  for (int64_t t = 0; t < p.n_tokens; ++t) {
+    const int32_t id = p.tokens[t];
+    EKVA_CHECK(id >= 0 && id < e.rows, "embedding: token {} outside [0, {})", id, e.rows);
+    float* out = p.out + t * e.cols;
+    if (e.dtype == DType::kBF16) {
+      const auto* row = reinterpret_cast<const uint16_t*>(e.row(id));
+      for (int64_t i = 0; i < e.cols; ++i) out[i] = bf16_to_f32(row[i]);
+    } else {
+      std::memcpy(out, e.row(id), sizeof(float) * static_cast<size_t>(e.cols));
     }
   }
 }
 
-void silu_mul(float* gate, const float* up, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
+void rmsnorm(const RmsNormParams& p, ThreadPool& pool) {
+  auto rows = [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = p.x + r * p.width;
+      float* yr = p.out + r * p.width;
+      double sum_sq = 0.0;  // double: widths up to 16k in f32 would lose digits
+      for (int64_t i = 0; i < p.width; ++i) sum_sq += double{xr[i]} * xr[i];
+      const auto inv = static_cast<float>(1.0 / std::sqrt(sum_sq / static_cast<double>(p.width) + p.eps));
+      for (int64_t i = 0; i < p.width; ++i) yr[i] = xr[i] * inv * p.weight[i];
+    }
+  };
+  if (p.n_rows * p.width < kParallelElements) rows(0, p.n_rows, 0);
+  else pool.parallel_for(p.n_rows, rows);
 }
 
-}  // namespace ekva
+void rope(const RopeParams& p, ThreadPool& pool) {
+  const int64_t half = p.head_dim / 2;
+  auto tokens = [&](int64_t t0, int64_t t1, int) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const double pos = p.positions[t];
+      for (int64_t i = 0; i < half; ++i) {
+        // Angles in double: position * frequency reaches 1e5+ rad at long contexts,
+        // where f32 would leave only a few correct digits in the angle.
+        const double angle = pos * static_cast<double>(p.inv_freq[i]);
+        const auto c = static_cast<float>(std::cos(angle));
+        const auto s = static_cast<float>(std::sin(angle));
+        for (int64_t h = 0; h < p.n_heads; ++h) {
+          float* v = p.x + (t * p.n_heads + h) * p.head_dim;
+          const float a = v[i];
+          const float b = v[i + half];
+          v[i] = a * c - b * s;
+          v[i + half] = b * c + a * s;
+        }
+      }
+    }
+  };
+  if (p.n_tokens * p.n_heads * p.head_dim < kParallelElements) tokens(0, p.n_tokens, 0);
+  else pool.parallel_for(p.n_tokens, tokens);
+}
+
+void add_bias(const AddBiasParams& p) {
+  for (int64_t r = 0; r < p.n_rows; ++r) {
+    float* x = p.x + r * p.width;
+    for (int64_t i = 0; i < p.width; ++i) x[i] += p.bias[i];
+  }
+}
+
+void clamp(const ClampParams& p) {
+  for (int64_t i = 0; i < p.n; ++i) p.x[i] = std::clamp(p.x[i], -p.limit, p.limit);
+}
+
+void add(const AddParams& p) {
+  for (int64_t i = 0; i < p.n; ++i) p.x[i] += p.y[i];
+}
+
+void silu_mul(const SiluMulParams& p) {
+  for (int64_t i = 0; i < p.n; ++i) p.gate[i] = p.gate[i] / (1.f + std::exp(-p.gate[i])) * p.up[i];
+}
+
+void route(const RouteParams& p) {
+  const int E = p.n_experts;
+  EKVA_CHECK(E <= 512 && p.top_k <= E, "route: {} experts, top {}", E, p.top_k);
+  std::array<float, 512> prob;
+  std::array<int32_t, 512> order;
+  for (int64_t t = 0; t < p.n_tokens; ++t) {
+    const float* logits = p.logits + t * E;
+    const float max_logit = *std::max_element(logits, logits + E);
+    float sum = 0.f;
+    for (int e = 0; e < E; ++e) sum += prob[static_cast<size_t>(e)] = std::exp(logits[e] - max_logit);
+    for (int e = 0; e < E; ++e) prob[static_cast<size_t>(e)] /= sum;
+    for (int e = 0; e < E; ++e) order[static_cast<size_t>(e)] = e;
+    std::partial_sort(order.begin(), order.begin() + p.top_k, order.begin() + E, [&](int32_t a, int32_t b) {
+      const float pa = prob[static_cast<size_t>(a)];
+      const float pb = prob[static_cast<size_t>(b)];
+      return pa > pb || (pa == pb && a < b);
+    });
+    int32_t* experts = p.experts + t * p.top_k;
+    float* weights = p.weights + t * p.top_k;
+    float top_sum = 0.f;
+    for (int k = 0; k < p.top_k; ++k) {
+      experts[k] = order[static_cast<size_t>(k)];
+      top_sum += weights[k] = prob[static_cast<size_t>(experts[k])];
+    }
+    if (p.renormalize)
+      for (int k = 0; k < p.top_k; ++k) weights[k] /= top_sum;
+  }
+}
+
+void scatter_add(const ScatterAddParams& p) {
+  for (int64_t i = 0; i < p.n; ++i) {
+    float* dst = p.out + int64_t{p.rows[i]} * p.width;
+    const float* src = p.y + i * p.width;
+    const float w = p.weights[i];
+    for (int64_t j = 0; j < p.width; ++j) dst[j] += w * src[j];
+  }
+}
+
+void gated_add(const GatedAddParams& p) {
+  for (int64_t t = 0; t < p.n_rows; ++t) {
+    const float g = 1.f / (1.f + std::exp(-p.gate_logits[t]));
+    float* dst = p.out + t * p.width;
+    const float* src = p.y + t * p.width;
+    for (int64_t j = 0; j < p.width; ++j) dst[j] += g * src[j];
+  }
+}
+
+}  // namespace ekva::cpu

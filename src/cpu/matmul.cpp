@@ -12,7 +12,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
-#include "ops/ops.h"
+#include "cpu/kernels.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace ekva::HWY_NAMESPACE {
@@ -133,7 +133,7 @@ void MatmulRange(const float* const* x_rows, int64_t n_tokens, const void* w, DT
 HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
-namespace ekva {
+namespace ekva::cpu {
 
 HWY_EXPORT(MatmulRange);
 
@@ -157,28 +157,17 @@ void matmul_impl(const float* const* x_rows, int64_t n_tokens, const WeightMatri
 
 }  // namespace
 
-void matmul(const float* x, int64_t n_tokens, const WeightMatrix& w, float* y, int64_t ldy,
-            ThreadPool& pool) {
-  std::vector<const float*> xr(static_cast<size_t>(n_tokens));
-  std::vector<float*> yr(static_cast<size_t>(n_tokens));
-  for (int64_t t = 0; t < n_tokens; ++t) {
-    xr[static_cast<size_t>(t)] = x + t * w.cols;
-    yr[static_cast<size_t>(t)] = y + t * ldy;
+void matmul(const MatmulParams& p, ThreadPool& pool) {
+  // Row pointers let one kernel serve contiguous and gathered inputs alike.
+  std::vector<const float*> xr(static_cast<size_t>(p.n_rows));
+  std::vector<float*> yr(static_cast<size_t>(p.n_rows));
+  for (int64_t i = 0; i < p.n_rows; ++i) {
+    const int64_t row = p.rows != nullptr ? int64_t{p.rows[i]} : i;
+    xr[static_cast<size_t>(i)] = p.x + row * p.w.cols;
+    yr[static_cast<size_t>(i)] = p.y + i * p.ldy;
   }
-  matmul_impl(xr.data(), n_tokens, w, yr.data(), pool);
+  matmul_impl(xr.data(), p.n_rows, p.w, yr.data(), pool);
 }
 
-void matmul_rows(const float* x, std::span<const int32_t> rows, const WeightMatrix& w, float* y,
-                 ThreadPool& pool) {
-  const auto n = static_cast<int64_t>(rows.size());
-  std::vector<const float*> xr(rows.size());
-  std::vector<float*> yr(rows.size());
-  for (int64_t i = 0; i < n; ++i) {
-    xr[static_cast<size_t>(i)] = x + int64_t{rows[static_cast<size_t>(i)]} * w.cols;
-    yr[static_cast<size_t>(i)] = y + i * w.rows;
-  }
-  matmul_impl(xr.data(), n, w, yr.data(), pool);
-}
-
-}  // namespace ekva
+}  // namespace ekva::cpu
 #endif  // HWY_ONCE

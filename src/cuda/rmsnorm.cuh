@@ -5,17 +5,11 @@
 
 #include <cuda_runtime.h>
 
+#include "ops/ops.h"
+
 namespace ekva::cuda {
 
-struct RmsNormParams {
-  const float* x = nullptr;       // [n_rows, width], device
-  const float* weight = nullptr;  // [width], device
-  float* out = nullptr;           // [n_rows, width], device; may alias x
-  int64_t n_rows = 0;
-  int64_t width = 0;
-  float eps = 1e-6f;
-};
-
-void rmsnorm(const RmsNormParams& p, cudaStream_t stream);
+// The op of ops/ops.h with x, weight and out in device memory.
+void rmsnorm(const ekva::RmsNormParams& p, cudaStream_t stream);
 
 }  // namespace ekva::cuda

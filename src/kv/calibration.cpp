@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "cpu/cpu_backend.h"
 #include "kv/kv_cache.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
@@ -420,7 +421,8 @@ CalibrationProfile calibrate(
   int64_t done = 0;
   for (const std::vector<int32_t>& tokens : sequences) {
     cache.clear();
-    model.forward(tokens, cache, logits, /*all_logits=*/false, pool, &observer);
+    CpuBackend backend(pool);
+    model.forward(tokens, cache, logits, /*all_logits=*/false, backend, &observer);
     done += static_cast<int64_t>(tokens.size());
     if (progress) progress(done, total);
   }

@@ -6,7 +6,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
-#include "ops/ops.h"
+#include "cpu/kernels.h"
 
 namespace ekva {
 
@@ -156,7 +156,7 @@ void CompressedKvCache::score(int layer, std::span<const int32_t> positions, con
       int64_t offset = 0;
       for (const EntryRun& run : runs_) {  // logits[:, offset:offset+n] = rows · kᵀ
         const WeightMatrix k{DType::kF32, run.n, D, run.k};
-        matmul(rows_.data(), R, k, logits_.data() + offset, N, pool_);
+        cpu::matmul({rows_.data(), R, nullptr, k, logits_.data() + offset, N}, pool_);
         offset += run.n;
       }
       for (int64_t r = 0; r < R; ++r) {

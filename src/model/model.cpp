@@ -6,7 +6,7 @@
 #include <numbers>
 
 #include "core/error.h"
-#include "core/thread_pool.h"
+#include "ops/backend.h"
 
 namespace ekva {
 
@@ -39,54 +39,6 @@ std::vector<float> rope_inv_freq(const ModelConfig& c) {
   return inv;
 }
 
-void add_bias(float* x, const std::vector<float>& bias, int64_t n_rows) {
-  if (bias.empty()) return;
-  const auto w = static_cast<int64_t>(bias.size());
-  for (int64_t r = 0; r < n_rows; ++r)
-    for (int64_t i = 0; i < w; ++i) x[r * w + i] += bias[static_cast<size_t>(i)];
-}
-
-void embedding_row(const WeightMatrix& e, int32_t token, float* out) {
-  const std::byte* row = e.row(token);
-  if (e.dtype == DType::kBF16) {
-    for (int64_t i = 0; i < e.cols; ++i) {
-      uint16_t h;
-      std::memcpy(&h, row + 2 * i, 2);
-      out[i] = bf16_to_f32(h);
-    }
-  } else {
-    std::memcpy(out, row, sizeof(float) * static_cast<size_t>(e.cols));
-  }
-}
-
-// Router: softmax over all experts in f32, then the top-k by probability (ties to
-// the lower expert id, as torch.topk on CPU/GPU does in practice), renormalised when
-// the architecture says so.
-void route(const float* logits, const RouterRule& rule, int32_t* experts, float* weights) {
-  const int E = rule.n_experts;
-  std::vector<float> prob(static_cast<size_t>(E));
-  float max_logit = logits[0];
-  for (int e = 1; e < E; ++e) max_logit = std::max(max_logit, logits[e]);
-  float sum = 0.f;
-  for (int e = 0; e < E; ++e) sum += prob[static_cast<size_t>(e)] = std::exp(logits[e] - max_logit);
-  for (auto& p : prob) p /= sum;
-  std::vector<int32_t> order(static_cast<size_t>(E));
-  for (int e = 0; e < E; ++e) order[static_cast<size_t>(e)] = e;
-  std::partial_sort(order.begin(), order.begin() + rule.top_k, order.end(), [&](int32_t a, int32_t b) {
-    const float pa = prob[static_cast<size_t>(a)];
-    const float pb = prob[static_cast<size_t>(b)];
-    return pa > pb || (pa == pb && a < b);
-  });
-  float top_sum = 0.f;
-  for (int k = 0; k < rule.top_k; ++k) {
-    experts[k] = order[static_cast<size_t>(k)];
-    weights[k] = prob[static_cast<size_t>(experts[k])];
-    top_sum += weights[k];
-  }
-  if (rule.renormalize)
-    for (int k = 0; k < rule.top_k; ++k) weights[k] /= top_sum;
-}
-
 }  // namespace
 
 std::unique_ptr<Model> Model::load(const std::filesystem::path& dir) {
@@ -117,111 +69,153 @@ size_t Model::active_weight_bytes_per_token() const {
   return bytes;
 }
 
-// Per-call activations. Shapes in comments; T = tokens in this call.
-struct Model::Scratch {
-  int64_t n_tokens = 0;
-  std::vector<int32_t> positions;  // [T]
-  std::vector<float> x;            // [T, hidden] residual stream
-  std::vector<float> xn;           // [T, hidden] normed input of the current block
-  std::vector<float> q;            // [T, n_heads * head_dim]
-  std::vector<float> k, v;         // [T, n_kv_heads * head_dim]
-  std::vector<float> attn;         // [T, n_heads * head_dim]
-  std::vector<float> out;          // [T, hidden] block output added to x
-  std::vector<std::vector<KvChunk>> chunks;  // [n_kv_heads]
+
+// The batch of one call, as the blocks see it.
+struct Model::Step {
+  std::span<const SequenceStep> batch;
+  int64_t n_tokens = 0;  // T
 };
 
-ForwardCounters Model::forward(std::span<const int32_t> tokens, KvCache& cache,
-                               std::vector<float>& logits, bool all_logits, ThreadPool& pool,
+ForwardCounters Model::forward(std::span<const SequenceStep> batch, Activations& a, Backend& backend,
                                const ForwardObserver* observer) const {
   const ModelConfig& c = config_;
-  const auto T = static_cast<int64_t>(tokens.size());
-  EKVA_CHECK(T > 0, "forward: no tokens");
-  const int64_t pos0 = cache.length();
-  if (pos0 + T > c.max_position_embeddings)
-    fail("sequence of {} tokens exceeds the model's context of {} (max_position_embeddings)",
-         pos0 + T, c.max_position_embeddings);
   const int64_t H = c.hidden_size;
+  const auto B = static_cast<int64_t>(batch.size());
+  if (B == 0) fail("forward: empty batch");
+  if (B > a.limits.max_sequences)
+    fail("forward: batch of {} sequences exceeds the maximum of {}", B, a.limits.max_sequences);
+
+  // Lay the batch out: token rows, positions, sequence index, logit rows.
+  a.token_begin.assign(1, 0);
+  a.logit_begin.assign(1, 0);
+  for (int64_t i = 0; i < B; ++i) {
+    const SequenceStep& st = batch[static_cast<size_t>(i)];
+    EKVA_CHECK(st.cache != nullptr, "forward: batch entry {} has no KV cache", i);
+    const auto n = static_cast<int64_t>(st.tokens.size());
+    if (n == 0) fail("forward: batch entry {} has no tokens", i);
+    const int64_t T0 = a.token_begin.back();
+    if (T0 + n > a.limits.max_tokens)
+      fail("forward: {} tokens in one call exceed the maximum of {}", T0 + n, a.limits.max_tokens);
+    const int64_t pos0 = st.cache->length();
+    if (pos0 + n > c.max_position_embeddings)
+      fail("sequence of {} tokens exceeds the model's context of {} (max_position_embeddings)",
+           pos0 + n, c.max_position_embeddings);
+    const int64_t n_logits = st.all_logits ? n : 1;
+    const int64_t L0 = a.logit_begin.back();
+    if (L0 + n_logits > a.limits.max_logit_rows)
+      fail("forward: {} rows of logits in one call exceed the maximum of {}", L0 + n_logits,
+           a.limits.max_logit_rows);
+    for (int64_t t = 0; t < n; ++t) {
+      const int32_t id = st.tokens[static_cast<size_t>(t)];
+      if (id < 0 || id >= c.vocab_size)
+        fail("token id {} is outside the vocabulary (0..{})", id, c.vocab_size - 1);
+      a.tokens.data()[T0 + t] = id;
+      a.positions.data()[T0 + t] = static_cast<int32_t>(pos0 + t);
+      a.seq.data()[T0 + t] = static_cast<int32_t>(i);
+    }
+    for (int64_t r = 0; r < n_logits; ++r) a.logit_rows.data()[L0 + r] = static_cast<int32_t>(T0 + n - n_logits + r);
+    a.token_begin.push_back(T0 + n);
+    a.logit_begin.push_back(L0 + n_logits);
+  }
+  const Step s{batch, a.token_begin.back()};
+  const int64_t T = s.n_tokens;
   ForwardCounters counters;
 
-  Scratch s;
-  s.n_tokens = T;
-  s.positions.resize(static_cast<size_t>(T));
-  s.x.resize(static_cast<size_t>(T * H));
-  s.xn.resize(static_cast<size_t>(T * H));
-  s.q.resize(static_cast<size_t>(T * c.q_dim()));
-  s.k.resize(static_cast<size_t>(T * c.kv_dim()));
-  s.v.resize(static_cast<size_t>(T * c.kv_dim()));
-  s.attn.resize(static_cast<size_t>(T * c.q_dim()));
-  s.out.resize(static_cast<size_t>(T * H));
-  s.chunks.resize(static_cast<size_t>(c.n_kv_heads));
-
-  for (int64_t t = 0; t < T; ++t) {
-    const int32_t id = tokens[static_cast<size_t>(t)];
-    if (id < 0 || id >= c.vocab_size) fail("token id {} is outside the vocabulary (0..{})", id, c.vocab_size - 1);
-    s.positions[static_cast<size_t>(t)] = static_cast<int32_t>(pos0 + t);
-    embedding_row(weights_.embed, id, &s.x[static_cast<size_t>(t * H)]);
-  }
+  backend.embedding({weights_.embed, a.tokens.data(), T, a.x.data()});
   counters.weight_bytes += static_cast<size_t>(T * H) * dtype_size(weights_.embed.dtype);
 
   for (int layer = 0; layer < c.n_layers; ++layer) {
-    attention_block(layer, s, cache, pool, observer, counters);
-    moe_block(layer, s, cache, pool, observer, counters);
-    if (observer && observer->tensor) observer->tensor("hidden", layer, s.x.data(), T, H);
+    attention_block(layer, s, a, backend, observer, counters);
+    moe_block(layer, s, a, backend, observer, counters);
+    if (observer && observer->tensor) observer->tensor("hidden", layer, a.x.data(), T, H);
   }
+  for (const SequenceStep& st : batch)
+    if (!st.prompt_continues) st.cache->end_forward();
 
-  cache.end_forward();
-
-  // Final norm and LM head, only for the rows the caller wants.
-  const int64_t first = all_logits ? 0 : T - 1;
-  const int64_t n_out = T - first;
-  rmsnorm(&s.x[static_cast<size_t>(first * H)], weights_.final_norm.data(), n_out, H,
-          c.rms_norm_eps, s.xn.data());
-  logits.resize(static_cast<size_t>(n_out * c.vocab_size));
-  matmul(s.xn.data(), n_out, weights_.lm_head, logits.data(), c.vocab_size, pool);
+  // Final norm and LM head, only for the rows the callers want.
+  const int64_t n_out = a.logit_begin.back();
+  for (int64_t r = 0; r < n_out; ++r)
+    std::copy_n(a.x.data() + int64_t{a.logit_rows.data()[r]} * H, H, a.final_xn.data() + r * H);
+  backend.rmsnorm({a.final_xn.data(), weights_.final_norm.data(), n_out, H, c.rms_norm_eps, a.final_xn.data()});
+  backend.matmul({a.final_xn.data(), n_out, nullptr, weights_.lm_head, a.logits.data(), c.vocab_size});
   counters.weight_bytes += weights_.lm_head.nbytes();
   return counters;
 }
 
-void Model::attention_block(int layer, Scratch& s, KvCache& cache, ThreadPool& pool,
+ForwardCounters Model::forward(std::span<const int32_t> tokens, KvCache& cache, std::vector<float>& logits,
+                               bool all_logits, Backend& backend, const ForwardObserver* observer,
+                               int64_t max_step) const {
+  const auto n = static_cast<int64_t>(tokens.size());
+  if (n == 0) fail("forward: no tokens");
+  const int64_t step = max_step > 0 ? std::min(max_step, n) : n;
+  Activations a(config_, backend, {.max_sequences = 1, .max_tokens = step, .max_logit_rows = all_logits ? step : 1});
+  const auto V = static_cast<size_t>(config_.vocab_size);
+  logits.clear();
+  ForwardCounters total;
+  for (int64_t t0 = 0; t0 < n; t0 += step) {
+    const int64_t m = std::min(step, n - t0);
+    const SequenceStep st{&cache, tokens.subspan(static_cast<size_t>(t0), static_cast<size_t>(m)), all_logits,
+                          /*prompt_continues=*/t0 + m < n};
+    const ForwardCounters c = forward({&st, 1}, a, backend, observer);
+    total.weight_bytes += c.weight_bytes;
+    total.kv_bytes += c.kv_bytes;
+    if (all_logits || t0 + m == n) {
+      const auto rows = static_cast<size_t>(a.logit_begin.back());
+      logits.insert(logits.end(), a.logits.data(), a.logits.data() + rows * V);
+    }
+  }
+  return total;
+}
+
+void Model::attention_block(int layer, const Step& s, Activations& a, Backend& backend,
                             const ForwardObserver* observer, ForwardCounters& counters) const {
   const ModelConfig& c = config_;
   const LayerWeights& L = weights_.layers[static_cast<size_t>(layer)];
   const int64_t T = s.n_tokens;
   const int64_t H = c.hidden_size;
-  const auto observe = [&](std::string_view name, const std::vector<float>& a, int64_t width) {
-    if (observer && observer->tensor) observer->tensor(name, layer, a.data(), T, width);
+  const auto observe = [&](std::string_view name, const float* x, int64_t width) {
+    if (observer && observer->tensor) observer->tensor(name, layer, x, T, width);
+  };
+  const auto project = [&](const WeightMatrix& w, const std::vector<float>& bias, const float* x, float* y) {
+    backend.matmul({x, T, nullptr, w, y, w.rows});
+    if (!bias.empty()) backend.add_bias({y, bias.data(), T, w.rows});
+    counters.weight_bytes += w.nbytes();
   };
 
-  rmsnorm(s.x.data(), L.input_norm.data(), T, H, c.rms_norm_eps, s.xn.data());
-  observe("attn_norm", s.xn, H);
-  matmul(s.xn.data(), T, L.q, s.q.data(), c.q_dim(), pool);
-  matmul(s.xn.data(), T, L.k, s.k.data(), c.kv_dim(), pool);
-  matmul(s.xn.data(), T, L.v, s.v.data(), c.kv_dim(), pool);
-  counters.weight_bytes += L.q.nbytes() + L.k.nbytes() + L.v.nbytes() + L.o.nbytes();
-  add_bias(s.q.data(), L.q_bias, T);
-  add_bias(s.k.data(), L.k_bias, T);
-  add_bias(s.v.data(), L.v_bias, T);
+  backend.rmsnorm({a.x.data(), L.input_norm.data(), T, H, c.rms_norm_eps, a.xn.data()});
+  observe("attn_norm", a.xn.data(), H);
+  project(L.q, L.q_bias, a.xn.data(), a.q.data());  // [T, n_heads * head_dim]
+  project(L.k, L.k_bias, a.xn.data(), a.k.data());  // [T, n_kv_heads * head_dim]
+  project(L.v, L.v_bias, a.xn.data(), a.v.data());
   if (c.qk_norm) {  // OLMoE: over the whole projection, before splitting into heads
-    rmsnorm(s.q.data(), L.q_norm.data(), T, c.q_dim(), c.rms_norm_eps, s.q.data());
-    rmsnorm(s.k.data(), L.k_norm.data(), T, c.kv_dim(), c.rms_norm_eps, s.k.data());
+    backend.rmsnorm({a.q.data(), L.q_norm.data(), T, c.q_dim(), c.rms_norm_eps, a.q.data()});
+    backend.rmsnorm({a.k.data(), L.k_norm.data(), T, c.kv_dim(), c.rms_norm_eps, a.k.data()});
   }
   if (c.clip_qkv > 0.f) {
-    for (auto* a : {&s.q, &s.k, &s.v})
-      for (float& x : *a) x = std::clamp(x, -c.clip_qkv, c.clip_qkv);
+    backend.clamp({a.q.data(), T * c.q_dim(), c.clip_qkv});
+    backend.clamp({a.k.data(), T * c.kv_dim(), c.clip_qkv});
+    backend.clamp({a.v.data(), T * c.kv_dim(), c.clip_qkv});
   }
-  rope(s.q.data(), s.positions.data(), T, c.n_heads, c.head_dim, rope_inv_freq_.data());
-  rope(s.k.data(), s.positions.data(), T, c.n_kv_heads, c.head_dim, rope_inv_freq_.data());
-  observe("q", s.q, c.q_dim());
-  observe("k", s.k, c.kv_dim());
-  observe("v", s.v, c.kv_dim());
+  backend.rope({a.q.data(), a.positions.data(), T, c.n_heads, c.head_dim, rope_inv_freq_.data()});
+  backend.rope({a.k.data(), a.positions.data(), T, c.n_kv_heads, c.head_dim, rope_inv_freq_.data()});
+  observe("q", a.q.data(), c.q_dim());
+  observe("k", a.k.data(), c.kv_dim());
+  observe("v", a.v.data(), c.kv_dim());
 
-  cache.append(layer, s.positions, s.k.data(), s.v.data());
-  cache.observe_queries(layer, s.positions, s.q.data());
-  for (int h = 0; h < c.n_kv_heads; ++h) {
-    auto& list = s.chunks[static_cast<size_t>(h)];
-    list.clear();
-    cache.view(layer, h, list);
-    for (const KvChunk& ch : list) counters.kv_bytes += static_cast<size_t>(ch.n * c.head_dim) * 2 * sizeof(float);
+  // Each sequence's new entries go to its own cache; attention reads its view.
+  const auto B = static_cast<int64_t>(s.batch.size());
+  for (int64_t i = 0; i < B; ++i) {
+    const SequenceStep& st = s.batch[static_cast<size_t>(i)];
+    const int64_t t0 = a.token_begin[static_cast<size_t>(i)];
+    const std::span<const int32_t> pos(a.positions.data() + t0, st.tokens.size());
+    st.cache->append(layer, pos, a.k.data() + t0 * c.kv_dim(), a.v.data() + t0 * c.kv_dim());
+    if (!st.prompt_continues) st.cache->observe_queries(layer, pos, a.q.data() + t0 * c.q_dim());
+    for (int h = 0; h < c.n_kv_heads; ++h) {
+      auto& list = a.chunks[static_cast<size_t>(i * c.n_kv_heads + h)];
+      list.clear();
+      st.cache->view(layer, h, list);
+      for (const KvChunk& ch : list) counters.kv_bytes += static_cast<size_t>(ch.n * c.head_dim) * 2 * sizeof(float);
+    }
   }
   AttentionParams p;
   p.n_queries = T;
@@ -230,109 +224,93 @@ void Model::attention_block(int layer, Scratch& s, KvCache& cache, ThreadPool& p
   p.head_dim = c.head_dim;
   p.scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
   p.sliding_window = c.sliding_window;
-  p.q = s.q.data();
-  p.q_positions = s.positions.data();
-  p.out = s.attn.data();
-  attention(p, s.chunks, pool);
-  observe("attn_out", s.attn, c.q_dim());
+  p.q = a.q.data();
+  p.q_positions = a.positions.data();
+  p.out = a.attn.data();
+  p.q_seq = a.seq.data();
+  p.n_seqs = B;
+  backend.attention(p, std::span(a.chunks).first(static_cast<size_t>(B * c.n_kv_heads)));
+  observe("attn_out", a.attn.data(), c.q_dim());
 
-  matmul(s.attn.data(), T, L.o, s.out.data(), H, pool);
-  add_bias(s.out.data(), L.o_bias, T);
-  for (int64_t i = 0; i < T * H; ++i) s.x[static_cast<size_t>(i)] += s.out[static_cast<size_t>(i)];
+  project(L.o, L.o_bias, a.attn.data(), a.out.data());
+  backend.add({a.x.data(), a.out.data(), T * H});
 }
 
-namespace {
-
-// out[i] = down(silu(gate(x[rows[i]])) * up(x[rows[i]])) for a gathered set of rows.
-void swiglu(const MlpWeights& m, const float* x, std::span<const int32_t> rows, float* out,
-            std::vector<float>& gate, std::vector<float>& up, ThreadPool& pool) {
-  const auto n = static_cast<int64_t>(rows.size());
+// out[i] = down(silu(gate(x[rows[i]])) * up(x[rows[i]])) for n_rows gathered rows
+// (rows == nullptr: the first n_rows rows of x).
+void Model::swiglu(const MlpWeights& m, const float* x, const int32_t* rows, int64_t n_rows, float* out,
+                   Activations& a, Backend& backend, ForwardCounters& counters) const {
   const int64_t I = m.gate.rows;
-  gate.resize(static_cast<size_t>(n * I));
-  up.resize(static_cast<size_t>(n * I));
-  matmul_rows(x, rows, m.gate, gate.data(), pool);
-  matmul_rows(x, rows, m.up, up.data(), pool);
-  silu_mul(gate.data(), up.data(), n * I);
-  matmul(gate.data(), n, m.down, out, m.down.rows, pool);
+  backend.matmul({x, n_rows, rows, m.gate, a.gate.data(), I});  // [n_rows, I]
+  backend.matmul({x, n_rows, rows, m.up, a.up.data(), I});
+  backend.silu_mul({a.gate.data(), a.up.data(), n_rows * I});
+  backend.matmul({a.gate.data(), n_rows, nullptr, m.down, out, m.down.rows});  // [n_rows, hidden]
+  counters.weight_bytes += m.gate.nbytes() + m.up.nbytes() + m.down.nbytes();
 }
 
-size_t mlp_bytes(const MlpWeights& m) { return m.gate.nbytes() + m.up.nbytes() + m.down.nbytes(); }
-
-}  // namespace
-
-void Model::moe_block(int layer, Scratch& s, KvCache& cache, ThreadPool& pool,
+void Model::moe_block(int layer, const Step& s, Activations& a, Backend& backend,
                       const ForwardObserver* observer, ForwardCounters& counters) const {
   const ModelConfig& c = config_;
   const LayerWeights& L = weights_.layers[static_cast<size_t>(layer)];
   const int64_t T = s.n_tokens;
   const int64_t H = c.hidden_size;
-  const auto observe = [&](std::string_view name, const float* a, int64_t width) {
-    if (observer && observer->tensor) observer->tensor(name, layer, a, T, width);
-  };
 
-  rmsnorm(s.x.data(), L.post_attn_norm.data(), T, H, c.rms_norm_eps, s.xn.data());
-  observe("ffn_norm", s.xn.data(), H);
-  std::vector<int32_t> all_rows(static_cast<size_t>(T));
-  for (int64_t t = 0; t < T; ++t) all_rows[static_cast<size_t>(t)] = static_cast<int32_t>(t);
-  std::vector<float> gate, up, y;
+  backend.rmsnorm({a.x.data(), L.post_attn_norm.data(), T, H, c.rms_norm_eps, a.xn.data()});
+  if (observer && observer->tensor) observer->tensor("ffn_norm", layer, a.xn.data(), T, H);
 
-  if (L.mlp) {
-    swiglu(*L.mlp, s.xn.data(), all_rows, s.out.data(), gate, up, pool);
-    counters.weight_bytes += mlp_bytes(*L.mlp);
+  if (L.mlp) {  // a dense layer
+    swiglu(*L.mlp, a.xn.data(), nullptr, T, a.out.data(), a, backend, counters);
   } else {
     const int E = c.router.n_experts;
     const int K = c.router.top_k;
-    std::vector<float> router_logits(static_cast<size_t>(T * E));  // [T, E]
-    matmul(s.xn.data(), T, L.router, router_logits.data(), E, pool);
+    backend.matmul({a.xn.data(), T, nullptr, L.router, a.router_logits.data(), E});  // [T, E]
     counters.weight_bytes += L.router.nbytes();
-    observe("router_logits", router_logits.data(), E);
-    std::vector<int32_t> experts(static_cast<size_t>(T * K));  // [T, K]
-    std::vector<float> weights(static_cast<size_t>(T * K));    // [T, K]
-    for (int64_t t = 0; t < T; ++t)
-      route(&router_logits[static_cast<size_t>(t * E)], c.router, &experts[static_cast<size_t>(t * K)],
-            &weights[static_cast<size_t>(t * K)]);
-    if (observer && observer->routing) observer->routing(layer, experts.data(), weights.data(), T, K);
-    std::vector<int32_t> top1(static_cast<size_t>(T));  // the expert tags of this layer's entries
-    for (int64_t t = 0; t < T; ++t) top1[static_cast<size_t>(t)] = experts[static_cast<size_t>(t * K)];
-    cache.tag(layer, s.positions, top1.data());
+    if (observer && observer->tensor) observer->tensor("router_logits", layer, a.router_logits.data(), T, E);
+    backend.route({a.router_logits.data(), T, E, K, c.router.renormalize, a.experts.data(),
+                   a.expert_weights.data()});
+    if (observer && observer->routing) observer->routing(layer, a.experts.data(), a.expert_weights.data(), T, K);
 
-    // Group the tokens by expert so each expert's weights are read once per call.
-    std::vector<std::vector<int32_t>> rows(static_cast<size_t>(E));
-    std::vector<std::vector<float>> row_weights(static_cast<size_t>(E));
-    for (int64_t t = 0; t < T; ++t) {
-      for (int k = 0; k < K; ++k) {
-        const auto e = static_cast<size_t>(experts[static_cast<size_t>(t * K + k)]);
-        rows[e].push_back(static_cast<int32_t>(t));
-        row_weights[e].push_back(weights[static_cast<size_t>(t * K + k)]);
-      }
+    // The top-1 expert tags this layer's new entries, in each sequence's cache.
+    for (int64_t t = 0; t < T; ++t) a.top1.data()[t] = a.experts.data()[t * K];
+    for (size_t i = 0; i < s.batch.size(); ++i) {
+      const int64_t t0 = a.token_begin[i];
+      const std::span<const int32_t> pos(a.positions.data() + t0, s.batch[i].tokens.size());
+      s.batch[i].cache->tag(layer, pos, a.top1.data() + t0);
     }
-    std::fill(s.out.begin(), s.out.end(), 0.f);
+
+    // Group the batch's tokens by expert (counting sort: tokens ascending within
+    // an expert) so each expert's weights are read once per call.
+    a.expert_begin.assign(static_cast<size_t>(E) + 1, 0);
+    for (int64_t i = 0; i < T * K; ++i) ++a.expert_begin[static_cast<size_t>(a.experts.data()[i]) + 1];
+    for (int e = 0; e < E; ++e) a.expert_begin[static_cast<size_t>(e) + 1] += a.expert_begin[static_cast<size_t>(e)];
+    for (int64_t i = 0; i < T * K; ++i) {
+      const auto e = static_cast<size_t>(a.experts.data()[i]);
+      const int64_t slot = a.expert_begin[e]++;
+      a.expert_rows.data()[slot] = static_cast<int32_t>(i / K);
+      a.expert_row_weights.data()[slot] = a.expert_weights.data()[i];
+    }
+    std::rotate(a.expert_begin.rbegin(), a.expert_begin.rbegin() + 1, a.expert_begin.rend());
+    a.expert_begin[0] = 0;
+
+    std::fill_n(a.out.data(), T * H, 0.f);
     for (int e = 0; e < E; ++e) {
-      const auto& r = rows[static_cast<size_t>(e)];
-      if (r.empty()) continue;
-      y.resize(r.size() * static_cast<size_t>(H));
-      swiglu(L.experts[static_cast<size_t>(e)], s.xn.data(), r, y.data(), gate, up, pool);
-      counters.weight_bytes += mlp_bytes(L.experts[static_cast<size_t>(e)]);
-      for (size_t i = 0; i < r.size(); ++i) {
-        float* dst = &s.out[static_cast<size_t>(r[i] * H)];
-        const float w = row_weights[static_cast<size_t>(e)][i];
-        for (int64_t j = 0; j < H; ++j) dst[j] += w * y[i * static_cast<size_t>(H) + static_cast<size_t>(j)];
-      }
+      const int64_t r0 = a.expert_begin[static_cast<size_t>(e)];
+      const int64_t n = a.expert_begin[static_cast<size_t>(e) + 1] - r0;
+      if (n == 0) continue;
+      swiglu(L.experts[static_cast<size_t>(e)], a.xn.data(), a.expert_rows.data() + r0, n, a.ffn_out.data(), a,
+             backend, counters);
+      backend.scatter_add({a.out.data(), a.ffn_out.data(), a.expert_rows.data() + r0,
+                           a.expert_row_weights.data() + r0, n, H});
     }
     if (L.shared_expert) {  // Qwen2-MoE: sigmoid(gate(x)) * shared_expert(x), for every token
-      y.resize(static_cast<size_t>(T * H));
-      swiglu(*L.shared_expert, s.xn.data(), all_rows, y.data(), gate, up, pool);
-      std::vector<float> g(static_cast<size_t>(T));
-      matmul(s.xn.data(), T, L.shared_expert_gate, g.data(), 1, pool);
-      counters.weight_bytes += mlp_bytes(*L.shared_expert) + L.shared_expert_gate.nbytes();
-      for (int64_t t = 0; t < T; ++t) {
-        const float sg = 1.f / (1.f + std::exp(-g[static_cast<size_t>(t)]));
-        for (int64_t j = 0; j < H; ++j) s.out[static_cast<size_t>(t * H + j)] += sg * y[static_cast<size_t>(t * H + j)];
-      }
+      swiglu(*L.shared_expert, a.xn.data(), nullptr, T, a.ffn_out.data(), a, backend, counters);
+      backend.matmul({a.xn.data(), T, nullptr, L.shared_expert_gate, a.shared_gate.data(), 1});
+      counters.weight_bytes += L.shared_expert_gate.nbytes();
+      backend.gated_add({a.out.data(), a.ffn_out.data(), a.shared_gate.data(), T, H});
     }
   }
-  observe("ffn_out", s.out.data(), H);
-  for (int64_t i = 0; i < T * H; ++i) s.x[static_cast<size_t>(i)] += s.out[static_cast<size_t>(i)];
+  if (observer && observer->tensor) observer->tensor("ffn_out", layer, a.out.data(), T, H);
+  backend.add({a.x.data(), a.out.data(), T * H});
 }
 
 }  // namespace ekva

@@ -11,13 +11,14 @@
 #include <vector>
 
 #include "kv/kv_cache.h"
+#include "model/activations.h"
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
 
 namespace ekva {
 
-class ThreadPool;
+class Backend;
 
 // Bytes one forward call had to read: the weights it touched (each matrix once,
 // the routed experts only) and the KV entries attention visited.
@@ -28,7 +29,8 @@ struct ForwardCounters {
 
 // Optional per-call hooks, for debugging, calibration and tests. `tensor` sees
 // every named intermediate ("attn_norm", "q", "k", "v", "attn_out", "ffn_norm",
-// "router_logits", "ffn_out", "hidden") as a [n_tokens, width] f32 array.
+// "router_logits", "ffn_out", "hidden") as a [n_tokens, width] f32 array, all
+// tokens of the batch in batch order.
 struct ForwardObserver {
   std::function<void(std::string_view name, int layer, const float* data, int64_t n_tokens,
                      int64_t width)>
@@ -38,6 +40,18 @@ struct ForwardObserver {
   std::function<void(int layer, const int32_t* experts, const float* weights, int64_t n_tokens,
                      int top_k)>
       routing;
+};
+
+// One sequence's part of a forward call: its next tokens (a prefill chunk or one
+// decode token), at positions cache->length(), cache->length() + 1, ...
+struct SequenceStep {
+  KvCache* cache = nullptr;
+  std::span<const int32_t> tokens;
+  bool all_logits = false;  // logits of every token of the step, else of the last only
+  // A prefill chunk with more of the prompt to come: the cache sees the entries and
+  // tags but neither the queries nor the end of the call, so a compressing cache
+  // scores and compresses once, after the prompt's last chunk, as if whole.
+  bool prompt_continues = false;
 };
 
 class Model {
@@ -52,20 +66,32 @@ class Model {
   // experts not routed to, assuming top_k of n_experts (plus one embedding row).
   size_t active_weight_bytes_per_token() const;
 
-  // Runs `tokens` at positions cache.length(), cache.length() + 1, ... through the
-  // model, appending their KV to `cache`. Writes logits [n_out, vocab] to `logits`:
-  // every token's when all_logits, else only the last token's.
-  ForwardCounters forward(std::span<const int32_t> tokens, KvCache& cache, std::vector<float>& logits,
-                          bool all_logits, ThreadPool& pool,
+  // Runs one step of a batch of sequences, each with its own KV cache (appended
+  // to) and position. Every weight matrix is read once per call: the tokens of all
+  // sequences form the rows of one GEMM, and MoE tokens are grouped per expert
+  // across the batch. Logits land in act.logits, rows act.logit_begin[i] ..
+  // act.logit_begin[i + 1] for batch entry i. Bad input (empty steps, a batch or
+  // step over act.limits, token ids, positions past the context) throws.
+  ForwardCounters forward(std::span<const SequenceStep> batch, Activations& act, Backend& backend,
                           const ForwardObserver* observer = nullptr) const;
+
+  // One sequence, whole: runs `tokens` in steps of at most max_step tokens (0: all
+  // at once) with activations of its own, and copies the logits of every token
+  // (all_logits) or of the last one to `logits` [n_out, vocab]. For tools and tests;
+  // serving keeps Activations across calls (runtime/).
+  ForwardCounters forward(std::span<const int32_t> tokens, KvCache& cache, std::vector<float>& logits,
+                          bool all_logits, Backend& backend, const ForwardObserver* observer = nullptr,
+                          int64_t max_step = 0) const;
 
  private:
   Model() = default;
-  struct Scratch;
-  void attention_block(int layer, Scratch& s, KvCache& cache, ThreadPool& pool,
+  struct Step;
+  void attention_block(int layer, const Step& s, Activations& a, Backend& backend,
                        const ForwardObserver* observer, ForwardCounters& counters) const;
-  void moe_block(int layer, Scratch& s, KvCache& cache, ThreadPool& pool,
+  void moe_block(int layer, const Step& s, Activations& a, Backend& backend,
                  const ForwardObserver* observer, ForwardCounters& counters) const;
+  void swiglu(const MlpWeights& m, const float* x, const int32_t* rows, int64_t n_rows, float* out,
+              Activations& a, Backend& backend, ForwardCounters& counters) const;
 
   ModelConfig config_;
   TensorStore store_;

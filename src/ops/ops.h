@@ -1,8 +1,12 @@
-// The forward pass's operations on the CPU: signatures, and the bytes and FLOPs
-// each call must move (so benchmarks report bandwidth, not only time). Activations
-// are f32; weights are bf16 or f32 matrices used in place from the checkpoint map.
+// The forward pass's operations: one params struct per op, holding raw pointers and
+// sizes (no model or framework types), and the bytes and FLOPs each call must move
+// and compute, so benchmarks report bandwidth and compute rates, not only time.
+// Activations are f32; weights are bf16 or f32 matrices used in place from the
+// checkpoint map. Backends (ops/backend.h) implement the ops; `ref::` holds the
+// scalar references every backend is tested against.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -11,7 +15,12 @@
 
 namespace ekva {
 
-class ThreadPool;
+// What one op call must move through memory and compute: the floor a benchmark
+// compares its time against.
+struct OpCost {
+  double bytes = 0;
+  double flops = 0;
+};
 
 // A weight matrix in the Hugging Face (PyTorch Linear) layout: [rows = out, cols = in],
 // row-major. dtype is kBF16 or kF32.
@@ -27,10 +36,10 @@ struct WeightMatrix {
   }
 };
 
-// A run of KV entries of one (layer, kv-head) that sits contiguously in memory:
-// k and v are [n, head_dim] f32 rows; positions are the tokens' original positions.
-// The plain cache hands out one chunk per (layer, kv-head); the compressed store
-// hands out one per segment block.
+// A run of KV entries of one (sequence, layer, kv-head) that sits contiguously in
+// memory: k and v are [n, head_dim] f32 rows; positions are the tokens' original
+// positions. The plain cache hands out one chunk per (layer, kv-head); the
+// compressed store hands out one per segment block.
 struct KvChunk {
   const float* k = nullptr;
   const float* v = nullptr;
@@ -38,50 +47,167 @@ struct KvChunk {
   int64_t n = 0;
 };
 
-// y[t, r] = sum_c x[t, c] * w[r, c] for t < n_tokens: x [n_tokens, w.cols], y
-// [n_tokens, ldy] (r < w.rows). Threads split the rows of w.
-void matmul(const float* x, int64_t n_tokens, const WeightMatrix& w, float* y, int64_t ldy,
-            ThreadPool& pool);
-// The same over a subset of x's rows: y[i] = w · x[rows[i]] (MoE experts in prefill
-// gather their tokens this way).
-void matmul_rows(const float* x, std::span<const int32_t> rows, const WeightMatrix& w, float* y,
-                 ThreadPool& pool);
+// out[t] = table[tokens[t]] widened to f32: out [n_tokens, table.cols].
+struct EmbeddingParams {
+  WeightMatrix table;
+  const int32_t* tokens = nullptr;  // [n_tokens], each in [0, table.rows)
+  int64_t n_tokens = 0;
+  float* out = nullptr;
 
-// out[t] = x[t] * rsqrt(mean(x[t]^2) + eps) * weight, rows of width `width`.
-void rmsnorm(const float* x, const float* weight, int64_t n_rows, int64_t width, float eps,
-             float* out);
+  OpCost cost() const;
+};
 
-// Rotates pairs (i, i + head_dim/2) of every head of x [n_tokens, n_heads, head_dim]
-// in place by position * inv_freq[i] (Hugging Face's rotate_half convention).
-void rope(float* x, const int32_t* positions, int64_t n_tokens, int64_t n_heads, int64_t head_dim,
-          const float* inv_freq);
+// y[i, r] = sum_c x[row(i), c] * w[r, c] for i < n_rows, r < w.rows, where row(i) is
+// rows[i] when rows is set (a gather: MoE experts read their tokens in place) and i
+// otherwise. x rows are w.cols wide; y rows are ldy apart (ldy >= w.rows).
+struct MatmulParams {
+  const float* x = nullptr;
+  int64_t n_rows = 0;
+  const int32_t* rows = nullptr;  // [n_rows] or nullptr
+  WeightMatrix w;
+  float* y = nullptr;
+  int64_t ldy = 0;
 
-// gate[i] = silu(gate[i]) * up[i].
-void silu_mul(float* gate, const float* up, int64_t n);
+  OpCost cost() const;  // the weights once, the activations in and out
+};
 
+// out[r] = x[r] * rsqrt(mean(x[r]^2) + eps) * weight, rows of width `width`; out may be x.
+struct RmsNormParams {
+  const float* x = nullptr;       // [n_rows, width]
+  const float* weight = nullptr;  // [width]
+  int64_t n_rows = 0;
+  int64_t width = 0;
+  float eps = 1e-6f;
+  float* out = nullptr;           // [n_rows, width]
+
+  OpCost cost() const;
+};
+
+// Rotates pairs (i, i + head_dim/2) of every head of x in place by position *
+// inv_freq[i] (Hugging Face's rotate_half convention).
+struct RopeParams {
+  float* x = nullptr;                  // [n_tokens, n_heads, head_dim]
+  const int32_t* positions = nullptr;  // [n_tokens]
+  int64_t n_tokens = 0;
+  int64_t n_heads = 0;
+  int64_t head_dim = 0;
+  const float* inv_freq = nullptr;     // [head_dim / 2]
+
+  OpCost cost() const;
+};
+
+// x[r, i] += bias[i] (projection biases).
+struct AddBiasParams {
+  float* x = nullptr;           // [n_rows, width]
+  const float* bias = nullptr;  // [width]
+  int64_t n_rows = 0;
+  int64_t width = 0;
+
+  OpCost cost() const;
+};
+
+// x[i] = clamp(x[i], -limit, limit) (OLMoE's clip_qkv).
+struct ClampParams {
+  float* x = nullptr;  // [n]
+  int64_t n = 0;
+  float limit = 0;
+
+  OpCost cost() const;
+};
+
+// x[i] += y[i] (the residual stream).
+struct AddParams {
+  float* x = nullptr;        // [n]
+  const float* y = nullptr;  // [n]
+  int64_t n = 0;
+
+  OpCost cost() const;
+};
+
+// gate[i] = silu(gate[i]) * up[i] (SwiGLU).
+struct SiluMulParams {
+  float* gate = nullptr;      // [n]
+  const float* up = nullptr;  // [n]
+  int64_t n = 0;
+
+  OpCost cost() const;
+};
+
+// Router: softmax over the experts in f32, then the top_k by probability (ties to
+// the lower expert id, as torch.topk does in practice), renormalised to sum 1 when
+// `renormalize`. Experts come out in rank order.
+struct RouteParams {
+  const float* logits = nullptr;  // [n_tokens, n_experts]
+  int64_t n_tokens = 0;
+  int n_experts = 0;
+  int top_k = 0;
+  bool renormalize = false;
+  int32_t* experts = nullptr;  // [n_tokens, top_k]
+  float* weights = nullptr;    // [n_tokens, top_k]
+
+  OpCost cost() const;
+};
+
+// out[rows[i]] += weights[i] * y[i] for i < n (an expert's outputs back to their
+// tokens); rows may repeat only across calls, never within one.
+struct ScatterAddParams {
+  float* out = nullptr;            // [*, width]
+  const float* y = nullptr;        // [n, width]
+  const int32_t* rows = nullptr;   // [n]
+  const float* weights = nullptr;  // [n]
+  int64_t n = 0;
+  int64_t width = 0;
+
+  OpCost cost() const;
+};
+
+// out[t] += sigmoid(gate_logits[t]) * y[t] (Qwen2-MoE's shared-expert gate).
+struct GatedAddParams {
+  float* out = nullptr;                // [n_rows, width]
+  const float* y = nullptr;            // [n_rows, width]
+  const float* gate_logits = nullptr;  // [n_rows]
+  int64_t n_rows = 0;
+  int64_t width = 0;
+
+  OpCost cost() const;
+};
+
+// Causal grouped-query attention of a batch of query tokens, each over the KV
+// entries of its own sequence and kv-head (chunks[seq * n_kv_heads + kv_head]) whose
+// position is <= the query's and inside the window. Work item = (query, kv-head,
+// piece of entries): the query heads of a GQA group are computed together so each
+// K/V row is read once; pieces of long caches are merged by log-sum-exp (split-K),
+// so a decode step uses every thread.
 struct AttentionParams {
-  int64_t n_queries = 0;  // tokens
+  int64_t n_queries = 0;  // tokens of the whole batch
   int64_t n_heads = 0;
   int64_t n_kv_heads = 0;
   int64_t head_dim = 0;
   float scale = 1.f;
-  int64_t sliding_window = 0;       // 0: none; else keys with q_pos - k_pos < window
-  const float* q = nullptr;         // [n_queries, n_heads, head_dim]
+  int64_t sliding_window = 0;            // 0: none; else keys with q_pos - k_pos < window
+  const float* q = nullptr;              // [n_queries, n_heads, head_dim]
   const int32_t* q_positions = nullptr;  // [n_queries]
-  float* out = nullptr;             // [n_queries, n_heads, head_dim]
+  float* out = nullptr;                  // [n_queries, n_heads, head_dim]
+  const int32_t* q_seq = nullptr;        // [n_queries] sequence of each query; nullptr: all 0
+  int64_t n_seqs = 1;
+
+  // K/V bytes of the chunks (each entry once per query that sees its sequence).
+  OpCost cost(std::span<const std::vector<KvChunk>> chunks) const;
 };
 
-// Causal grouped-query attention of each query over the KV entries of its kv-head
-// (chunks[kv_head]) whose position is <= the query's and inside the window. One
-// work item = (query, kv-head, piece of entries): all query heads of the GQA group
-// are computed together so each K/V row is read once; pieces of long caches are
-// merged by log-sum-exp (split-K), so decode uses every thread.
-void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
-               ThreadPool& pool);
-
 namespace ref {
-// Scalar references the optimised ops are tested against.
-void matmul(const float* x, int64_t n_tokens, const WeightMatrix& w, float* y, int64_t ldy);
+// Scalar references: plain loops, double accumulation where sums are long.
+void embedding(const EmbeddingParams& p);
+void matmul(const MatmulParams& p);
+void rmsnorm(const RmsNormParams& p);
+void rope(const RopeParams& p);
+void add_bias(const AddBiasParams& p);
+void clamp(const ClampParams& p);
+void add(const AddParams& p);
+void silu_mul(const SiluMulParams& p);
+void route(const RouteParams& p);
+void scatter_add(const ScatterAddParams& p);
+void gated_add(const GatedAddParams& p);
 void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks);
 }  // namespace ref
 

@@ -117,8 +117,7 @@ void run_calibrate(const CalibrateArgs& a) {
   const auto out_dir = std::filesystem::path(a.output).parent_path();
   if (!out_dir.empty() && !std::filesystem::is_directory(out_dir))
     fail("{}: directory {} does not exist", a.output, out_dir.string());
-  if (a.threads > 0) set_default_pool_threads(a.threads);
-  ThreadPool& pool = default_pool();
+  ThreadPool pool(a.threads > 0 ? a.threads : default_thread_count());
 
   const auto model = Model::load(a.model_dir);
   const ModelConfig& c = model->config();

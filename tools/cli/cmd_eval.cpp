@@ -21,10 +21,11 @@
 #include "commands.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "cpu/cpu_backend.h"
 #include "kv/compressed_cache.h"
 #include "kv/profile.h"
 #include "model/model.h"
-#include "model/prefill_recording.h"
+#include "runtime/prefill_recording.h"
 #include "model/tokenizer.h"
 
 namespace ekva::cli {
@@ -100,8 +101,8 @@ std::unique_ptr<KvCache> make_cache(const Method& m, const ModelConfig& c, int64
 }
 
 void run_eval(const EvalArgs& a) {
-  if (a.threads > 0) set_default_pool_threads(a.threads);
-  ThreadPool& pool = default_pool();
+  CpuBackend backend(a.threads);
+  ThreadPool& pool = backend.pool();
   const auto model = Model::load(a.model_dir);
   const Tokenizer tokenizer = Tokenizer::from_model_dir(a.model_dir);
   const ModelConfig& c = model->config();
@@ -144,7 +145,7 @@ void run_eval(const EvalArgs& a) {
     const auto tokens = tokenizer.encode(p.at("prompt").get<std::string>());
     const auto answer = p.at("answer_tokens").get<std::vector<int32_t>>();
     const int64_t context = static_cast<int64_t>(tokens.size() + answer.size()) + 1;
-    const PrefillRecording rec = PrefillRecording::record(*model, tokens, pool);
+    const PrefillRecording rec = PrefillRecording::record(*model, tokens, backend);
     for (size_t mi = 0; mi < methods.size(); ++mi) {
       const auto t0 = std::chrono::steady_clock::now();
       auto cache = make_cache(methods[mi], c, context, pool);
@@ -161,7 +162,7 @@ void run_eval(const EvalArgs& a) {
           correct = false;
           break;
         }
-        if (j + 1 < answer.size()) model->forward({&next, 1}, *cache, logits, false, pool);
+        if (j + 1 < answer.size()) model->forward({&next, 1}, *cache, logits, false, backend);
       }
       auto& [ok, n] = t.retrieval[ctx];
       ok += correct;
@@ -188,7 +189,7 @@ void run_eval(const EvalArgs& a) {
       fail("--ppl-continuation {} leaves no context in a {}-token document", a.ppl_continuation, tokens.size());
     const auto prefix = static_cast<int64_t>(tokens.size()) - a.ppl_continuation;
     const PrefillRecording rec =
-        PrefillRecording::record(*model, std::span(tokens).first(static_cast<size_t>(prefix)), pool);
+        PrefillRecording::record(*model, std::span(tokens).first(static_cast<size_t>(prefix)), backend);
     for (size_t mi = 0; mi < methods.size(); ++mi) {
       const auto t0 = std::chrono::steady_clock::now();
       auto cache = make_cache(methods[mi], c, static_cast<int64_t>(tokens.size()), pool);
@@ -199,7 +200,7 @@ void run_eval(const EvalArgs& a) {
         t.nll_sum += nll(logits, tokens[static_cast<size_t>(pos)]);
         ++t.nll_count;
         if (pos + 1 < static_cast<int64_t>(tokens.size()))
-          model->forward(std::span(tokens).subspan(static_cast<size_t>(pos), 1), *cache, logits, false, pool);
+          model->forward(std::span(tokens).subspan(static_cast<size_t>(pos), 1), *cache, logits, false, backend);
       }
       t.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }

@@ -1,5 +1,5 @@
 // Scalar reference for attention: gathers the visible entries of each query's
-// kv-head, softmax in double, no splitting.
+// (sequence, kv-head), softmax in double, no splitting.
 #include <cmath>
 #include <vector>
 
@@ -12,11 +12,12 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
   const int64_t D = p.head_dim;
   for (int64_t t = 0; t < p.n_queries; ++t) {
     const int32_t q_pos = p.q_positions[t];
+    const int64_t seq = p.q_seq != nullptr ? p.q_seq[t] : 0;
     for (int64_t h = 0; h < p.n_heads; ++h) {
       const float* q = p.q + (t * p.n_heads + h) * D;
       std::vector<double> scores;
       std::vector<const float*> values;
-      for (const KvChunk& c : chunks[static_cast<size_t>(h / G)]) {
+      for (const KvChunk& c : chunks[static_cast<size_t>(seq * p.n_kv_heads + h / G)]) {
         for (int64_t j = 0; j < c.n; ++j) {
           const int32_t k_pos = c.positions[j];
           if (k_pos > q_pos || (p.sliding_window > 0 && q_pos - k_pos >= p.sliding_window)) continue;

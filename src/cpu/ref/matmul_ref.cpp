@@ -6,10 +6,12 @@
 
 namespace ekva::ref {
 
-void matmul(const float* x, int64_t n_tokens, const WeightMatrix& w, float* y, int64_t ldy) {
+void matmul(const MatmulParams& p) {
+  const WeightMatrix& w = p.w;
   EKVA_CHECK(w.dtype == DType::kBF16 || w.dtype == DType::kF32, "ref::matmul: dtype {}",
              dtype_name(w.dtype));
-  for (int64_t t = 0; t < n_tokens; ++t) {
+  for (int64_t i = 0; i < p.n_rows; ++i) {
+    const float* x = p.x + (p.rows != nullptr ? int64_t{p.rows[i]} : i) * w.cols;
     for (int64_t r = 0; r < w.rows; ++r) {
       double sum = 0.0;
       for (int64_t c = 0; c < w.cols; ++c) {
@@ -21,9 +23,9 @@ void matmul(const float* x, int64_t n_tokens, const WeightMatrix& w, float* y, i
         } else {
           std::memcpy(&wv, w.row(r) + c * 4, 4);
         }
-        sum += double{wv} * x[t * w.cols + c];
+        sum += double{wv} * x[c];
       }
-      y[t * ldy + r] = static_cast<float>(sum);
+      p.y[i * p.ldy + r] = static_cast<float>(sum);
     }
   }
 }

@@ -1,9 +1,9 @@
-#include "model/prefill_recording.h"
+#include "runtime/prefill_recording.h"
 
 namespace ekva {
 
 PrefillRecording PrefillRecording::record(const Model& model, std::span<const int32_t> tokens,
-                                          ThreadPool& pool) {
+                                          Backend& backend) {
   const ModelConfig& c = model.config();
   PrefillRecording r;
   const auto L = static_cast<size_t>(c.n_layers);
@@ -22,7 +22,7 @@ PrefillRecording PrefillRecording::record(const Model& model, std::span<const in
     for (int64_t i = 0; i < n; ++i) t[static_cast<size_t>(i)] = experts[i * top_k];
   };
   FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, static_cast<int64_t>(tokens.size()));
-  model.forward(tokens, cache, r.last_logits, false, pool, &obs);
+  model.forward(tokens, cache, r.last_logits, false, backend, &obs);
   r.positions.resize(tokens.size());
   for (size_t i = 0; i < tokens.size(); ++i) r.positions[i] = static_cast<int32_t>(i);
   return r;

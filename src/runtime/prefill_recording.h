@@ -9,6 +9,7 @@
 
 #include "kv/kv_cache.h"
 #include "model/model.h"
+#include "ops/backend.h"
 
 namespace ekva {
 
@@ -20,7 +21,7 @@ struct PrefillRecording {
   std::vector<float> last_logits;           // [vocab]
 
   // Prefills `tokens` from position 0 with a full cache and records it.
-  static PrefillRecording record(const Model& model, std::span<const int32_t> tokens, ThreadPool& pool);
+  static PrefillRecording record(const Model& model, std::span<const int32_t> tokens, Backend& backend);
   void replay(KvCache& cache) const;
 };
 

@@ -1,0 +1,69 @@
+// The Backend seam: the forward pass calls every op through this interface and never
+// names a device. A backend owns what its ops run on (the CPU backend its thread
+// pool; a GPU backend its stream, BLAS handle and device arena) and the memory the
+// activations live in. Each op takes the params struct of ops/ops.h.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "ops/ops.h"
+
+namespace ekva {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string_view name() const = 0;
+
+  // Memory the ops can read and write (activations), 64-byte aligned; freed with
+  // release(). Allocation failures throw ekva::Error.
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void release(void* p) = 0;
+
+  virtual void embedding(const EmbeddingParams& p) = 0;
+  virtual void matmul(const MatmulParams& p) = 0;
+  virtual void rmsnorm(const RmsNormParams& p) = 0;
+  virtual void rope(const RopeParams& p) = 0;
+  virtual void add_bias(const AddBiasParams& p) = 0;
+  virtual void clamp(const ClampParams& p) = 0;
+  virtual void add(const AddParams& p) = 0;
+  virtual void silu_mul(const SiluMulParams& p) = 0;
+  virtual void route(const RouteParams& p) = 0;
+  virtual void scatter_add(const ScatterAddParams& p) = 0;
+  virtual void gated_add(const GatedAddParams& p) = 0;
+  virtual void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks) = 0;
+};
+
+// A typed buffer in a backend's memory, released with it.
+template <typename T>
+class BackendBuffer {
+ public:
+  BackendBuffer() = default;
+  BackendBuffer(Backend& backend, size_t n)
+      : backend_(&backend), data_(static_cast<T*>(backend.allocate(n * sizeof(T)))), size_(n) {}
+  BackendBuffer(BackendBuffer&& o) noexcept { *this = std::move(o); }
+  BackendBuffer& operator=(BackendBuffer&& o) noexcept {
+    std::swap(backend_, o.backend_);
+    std::swap(data_, o.data_);
+    std::swap(size_, o.size_);
+    return *this;
+  }
+  BackendBuffer(const BackendBuffer&) = delete;
+  BackendBuffer& operator=(const BackendBuffer&) = delete;
+  ~BackendBuffer() {
+    if (data_ != nullptr) backend_->release(data_);
+  }
+  T* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  Backend* backend_ = nullptr;
+  T* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace ekva

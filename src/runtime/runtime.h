@@ -1,0 +1,40 @@
+// What the engine's sessions and schedulers share: the model, its tokenizer, the
+// backend the forward pass runs on, the context per sequence, and how each
+// sequence's KV cache is built.
+#pragma once
+
+#include <memory>
+#include <optional>
+
+#include "cpu/cpu_backend.h"
+#include "kv/compressed_cache.h"
+#include "kv/kv_cache.h"
+#include "kv/profile.h"
+#include "model/model.h"
+#include "model/tokenizer.h"
+
+namespace ekva {
+
+struct Runtime {
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<CpuBackend> backend;
+  int64_t context = 0;          // tokens per sequence
+  int64_t max_step_tokens = 0;  // tokens per forward call
+  std::optional<CalibrationProfile> profile;
+  std::optional<CompressionConfig> compression;  // none: the full cache
+
+  // A KV cache for one sequence of at most `capacity` tokens: the full cache, or
+  // a compressed one in `store` (shared by a scheduler's sequences) or in a store
+  // of its own when store == nullptr.
+  std::unique_ptr<KvCache> make_cache(int64_t capacity, PagedKvStore* store) const;
+  // The store layout the compression config needs, for sequences of the context.
+  StoreConfig store_config() const;
+  // K/V bytes an uncompressed f32 cache of n tokens holds.
+  size_t full_kv_bytes(int64_t n_tokens) const;
+  // Checks a prompt before it joins anything: not empty, ids in the vocabulary,
+  // room for at least one more token in the context.
+  void check_prompt(std::span<const int32_t> ids) const;
+};
+
+}  // namespace ekva
