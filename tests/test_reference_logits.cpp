@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <array>
 #include <map>
+#include <random>
 
 #include <nlohmann/json.hpp>
 
@@ -98,6 +100,93 @@ TEST_P(ReferenceLogits, LastLogitsOnlyMatchesAllLogits) {
   model->forward(ref.tokens, cache, logits, false, test::cpu());
   ASSERT_EQ(logits.size(), V);
   EXPECT_LT(test::rel_error(logits.data(), &ref.logits[(n - 1) * V], V), kTolerance);
+}
+
+TEST_P(ReferenceLogits, ChunkedPrefillMatchesWhole) {
+  // A prompt run in chunks of 5 tokens (each chunk attending to the earlier ones
+  // in the cache) gives every position the logits of the whole-prompt run.
+  const auto dir = test::reference_dir() / GetParam();
+  const auto model = Model::load(dir);
+  const Reference ref = load_reference(dir);
+  const ModelConfig& c = model->config();
+  const auto V = static_cast<size_t>(c.vocab_size);
+  FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, 64);
+  std::vector<float> logits;
+  model->forward(ref.tokens, cache, logits, /*all_logits=*/true, test::cpu(), nullptr, /*max_step=*/5);
+  ASSERT_EQ(logits.size(), ref.tokens.size() * V);
+  for (size_t t = 0; t < ref.tokens.size(); ++t)
+    EXPECT_LT(test::rel_error(&logits[t * V], &ref.logits[t * V], V), kTolerance) << "position " << t;
+}
+
+TEST_P(ReferenceLogits, BatchMatchesEachSequenceAlone) {
+  // Three sequences of different lengths in one batch, over three calls that mix
+  // prefill chunks with decode tokens; every position's logits must equal those of
+  // the sequence run alone (f32 rounding: the GEMM blocks tokens differently).
+  const auto dir = test::reference_dir() / GetParam();
+  const auto model = Model::load(dir);
+  const Reference ref = load_reference(dir);
+  const ModelConfig& c = model->config();
+  const auto V = static_cast<size_t>(c.vocab_size);
+  std::mt19937 rng(3);
+  std::vector<std::vector<int32_t>> seqs = {ref.tokens, {}, {}};
+  for (const size_t n : {ref.tokens.size() - 5, size_t{9}}) {
+    auto& s = seqs[seqs[1].empty() ? 1 : 2];
+    for (size_t i = 0; i < n; ++i) s.push_back(static_cast<int32_t>(rng() % static_cast<uint32_t>(c.vocab_size)));
+  }
+  std::vector<std::vector<float>> alone(3);
+  for (size_t i = 0; i < 3; ++i) {
+    FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, 64);
+    model->forward(seqs[i], cache, alone[i], /*all_logits=*/true, test::cpu());
+  }
+
+  // Call 1: a chunk of A, all of B but its last token, a chunk of C.
+  // Call 2: B decodes its last token, the rest of A's prompt but 1, C continues.
+  // Call 3: A and C decode their last tokens.
+  const auto nA = seqs[0].size(), nB = seqs[1].size(), nC = seqs[2].size();
+  const std::vector<std::vector<std::array<size_t, 2>>> plan = {
+      {{0, 6}, {0, nB - 1}, {0, 4}}, {{6, nA - 1}, {nB - 1, nB}, {4, nC - 1}}, {{nA - 1, nA}, {}, {nC - 1, nC}}};
+  std::vector<std::unique_ptr<FullKvCache>> caches;
+  for (int i = 0; i < 3; ++i) caches.push_back(std::make_unique<FullKvCache>(KvShape{c.n_layers, c.n_kv_heads, c.head_dim}, 64));
+  Activations act(c, test::cpu(), {.max_sequences = 3, .max_tokens = 64, .max_logit_rows = 64});
+  for (const auto& call : plan) {
+    std::vector<SequenceStep> batch;
+    std::vector<size_t> who;
+    for (size_t i = 0; i < 3; ++i) {
+      const auto [b, e] = call[i];
+      if (b == e) continue;
+      batch.push_back({caches[i].get(), std::span(seqs[i]).subspan(b, e - b), /*all_logits=*/true,
+                       /*prompt_continues=*/e < seqs[i].size()});
+      who.push_back(i);
+    }
+    model->forward(batch, act, test::cpu());
+    for (size_t j = 0; j < batch.size(); ++j) {
+      const size_t i = who[j], b = call[i][0];
+      for (int64_t r = act.logit_begin[j]; r < act.logit_begin[j + 1]; ++r) {
+        const size_t pos = b + static_cast<size_t>(r - act.logit_begin[j]);
+        EXPECT_LT(test::rel_error(act.logits.data() + r * static_cast<int64_t>(V), &alone[i][pos * V], V), kTolerance)
+            << "sequence " << i << " position " << pos;
+      }
+    }
+  }
+  // Sequence A is the reference's own: check it against numpy too.
+  EXPECT_LT(test::rel_error(&alone[0][(nA - 1) * V], &ref.logits[(nA - 1) * V], V), kTolerance);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(caches[i]->length(), static_cast<int64_t>(seqs[i].size()));
+}
+
+TEST_P(ReferenceLogits, ReferenceBackendMatchesNumpy) {
+  // The whole forward pass on the scalar reference ops (the backend every other
+  // one is tested against) agrees with the independent numpy forward pass.
+  const auto dir = test::reference_dir() / GetParam();
+  const auto model = Model::load(dir);
+  const Reference ref = load_reference(dir);
+  const ModelConfig& c = model->config();
+  const auto V = static_cast<size_t>(c.vocab_size);
+  const auto backend = make_reference_backend();
+  FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, 64);
+  std::vector<float> logits;
+  model->forward(ref.tokens, cache, logits, /*all_logits=*/true, *backend);
+  for (size_t t = 0; t < ref.tokens.size(); ++t)
+    EXPECT_LT(test::rel_error(&logits[t * V], &ref.logits[t * V], V), kTolerance) << "position " << t;
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, ReferenceLogits,

@@ -53,6 +53,7 @@ class SchedulerImpl final : public Scheduler {
   }
 
   int64_t add(std::string_view prompt, const GenerateOptions& options) override {
+    if (prompt.empty()) fail("empty prompt: there is nothing to continue");
     const std::vector<int32_t> ids = rt_.tokenizer->encode(prompt, /*add_special_tokens=*/true);
     return add_tokens(ids, options);
   }
