@@ -13,6 +13,8 @@
 //
 // Input text that is not valid UTF-8 is encoded as if each maximal invalid subsequence were
 // U+FFFD (the WHATWG / Unicode "maximal subpart" rule, what a JS TextDecoder does).
+//
+// This header is the facade; each component is its own .h/.cpp under model/tokenizer/.
 #pragma once
 
 #include <cstdint>

@@ -1,0 +1,23 @@
+// Helpers shared by the subcommands of the `ekva` command.
+#pragma once
+
+#include <string>
+
+#include "ekva/error.h"
+
+namespace ekva::cli {
+
+// Bad command-line use that CLI11's checks cannot express (a missing either-or option): main
+// prints "ekva: error: <what>" and exits with 2, the code of CLI11's own usage errors.
+class UsageError : public ekva::Error {
+ public:
+  using ekva::Error::Error;
+};
+
+// "512 B", "1.5 GiB": binary units, one decimal above bytes.
+std::string human_bytes(double bytes);
+
+// The whole file as bytes; throws ekva::Error "<path>: cannot open prompt file".
+std::string read_prompt_file(const std::string& path);
+
+}  // namespace ekva::cli

@@ -1,0 +1,48 @@
+// `ekva info`: describes a model directory (shapes, experts, weight and KV sizes).
+//   ekva info -m DIR
+#include <memory>
+#include <string>
+
+#include <fmt/format.h>
+#include <CLI/CLI.hpp>
+
+#include "cli_util.h"
+#include "commands.h"
+#include "model/model.h"
+
+namespace ekva::cli {
+
+namespace {
+
+void run_info(const std::string& model_dir) {
+  const auto model = ekva::Model::load(model_dir);
+  const auto& c = model->config();
+  fmt::print("architecture      {}\n", c.arch_name);
+  fmt::print("layers            {}\n", c.n_layers);
+  fmt::print("hidden            {}\n", c.hidden_size);
+  fmt::print("heads / kv heads  {} / {} (head_dim {})\n", c.n_heads, c.n_kv_heads, c.head_dim);
+  if (c.router.n_experts > 0)
+    fmt::print("experts           {} routed, top-{}{} (expert ffn {})\n", c.router.n_experts,
+               c.router.top_k, c.router.renormalize ? ", renormalised" : "",
+               c.expert_intermediate_size);
+  fmt::print("vocab             {}\n", c.vocab_size);
+  fmt::print("context           {}\n", c.max_position_embeddings);
+  fmt::print("weights           {} in {} tensors\n",
+             human_bytes(static_cast<double>(model->tensors().total_bytes())),
+             model->tensors().names().size());
+  fmt::print("active per token  {}\n",
+             human_bytes(static_cast<double>(model->active_weight_bytes_per_token())));
+  fmt::print("KV per token      {} (f32)\n",
+             human_bytes(2.0 * c.n_layers * c.kv_dim() * sizeof(float)));
+}
+
+}  // namespace
+
+void add_info_command(CLI::App& app) {
+  auto model_dir = std::make_shared<std::string>();
+  auto* cmd = app.add_subcommand("info", "Describe a model directory");
+  cmd->add_option("-m,--model", *model_dir, "Model directory")->required();
+  cmd->callback([model_dir] { run_info(*model_dir); });
+}
+
+}  // namespace ekva::cli
