@@ -15,11 +15,11 @@ namespace {
 constexpr int64_t kScoreRowBlock = 256;
 }  // namespace
 
-StoreConfig store_config_for(const ModelConfig& model, const CompressionConfig& config,
+StoreConfig store_config_for(const KvModelShape& model, const CompressionConfig& config,
                              int64_t max_context) {
   StoreConfig s;
   s.shape = {model.n_layers, model.n_kv_heads, model.head_dim};
-  s.n_experts = model.router.n_experts;
+  s.n_experts = model.n_experts;
   s.block_size = config.block_size;
   s.granularity = make_allocator(config.allocator)->granularity();
   s.sink_tokens = config.sink_tokens;
@@ -28,7 +28,7 @@ StoreConfig store_config_for(const ModelConfig& model, const CompressionConfig& 
   return s;
 }
 
-CompressedKvCache::CompressedKvCache(PagedKvStore& store, const ModelConfig& model,
+CompressedKvCache::CompressedKvCache(PagedKvStore& store, const KvModelShape& model,
                                      CompressionConfig config, ThreadPool& pool)
     : store_(&store), config_(std::move(config)), pool_(pool) {
   init(model);
@@ -38,7 +38,7 @@ CompressedKvCache::CompressedKvCache(PagedKvStore& store, const ModelConfig& mod
   seq_ = store_->add_sequence();
 }
 
-CompressedKvCache::CompressedKvCache(const ModelConfig& model, CompressionConfig config,
+CompressedKvCache::CompressedKvCache(const KvModelShape& model, CompressionConfig config,
                                      int64_t max_context, ThreadPool& pool)
     : config_(std::move(config)), pool_(pool) {
   init(model);
@@ -51,14 +51,14 @@ CompressedKvCache::~CompressedKvCache() {
   if (store_ != nullptr && seq_ >= 0) store_->remove_sequence(seq_);
 }
 
-void CompressedKvCache::init(const ModelConfig& model) {
+void CompressedKvCache::init(const KvModelShape& model) {
   policy_ = make_policy(config_.policy);
   allocator_ = make_allocator(config_.allocator);
   n_layers_ = model.n_layers;
   n_heads_ = model.n_heads;
   n_kv_heads_ = model.n_kv_heads;
   head_dim_ = model.head_dim;
-  n_experts_ = model.router.n_experts;
+  n_experts_ = model.n_experts;
   sliding_window_ = model.sliding_window;
   rng_.seed(config_.seed);
   if (allocator_->needs_profile() && config_.profile == nullptr)

@@ -15,10 +15,10 @@
 #include "kv/allocator.h"
 #include "kv/budget.h"
 #include "kv/kv_cache.h"
+#include "kv/model_shape.h"
 #include "kv/paged_store.h"
 #include "kv/policy.h"
 #include "kv/profile.h"
-#include "model/config.h"
 
 namespace ekva {
 
@@ -48,17 +48,17 @@ struct CompressionStats {
 };
 
 // The store layout a compression config needs (granularity from the allocator).
-StoreConfig store_config_for(const ModelConfig& model, const CompressionConfig& config,
+StoreConfig store_config_for(const KvModelShape& model, const CompressionConfig& config,
                              int64_t max_context);
 
 class CompressedKvCache final : public KvCache {
  public:
   // A sequence in an existing store (batch > 1: each sequence has its own budget).
   // The store's granularity must be the allocator's.
-  CompressedKvCache(PagedKvStore& store, const ModelConfig& model, CompressionConfig config,
+  CompressedKvCache(PagedKvStore& store, const KvModelShape& model, CompressionConfig config,
                     ThreadPool& pool);
   // A sequence with a store of its own.
-  CompressedKvCache(const ModelConfig& model, CompressionConfig config, int64_t max_context,
+  CompressedKvCache(const KvModelShape& model, CompressionConfig config, int64_t max_context,
                     ThreadPool& pool);
   ~CompressedKvCache() override;
 
@@ -80,7 +80,7 @@ class CompressedKvCache final : public KvCache {
   static int64_t slack(int64_t budget) { return std::max<int64_t>(4, budget / 8); }
 
  private:
-  void init(const ModelConfig& model);
+  void init(const KvModelShape& model);
   int64_t total_target(int64_t length) const;
   int64_t protected_total() const;
   void reallocate(int64_t evictable_target);
