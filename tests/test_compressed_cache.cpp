@@ -180,6 +180,10 @@ TEST(CompressedCache, ImpossibleBudgetsAndUnknownNamesAreClearErrors) {
   };
   expect_error(config("uniform", "snapkv", "8"), "protected");  // 8 tokens < sinks + window
   expect_error(config("uniform", "snapkv", "150%"), "150");
+  // A fraction is checked at the longest sequence the cache takes: 1% of 1024 tokens
+  // is 10 entries per (layer, kv-head), below the 36 sinks + recent window.
+  expect_error(config("uniform", "snapkv", "1%"), "protected");
+  expect_error(config("adakv", "h2o", "0%"), "protected");
   expect_error(config("uniform", "lru", "10%"), "unknown policy 'lru'");
   expect_error(config("fancy", "snapkv", "10%"), "fancy");
   expect_error(config("ekva-mass", "snapkv", "10%"), "needs a calibration profile");
