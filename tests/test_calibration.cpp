@@ -14,11 +14,11 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
-#include "kv/calibration.h"
 #include "kv/kv_cache.h"
 #include "kv/profile.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
+#include "runtime/calibration_run.h"
 #include "test_util.h"
 
 namespace ekva {

@@ -66,7 +66,7 @@ TEST(CompressedCache, FullBudgetReproducesTheFullCache) {
        std::vector<std::tuple<std::string, std::string, std::string>>{
            {"uniform", "full", "10%"}, {"uniform", "snapkv", "100%"}, {"adakv", "h2o", "100%"},
            {"pyramidkv", "knorm", "100%"}, {"uniform", "random", "4096"}}) {
-    CompressedKvCache cache(c, config(alloc, policy, budget), 256, test::cpu().pool());
+    CompressedKvCache cache(c, config(alloc, policy, budget), 256, test::cpu());
     const auto got = run(cache, prompt, 20);
     ASSERT_EQ(got.size(), want.size());
     for (size_t i = 0; i < got.size(); ++i)
@@ -115,7 +115,7 @@ TEST(CompressedCache, BudgetsHoldDuringDecode) {
            {"uniform", "streamingllm"}, {"uniform", "random"}}) {
     const CompressionConfig cfg = config(alloc, policy, "15%");
     const StoreConfig sc = store_config_for(c, cfg, 1024);
-    CompressedKvCache cache(c, cfg, 1024, test::cpu().pool());
+    CompressedKvCache cache(c, cfg, 1024, test::cpu());
     std::vector<float> logits;
     model().forward(prompt, cache, logits, false, test::cpu());
     check_invariants(cache, c, 400, sc);
@@ -140,7 +140,7 @@ TEST(CompressedCache, BatchSharesOneStoreWithPerSequenceBudgets) {
   PagedKvStore store(store_config_for(c, base, 1024));
   std::vector<std::unique_ptr<CompressedKvCache>> seqs;
   const std::vector<std::string> budgets = {"100%", "20%", "10%"};
-  for (const auto& b : budgets) seqs.push_back(std::make_unique<CompressedKvCache>(store, c, config("uniform", "h2o", b), test::cpu().pool()));
+  for (const auto& b : budgets) seqs.push_back(std::make_unique<CompressedKvCache>(store, c, config("uniform", "h2o", b), test::cpu()));
   std::vector<std::vector<float>> logits(seqs.size());
   for (size_t i = 0; i < seqs.size(); ++i)
     model().forward(random_tokens(300, 10 + i), *seqs[i], logits[i], false, test::cpu());
@@ -172,7 +172,7 @@ TEST(CompressedCache, ImpossibleBudgetsAndUnknownNamesAreClearErrors) {
   const ModelConfig& c = model().config();
   const auto expect_error = [&](const CompressionConfig& cfg, const char* fragment) {
     try {
-      CompressedKvCache cache(c, cfg, 1024, test::cpu().pool());
+      CompressedKvCache cache(c, cfg, 1024, test::cpu());
       ADD_FAILURE() << "no error for " << fragment;
     } catch (const Error& e) {
       EXPECT_THAT(e.what(), ::testing::HasSubstr(fragment));
@@ -180,6 +180,10 @@ TEST(CompressedCache, ImpossibleBudgetsAndUnknownNamesAreClearErrors) {
   };
   expect_error(config("uniform", "snapkv", "8"), "protected");  // 8 tokens < sinks + window
   expect_error(config("uniform", "snapkv", "150%"), "150");
+  // A fraction is checked at the longest sequence the cache takes: 1% of 1024 tokens
+  // is 10 entries per (layer, kv-head), below the 36 sinks + recent window.
+  expect_error(config("uniform", "snapkv", "1%"), "protected");
+  expect_error(config("adakv", "h2o", "0%"), "protected");
   expect_error(config("uniform", "lru", "10%"), "unknown policy 'lru'");
   expect_error(config("fancy", "snapkv", "10%"), "fancy");
   expect_error(config("ekva-mass", "snapkv", "10%"), "needs a calibration profile");
@@ -198,8 +202,8 @@ TEST(CompressedCache, ReplayedPrefillEqualsARealForward) {
   const auto prompt = random_tokens(300, 5);
   for (const std::string policy : {"snapkv", "h2o"}) {
     const CompressionConfig cfg = config("adakv", policy, "12%");
-    CompressedKvCache real(c, cfg, 512, test::cpu().pool());
-    CompressedKvCache replayed(c, cfg, 512, test::cpu().pool());
+    CompressedKvCache real(c, cfg, 512, test::cpu());
+    CompressedKvCache replayed(c, cfg, 512, test::cpu());
     const auto want = run(real, prompt, 10);
     const PrefillRecording rec = PrefillRecording::record(model(), prompt, test::cpu());
     rec.replay(replayed);

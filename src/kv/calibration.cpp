@@ -2,18 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
-#include <sstream>
-#include <string_view>
-
-#include <nlohmann/json.hpp>
+#include <functional>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
-#include "cpu/cpu_backend.h"
-#include "kv/kv_cache.h"
-#include "model/model.h"
-#include "model/tokenizer.h"
 
 namespace ekva {
 
@@ -87,9 +79,10 @@ double softmax_entropy(float* s, int64_t n, double& sum) {
   return std::log(z) - weighted / z;
 }
 
-class Calibrator {
- public:
-  Calibrator(const ModelConfig& config, const CalibrationOptions& options, ThreadPool& pool)
+}  // namespace
+
+struct CalibrationStats::State {
+  State(const KvModelShape& config, const CalibrationOptions& options, ThreadPool& pool)
       : c_(config),
         options_(options),
         pool_(pool),
@@ -98,7 +91,7 @@ class Calibrator {
         rows_(static_cast<size_t>(pool.size())),
         received_(static_cast<size_t>(pool.size())),
         bad_rows_(static_cast<size_t>(pool.size())) {
-    const auto E = static_cast<size_t>(c_.router.n_experts);
+    const auto E = static_cast<size_t>(c_.n_experts);
     const auto group = [&] {
       GroupSums g;
       g.coverage.assign(fractions_.size(), 0.0);
@@ -116,19 +109,10 @@ class Calibrator {
     }
   }
 
-  ForwardObserver observer() {
-    ForwardObserver o;
-    o.tensor = [this](std::string_view name, int layer, const float* data, int64_t n_tokens,
-                      int64_t width) { tensor(name, layer, data, n_tokens, width); };
-    o.routing = [this](int layer, const int32_t* experts, const float* weights, int64_t n_tokens,
-                       int top_k) { routing(layer, experts, weights, n_tokens, top_k); };
-    return o;
-  }
-
   CalibrationProfile profile() const;
 
- private:
-  void tensor(std::string_view name, int layer, const float* data, int64_t n_tokens, int64_t width);
+  void queries(const float* q, int64_t n_tokens);
+  void keys(const float* k, int64_t n_tokens);
   void routing(int layer, const int32_t* experts, const float* weights, int64_t n_tokens,
                int top_k);
   void layer_done(int layer);
@@ -136,8 +120,8 @@ class Calibrator {
   void fold(int layer);
   void add_group(GroupSums& g, std::vector<double>& masses) const;
 
-  const ModelConfig& c_;
-  const CalibrationOptions& options_;
+  const KvModelShape c_;
+  const CalibrationOptions options_;
   ThreadPool& pool_;
   const std::vector<double> fractions_;  // [n_fractions] where curves are sampled
   std::vector<LayerSums> layers_;        // [n_layers]
@@ -156,30 +140,27 @@ class Calibrator {
   std::vector<std::vector<double>> received_;  // [n_kv_heads, T] mass each key received
   std::vector<BadRow> bad_rows_;
   std::vector<double> masses_;  // [entries of one group] sort buffer for coverage
+  // The sequences seen.
+  int64_t tokens_ = 0, sequences_ = 0, longest_ = 0;
 };
 
-void Calibrator::tensor(std::string_view name, int layer, const float* data, int64_t n_tokens,
-                        int64_t width) {
-  const int64_t D = c_.head_dim;
-  if (name == "q") {
-    EKVA_CHECK(width == c_.q_dim(), "q width {} != {}", width, c_.q_dim());
-    T_ = n_tokens;
-    q_.assign(data, data + n_tokens * width);
-  } else if (name == "k") {
-    EKVA_CHECK(width == c_.kv_dim() && n_tokens == T_, "k is [{}, {}], q has {} rows", n_tokens,
-               width, T_);
-    kt_.resize(static_cast<size_t>(c_.n_kv_heads * D * n_tokens));
-    for (int64_t t = 0; t < n_tokens; ++t)
-      for (int64_t i = 0; i < width; ++i)  // i = kv_head * D + d
-        kt_[static_cast<size_t>(i * n_tokens + t)] = data[t * width + i];
-  } else if (name == "hidden") {
-    layer_done(layer);  // routing included
-  }
+void CalibrationStats::State::queries(const float* q, int64_t n_tokens) {
+  T_ = n_tokens;
+  q_.assign(q, q + n_tokens * c_.q_dim());
+}
+
+void CalibrationStats::State::keys(const float* k, int64_t n_tokens) {
+  EKVA_CHECK(n_tokens == T_, "k has {} rows, q has {}", n_tokens, T_);
+  const int64_t D = c_.head_dim, width = c_.kv_dim();
+  kt_.resize(static_cast<size_t>(c_.n_kv_heads * D * n_tokens));
+  for (int64_t t = 0; t < n_tokens; ++t)
+    for (int64_t i = 0; i < width; ++i)  // i = kv_head * D + d
+      kt_[static_cast<size_t>(i * n_tokens + t)] = k[t * width + i];
 }
 
 // Recomputes the layer's attention rows from q_ and kt_ (in parallel: work items of
 // paired query blocks per kv-head) and folds them into the statistics.
-void Calibrator::layer_done(int layer) {
+void CalibrationStats::State::layer_done(int layer) {
   if (c_.is_moe_layer(layer))
     EKVA_CHECK(routed_layer_ == layer, "layer {}: no routing before its output", layer);
   const auto G = static_cast<size_t>(c_.n_kv_heads);
@@ -207,7 +188,7 @@ void Calibrator::layer_done(int layer) {
   fold(layer);
 }
 
-void Calibrator::routing(int layer, const int32_t* experts, const float* weights, int64_t n_tokens,
+void CalibrationStats::State::routing(int layer, const int32_t* experts, const float* weights, int64_t n_tokens,
                          int top_k) {
   LayerSums& L = layers_[static_cast<size_t>(layer)];
   EKVA_CHECK(n_tokens == T_ && !L.experts.empty(), "layer {}: unexpected routing", layer);
@@ -225,7 +206,7 @@ void Calibrator::routing(int layer, const int32_t* experts, const float* weights
 // Attention rows of queries [q_begin, q_end) for the query heads of one kv-head:
 // their entropies go to entropy_, the probabilities of evictable keys to this
 // thread's received_.
-void Calibrator::attend(int64_t kv_head, int64_t q_begin, int64_t q_end, int thread) {
+void CalibrationStats::State::attend(int64_t kv_head, int64_t q_begin, int64_t q_end, int thread) {
   const int64_t D = c_.head_dim, T = T_, group = c_.group_size();
   const int64_t window = c_.sliding_window;
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
@@ -268,7 +249,7 @@ void Calibrator::attend(int64_t kv_head, int64_t q_begin, int64_t q_end, int thr
 
 // Adds one sequence's entries of a group (their received masses, reordered here)
 // to its sums; the group's coverage curve of this sequence is weighted by its mass.
-void Calibrator::add_group(GroupSums& g, std::vector<double>& masses) const {
+void CalibrationStats::State::add_group(GroupSums& g, std::vector<double>& masses) const {
   const auto n = static_cast<int64_t>(masses.size());
   std::sort(masses.begin(), masses.end(), std::greater<>());
   for (int64_t i = 1; i < n; ++i)
@@ -290,7 +271,7 @@ void Calibrator::add_group(GroupSums& g, std::vector<double>& masses) const {
   }
 }
 
-void Calibrator::fold(int layer) {
+void CalibrationStats::State::fold(int layer) {
   LayerSums& L = layers_[static_cast<size_t>(layer)];
   const int64_t T = T_, G = c_.n_kv_heads, H = c_.n_heads, group = c_.group_size();
   const bool moe = !L.experts.empty();
@@ -340,12 +321,12 @@ void Calibrator::fold(int layer) {
   add_group(L.all, masses_);
 }
 
-CalibrationProfile Calibrator::profile() const {
+CalibrationProfile CalibrationStats::State::profile() const {
   CalibrationProfile p;
-  p.architecture = c_.arch_name;
+  p.architecture = c_.architecture;
   p.n_layers = c_.n_layers;
   p.n_kv_heads = c_.n_kv_heads;
-  p.n_experts = c_.router.n_experts;
+  p.n_experts = c_.n_experts;
   p.head_dim = c_.head_dim;
   p.data = options_.data;
   p.layers.resize(layers_.size());
@@ -386,14 +367,9 @@ CalibrationProfile Calibrator::profile() const {
   return p;
 }
 
-}  // namespace
-
-CalibrationProfile calibrate(
-    const Model& model, std::span<const std::vector<int32_t>> sequences,
-    const CalibrationOptions& options, ThreadPool& pool,
-    const std::function<void(int64_t done_tokens, int64_t total_tokens)>& progress) {
-  const ModelConfig& c = model.config();
-  if (sequences.empty()) fail("calibration: no sequences");
+void check_calibration_input(const KvModelShape& c, std::span<const int64_t> lengths,
+                             const CalibrationOptions& options) {
+  if (lengths.empty()) fail("calibration: no sequences");
   if (options.sink_tokens < 0 || options.recent_window < 0)
     fail("calibration: sink_tokens ({}) and recent_window ({}) must not be negative",
          options.sink_tokens, options.recent_window);
@@ -402,101 +378,54 @@ CalibrationProfile calibrate(
         "calibration: the model's sliding window ({}) is not longer than recent_window ({}), "
         "so attention never reaches an evictable key",
         c.sliding_window, options.recent_window);
-  int64_t total = 0, longest = 0;
-  for (size_t s = 0; s < sequences.size(); ++s) {
-    const auto n = static_cast<int64_t>(sequences[s].size());
-    if (n <= options.sink_tokens + options.recent_window)
+  for (size_t s = 0; s < lengths.size(); ++s) {
+    if (lengths[s] <= options.sink_tokens + options.recent_window)
       fail(
           "calibration: sequence {} has {} tokens; it needs more than sink_tokens + "
           "recent_window = {} to have an evictable key",
-          s, n, options.sink_tokens + options.recent_window);
-    total += n;
-    longest = std::max(longest, n);
+          s, lengths[s], options.sink_tokens + options.recent_window);
   }
-
-  Calibrator calibrator(c, options, pool);
-  const ForwardObserver observer = calibrator.observer();
-  FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, longest);
-  std::vector<float> logits;  // [vocab]: the last token's only
-  int64_t done = 0;
-  for (const std::vector<int32_t>& tokens : sequences) {
-    cache.clear();
-    CpuBackend backend(pool);
-    model.forward(tokens, cache, logits, /*all_logits=*/false, backend, &observer);
-    done += static_cast<int64_t>(tokens.size());
-    if (progress) progress(done, total);
-  }
-  CalibrationProfile profile = calibrator.profile();
-  profile.tokens = total;
-  profile.sequences = static_cast<int64_t>(sequences.size());
-  profile.context = longest;
-  return profile;
 }
 
-std::vector<std::vector<int32_t>> calibration_sequences(const std::filesystem::path& data,
-                                                        const Tokenizer& tokenizer, int64_t context,
-                                                        int64_t max_tokens) {
-  const std::string file = data.string();
-  const int32_t bos = tokenizer.bos_id();
-  const int64_t body = context - (bos >= 0 ? 1 : 0);  // text tokens per sequence
-  if (body < 1) fail("calibration: context {} is too short", context);
-  if (max_tokens < context)
-    fail("calibration: max_tokens {} is less than one sequence of {} tokens", max_tokens, context);
-  const int64_t wanted = max_tokens / context;
+CalibrationStats::CalibrationStats(const KvModelShape& model, const CalibrationOptions& options,
+                                   ThreadPool& pool)
+    : s_(std::make_unique<State>(model, options, pool)) {}
 
-  std::ifstream in(data, std::ios::binary);
-  if (!in) fail("{}: cannot open calibration data", file);
-  std::vector<int32_t> stream;  // every document's ids, concatenated
-  if (data.extension() == ".jsonl") {
-    std::string line;
-    int64_t line_no = 0;
-    // Documents are read only until there is enough text.
-    while (static_cast<int64_t>(stream.size()) < wanted * body && std::getline(in, line)) {
-      ++line_no;
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-      nlohmann::json j;
-      try {
-        j = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::parse_error& e) {
-        fail("{}:{}: not valid JSON: {}", file, line_no, e.what());
-      }
-      if (j.is_object() && j.contains("text") && j["text"].is_string()) {
-        const auto ids = tokenizer.encode(j["text"].get<std::string>(), false);
-        stream.insert(stream.end(), ids.begin(), ids.end());
-      } else if (j.is_object() && j.contains("tokens") && j["tokens"].is_array()) {
-        const nlohmann::json& ids = j["tokens"];
-        for (size_t i = 0; i < ids.size(); ++i) {
-          const nlohmann::json& id = ids[i];
-          if (!id.is_number_integer() || id.get<int64_t>() < 0 ||
-              id.get<int64_t>() >= tokenizer.vocab_size())
-            fail("{}:{}: tokens[{}] = {} is not a token id (0..{})", file, line_no, i, id.dump(),
-                 tokenizer.vocab_size() - 1);
-          if (i == 0 && id.get<int32_t>() == bos) continue;  // each sequence gets its own BOS
-          stream.push_back(id.get<int32_t>());
-        }
-      } else {
-        fail("{}:{}: needs a \"text\" string or a \"tokens\" array of ids", file, line_no);
-      }
-    }
-  } else {
-    std::ostringstream text;
-    text << in.rdbuf();
-    stream = tokenizer.encode(text.str(), false);
-  }
+CalibrationStats::~CalibrationStats() = default;
 
-  const int64_t n = std::min(wanted, static_cast<int64_t>(stream.size()) / body);
-  if (n == 0)
-    fail("{}: {} tokens of text, too few for one calibration sequence of {} tokens", file,
-         stream.size(), context);
-  std::vector<std::vector<int32_t>> sequences(static_cast<size_t>(n));
-  for (int64_t s = 0; s < n; ++s) {
-    std::vector<int32_t>& seq = sequences[static_cast<size_t>(s)];
-    seq.reserve(static_cast<size_t>(context));
-    if (bos >= 0) seq.push_back(bos);
-    const auto first = stream.begin() + s * body;
-    seq.insert(seq.end(), first, first + body);
-  }
-  return sequences;
+void CalibrationStats::queries(int layer, const float* q, int64_t n_tokens) {
+  EKVA_CHECK(layer >= 0 && layer < s_->c_.n_layers, "layer {}", layer);
+  s_->queries(q, n_tokens);
+}
+
+void CalibrationStats::keys(int layer, const float* k, int64_t n_tokens) {
+  EKVA_CHECK(layer >= 0 && layer < s_->c_.n_layers, "layer {}", layer);
+  s_->keys(k, n_tokens);
+}
+
+void CalibrationStats::routing(int layer, const int32_t* experts, const float* weights,
+                               int64_t n_tokens, int top_k) {
+  EKVA_CHECK(layer >= 0 && layer < s_->c_.n_layers, "layer {}", layer);
+  s_->routing(layer, experts, weights, n_tokens, top_k);
+}
+
+void CalibrationStats::layer_done(int layer) {
+  EKVA_CHECK(layer >= 0 && layer < s_->c_.n_layers, "layer {}", layer);
+  s_->layer_done(layer);
+}
+
+void CalibrationStats::sequence_done(int64_t tokens) {
+  s_->tokens_ += tokens;
+  ++s_->sequences_;
+  s_->longest_ = std::max(s_->longest_, tokens);
+}
+
+CalibrationProfile CalibrationStats::profile() const {
+  CalibrationProfile profile = s_->profile();
+  profile.tokens = s_->tokens_;
+  profile.sequences = s_->sequences_;
+  profile.context = s_->longest_;
+  return profile;
 }
 
 }  // namespace ekva

@@ -6,7 +6,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
-#include "cpu/kernels.h"
+#include "ops/backend.h"
 
 namespace ekva {
 
@@ -15,11 +15,11 @@ namespace {
 constexpr int64_t kScoreRowBlock = 256;
 }  // namespace
 
-StoreConfig store_config_for(const ModelConfig& model, const CompressionConfig& config,
+StoreConfig store_config_for(const KvModelShape& model, const CompressionConfig& config,
                              int64_t max_context) {
   StoreConfig s;
   s.shape = {model.n_layers, model.n_kv_heads, model.head_dim};
-  s.n_experts = model.router.n_experts;
+  s.n_experts = model.n_experts;
   s.block_size = config.block_size;
   s.granularity = make_allocator(config.allocator)->granularity();
   s.sink_tokens = config.sink_tokens;
@@ -28,20 +28,20 @@ StoreConfig store_config_for(const ModelConfig& model, const CompressionConfig& 
   return s;
 }
 
-CompressedKvCache::CompressedKvCache(PagedKvStore& store, const ModelConfig& model,
-                                     CompressionConfig config, ThreadPool& pool)
-    : store_(&store), config_(std::move(config)), pool_(pool) {
-  init(model);
+CompressedKvCache::CompressedKvCache(PagedKvStore& store, const KvModelShape& model,
+                                     CompressionConfig config, Backend& backend)
+    : store_(&store), config_(std::move(config)), backend_(backend) {
+  init(model, store.config().max_context);
   if (store.config().granularity != allocator_->granularity())
     fail("compressed cache: allocator '{}' needs a store of another granularity",
          allocator_->name());
   seq_ = store_->add_sequence();
 }
 
-CompressedKvCache::CompressedKvCache(const ModelConfig& model, CompressionConfig config,
-                                     int64_t max_context, ThreadPool& pool)
-    : config_(std::move(config)), pool_(pool) {
-  init(model);
+CompressedKvCache::CompressedKvCache(const KvModelShape& model, CompressionConfig config,
+                                     int64_t max_context, Backend& backend)
+    : config_(std::move(config)), backend_(backend) {
+  init(model, max_context);
   owned_store_ = std::make_unique<PagedKvStore>(store_config_for(model, config_, max_context));
   store_ = owned_store_.get();
   seq_ = store_->add_sequence();
@@ -51,14 +51,14 @@ CompressedKvCache::~CompressedKvCache() {
   if (store_ != nullptr && seq_ >= 0) store_->remove_sequence(seq_);
 }
 
-void CompressedKvCache::init(const ModelConfig& model) {
+void CompressedKvCache::init(const KvModelShape& model, int64_t max_context) {
   policy_ = make_policy(config_.policy);
   allocator_ = make_allocator(config_.allocator);
   n_layers_ = model.n_layers;
   n_heads_ = model.n_heads;
   n_kv_heads_ = model.n_kv_heads;
   head_dim_ = model.head_dim;
-  n_experts_ = model.router.n_experts;
+  n_experts_ = model.n_experts;
   sliding_window_ = model.sliding_window;
   rng_.seed(config_.seed);
   if (allocator_->needs_profile() && config_.profile == nullptr)
@@ -67,19 +67,26 @@ void CompressedKvCache::init(const ModelConfig& model) {
   score_source_ = policy_->score_source();
   if (allocator_->needs_live_scores() && score_source_ == ScoreSource::kNone)
     score_source_ = ScoreSource::kObservationWindow;  // Ada-KV needs attention scores
-  // Validate the budget once, against the longest sequence: fractions must lie in
-  // [0, 100%]; tokens and bytes are fixed amounts that must at least hold the
-  // protected entries (sinks plus the recent window of every layer and kv-head).
+  // Validate the budget once: fractions must lie in [0, 100%], and every budget must
+  // hold the protected entries (sinks plus the recent window of every layer and
+  // kv-head) of a sequence that needs compressing. Tokens and bytes are fixed
+  // amounts; a fraction grows with the sequence, so it is checked at the longest
+  // one the cache takes (below that, shorter sequences keep their protected entries).
+  // The full policy ignores the budget.
   BudgetShape shape;
   shape.n_layers = n_layers_;
   shape.n_kv_heads = n_kv_heads_;
   shape.entry_bytes = int64_t{2} * head_dim_ * static_cast<int64_t>(sizeof(float));
-  shape.sequence_tokens = std::numeric_limits<int32_t>::max();
+  shape.sequence_tokens = config_.budget.unit == BudgetSpec::Unit::kFraction
+                              ? max_context
+                              : std::numeric_limits<int32_t>::max();
   shape.protected_entries =
-      int64_t{config_.sink_tokens + config_.recent_window} * n_layers_ * n_kv_heads_;
-  if (config_.budget.unit == BudgetSpec::Unit::kFraction) shape.protected_entries = 0;
+      std::min<int64_t>(config_.sink_tokens + config_.recent_window, shape.sequence_tokens) *
+      n_layers_ * n_kv_heads_;
+  if (policy_->name() == "full") shape.protected_entries = 0;
   budget_entries(config_.budget, shape);  // throws for impossible budgets
   budgets_.assign(static_cast<size_t>(n_layers_), {});
+  scored_positions_.assign(static_cast<size_t>(n_layers_), {});
 }
 
 void CompressedKvCache::append(int layer, std::span<const int32_t> positions, const float* k,
@@ -101,7 +108,9 @@ size_t CompressedKvCache::bytes_used() const { return store_->cache(seq_).bytes_
 void CompressedKvCache::clear() {
   store_->cache(seq_).clear();
   budgets_.assign(static_cast<size_t>(n_layers_), {});
+  scored_positions_.assign(static_cast<size_t>(n_layers_), {});
   allocated_target_ = -1;
+  allocated_length_ = 0;
   stats_ = {};
 }
 
@@ -131,6 +140,18 @@ void CompressedKvCache::observe_queries(int layer, std::span<const int32_t> posi
   const int64_t first =
       score_source_ == ScoreSource::kObservationWindow ? std::max<int64_t>(0, T - config_.observation_window) : 0;
   score(layer, positions, q, first);
+  auto& scored = scored_positions_[static_cast<size_t>(layer)];
+  scored.insert(scored.end(), positions.begin() + first, positions.end());
+}
+
+int64_t CompressedKvCache::queries_seen(int layer, int32_t position) const {
+  // Queries see the keys at or before them (within the sliding window, if any).
+  const auto& scored = scored_positions_[static_cast<size_t>(layer)];
+  const auto first = std::lower_bound(scored.begin(), scored.end(), position);
+  const auto last = sliding_window_ > 0
+                        ? std::lower_bound(first, scored.end(), int64_t{position} + sliding_window_)
+                        : scored.end();
+  return last - first;
 }
 
 void CompressedKvCache::score(int layer, std::span<const int32_t> positions, const float* q,
@@ -156,7 +177,7 @@ void CompressedKvCache::score(int layer, std::span<const int32_t> positions, con
       int64_t offset = 0;
       for (const EntryRun& run : runs_) {  // logits[:, offset:offset+n] = rows · kᵀ
         const WeightMatrix k{DType::kF32, run.n, D, run.k};
-        cpu::matmul({rows_.data(), R, nullptr, k, logits_.data() + offset, N}, pool_);
+        backend_.matmul({rows_.data(), R, nullptr, k, logits_.data() + offset, N});
         offset += run.n;
       }
       for (int64_t r = 0; r < R; ++r) {
@@ -187,7 +208,8 @@ void CompressedKvCache::score(int layer, std::span<const int32_t> positions, con
 
 void CompressedKvCache::end_forward() {
   if (policy_->name() == "full") return;  // keeps everything whatever the budget
-  const int64_t target = total_target(length());
+  const int64_t length = this->length();
+  const int64_t target = total_target(length);
   const int64_t protect = protected_total();
   const int64_t live = static_cast<int64_t>(store_->bytes(seq_).kv / (2 * static_cast<size_t>(head_dim_) * sizeof(float)));
   const int64_t evictable_target = std::max<int64_t>(0, target - protect);
@@ -196,22 +218,40 @@ void CompressedKvCache::end_forward() {
     if (live - protect > evictable_target) reallocate(evictable_target);
     return;
   }
-  // The total budget moved by more than an eighth (fraction budgets grow with the
-  // sequence): re-allocate across all segments.
-  if (evictable_target * 8 > allocated_target_ * 9 || evictable_target * 8 < allocated_target_ * 7) {
+  // Re-allocate across all segments when the total budget moved by more than an
+  // eighth (fraction budgets grow with the sequence) or the sequence grew by an
+  // eighth (fixed budgets: the segments' shares follow their live entries)...
+  const auto moved = [](int64_t now, int64_t then) { return now * 8 > then * 9 || now * 8 < then * 7; };
+  bool reallocating = moved(evictable_target, allocated_target_) || length * 8 > allocated_length_ * 9;
+  // ... or when a segment that was empty at the last allocation, and so has no
+  // budget, has filled past the slack (an expert first routed to now).
+  for (int layer = 0; layer < n_layers_ && !reallocating; ++layer) {
+    segments_.clear();
+    store_->segments(seq_, layer, segments_);
+    const auto& b = budgets_[static_cast<size_t>(layer)];
+    for (const SegmentInfo& s : segments_)
+      if (b[static_cast<size_t>(s.id)] < 0 && s.n_entries > slack(0)) reallocating = true;
+  }
+  if (reallocating) {
     reallocate(evictable_target);
     return;
   }
+  std::vector<SegmentInfo> over;
   for (int layer = 0; layer < n_layers_; ++layer) {
     segments_.clear();
     store_->segments(seq_, layer, segments_);
-    auto& b = budgets_[static_cast<size_t>(layer)];
+    const auto& b = budgets_[static_cast<size_t>(layer)];
+    over.clear();
     for (const SegmentInfo& s : segments_) {
       const int64_t budget = std::max<int64_t>(0, b[static_cast<size_t>(s.id)]);
-      if (s.n_entries > budget + slack(budget)) {
-        evict(layer, s.id, budget);
-        ++stats_.segment_evictions;
-      }
+      if (s.n_entries > budget + slack(budget)) over.push_back(s);
+    }
+    if (over.empty()) continue;
+    // Ranked together before any is cut: a rank may look at the neighbours of other segments.
+    segment_ranks(layer, over, /*by_policy=*/true, layer_ranks_);
+    for (size_t i = 0; i < over.size(); ++i) {
+      evict(layer, over[i].id, std::max<int64_t>(0, b[static_cast<size_t>(over[i].id)]), layer_ranks_[i]);
+      ++stats_.segment_evictions;
     }
   }
 }
@@ -226,40 +266,86 @@ void CompressedKvCache::reallocate(int64_t evictable_target) {
   input.segments.resize(static_cast<size_t>(n_layers_));
   for (int layer = 0; layer < n_layers_; ++layer)
     store_->segments(seq_, layer, input.segments[static_cast<size_t>(layer)]);
-  if (allocator_->needs_live_scores()) {
+  // Ada-KV allocates from the ranks the policy selects on; a policy that reads no
+  // attention (StreamingLLM, K-norm, random) gives it no scores to compare across
+  // heads, so there it reads the mean attention per query seen.
+  const bool live = allocator_->needs_live_scores();
+  const bool policy_scores = policy_->score_source() != ScoreSource::kNone;
+  if (live) {
     input.live_scores.resize(static_cast<size_t>(n_layers_));
-    for (int layer = 0; layer < n_layers_; ++layer) {
-      for (const SegmentInfo& s : input.segments[static_cast<size_t>(layer)]) {
-        runs_.clear();
-        store_->segment_runs(seq_, layer, s.id, runs_);
-        auto& scores = input.live_scores[static_cast<size_t>(layer)].emplace_back();
-        for (const EntryRun& r : runs_) scores.insert(scores.end(), r.scores, r.scores + r.n);
-      }
-    }
+    for (int layer = 0; layer < n_layers_; ++layer)
+      segment_ranks(layer, input.segments[static_cast<size_t>(layer)], policy_scores,
+                    input.live_scores[static_cast<size_t>(layer)]);
   }
   const Allocation allocation = allocator_->allocate(input);
   for (int layer = 0; layer < n_layers_; ++layer) {
     auto& b = budgets_[static_cast<size_t>(layer)];
-    b.assign(static_cast<size_t>(store_->n_segments()), 0);
+    b.assign(static_cast<size_t>(store_->n_segments()), -1);
     const auto& segs = input.segments[static_cast<size_t>(layer)];
+    bool any = false;
+    for (size_t i = 0; i < segs.size(); ++i) {
+      b[static_cast<size_t>(segs[i].id)] = allocation[static_cast<size_t>(layer)][i];
+      any = any || segs[i].n_entries > allocation[static_cast<size_t>(layer)][i];
+    }
+    if (!any) continue;
+    const std::vector<std::vector<float>>* ranks = &layer_ranks_;
+    if (live && policy_scores)
+      ranks = &input.live_scores[static_cast<size_t>(layer)];
+    else
+      segment_ranks(layer, segs, /*by_policy=*/true, layer_ranks_);
     for (size_t i = 0; i < segs.size(); ++i) {
       const int64_t budget = allocation[static_cast<size_t>(layer)][i];
-      b[static_cast<size_t>(segs[i].id)] = budget;
-      if (segs[i].n_entries > budget) evict(layer, segs[i].id, budget);
+      if (segs[i].n_entries > budget) evict(layer, segs[i].id, budget, (*ranks)[i]);
     }
   }
   allocated_target_ = evictable_target;
+  allocated_length_ = length();
   ++stats_.compressions;
 }
 
-void CompressedKvCache::evict(int layer, int segment, int64_t budget) {
-  runs_.clear();
-  store_->segment_runs(seq_, layer, segment, runs_);
-  int64_t n = 0;
-  for (const EntryRun& r : runs_) n += r.n;
-  policy_->select(runs_, budget, head_dim_, rng_, keep_);
+void CompressedKvCache::segment_ranks(int layer, std::span<const SegmentInfo> segments,
+                                      bool by_policy, std::vector<std::vector<float>>& ranks) {
+  // Rank each kv-head's evictable entries at once, then read each segment's out in
+  // its entry order (positions are unique within a (layer, kv-head)).
+  const auto length = static_cast<size_t>(this->length());
+  rank_by_position_.resize(static_cast<size_t>(n_kv_heads_));
+  for (int h = 0; h < n_kv_heads_; ++h) {
+    runs_.clear();
+    store_->view_runs(seq_, layer, h, runs_);
+    std::erase_if(runs_, [](const EntryRun& r) { return r.segment == kProtectedSegment; });
+    seen_.clear();
+    for (const EntryRun& r : runs_)
+      for (int64_t i = 0; i < r.n; ++i)
+        seen_.push_back(static_cast<float>(queries_seen(layer, r.positions[i])));
+    if (by_policy) {
+      policy_->rank({runs_, seen_, head_dim_}, rng_, head_rank_);
+    } else {
+      head_rank_.clear();
+      size_t c = 0;
+      for (const EntryRun& r : runs_)
+        for (int64_t i = 0; i < r.n; ++i, ++c) head_rank_.push_back(seen_[c] > 0 ? r.scores[i] / seen_[c] : 0.f);
+    }
+    auto& by_position = rank_by_position_[static_cast<size_t>(h)];
+    by_position.resize(length);
+    size_t c = 0;
+    for (const EntryRun& r : runs_)
+      for (int64_t i = 0; i < r.n; ++i) by_position[static_cast<size_t>(r.positions[i])] = head_rank_[c++];
+  }
+  ranks.resize(segments.size());
+  for (size_t s = 0; s < segments.size(); ++s) {
+    runs_.clear();
+    store_->segment_runs(seq_, layer, segments[s].id, runs_);
+    ranks[s].clear();
+    for (const EntryRun& r : runs_)
+      for (int64_t i = 0; i < r.n; ++i)
+        ranks[s].push_back(rank_by_position_[static_cast<size_t>(r.kv_head)][static_cast<size_t>(r.positions[i])]);
+  }
+}
+
+void CompressedKvCache::evict(int layer, int segment, int64_t budget, std::span<const float> ranks) {
+  select_top(ranks, budget, keep_);
   store_->keep(seq_, layer, segment, keep_);
-  stats_.evicted_entries += n - static_cast<int64_t>(keep_.size());
+  stats_.evicted_entries += static_cast<int64_t>(ranks.size() - keep_.size());
 }
 
 CompressionStats CompressedKvCache::stats() const {

@@ -4,7 +4,13 @@
 // from the sequence's total budget. Compression runs at the end of a forward call:
 // after the prompt, and during decode whenever a segment outgrows its budget by
 // more than a slack (evicting in chunks, not at every step), with a full
-// re-allocation when the sequence's total budget has grown by an eighth.
+// re-allocation when the sequence's total budget or its length has moved by an
+// eighth since the last one, or when a segment that was empty then (so it got no
+// budget: an expert first routed to during decode) has filled past the slack.
+//
+// Selection and allocation read one ranking: the policy ranks the evictable entries
+// of each (layer, kv-head) at once (Policy::rank), each segment keeps its
+// highest-ranked entries and Ada-KV allocates from the same ranks.
 #pragma once
 
 #include <memory>
@@ -15,14 +21,14 @@
 #include "kv/allocator.h"
 #include "kv/budget.h"
 #include "kv/kv_cache.h"
+#include "kv/model_shape.h"
 #include "kv/paged_store.h"
 #include "kv/policy.h"
 #include "kv/profile.h"
-#include "model/config.h"
 
 namespace ekva {
 
-class ThreadPool;
+class Backend;
 
 struct CompressionConfig {
   std::string policy = "snapkv";
@@ -48,18 +54,18 @@ struct CompressionStats {
 };
 
 // The store layout a compression config needs (granularity from the allocator).
-StoreConfig store_config_for(const ModelConfig& model, const CompressionConfig& config,
+StoreConfig store_config_for(const KvModelShape& model, const CompressionConfig& config,
                              int64_t max_context);
 
 class CompressedKvCache final : public KvCache {
  public:
   // A sequence in an existing store (batch > 1: each sequence has its own budget).
   // The store's granularity must be the allocator's.
-  CompressedKvCache(PagedKvStore& store, const ModelConfig& model, CompressionConfig config,
-                    ThreadPool& pool);
+  CompressedKvCache(PagedKvStore& store, const KvModelShape& model, CompressionConfig config,
+                    Backend& backend);
   // A sequence with a store of its own.
-  CompressedKvCache(const ModelConfig& model, CompressionConfig config, int64_t max_context,
-                    ThreadPool& pool);
+  CompressedKvCache(const KvModelShape& model, CompressionConfig config, int64_t max_context,
+                    Backend& backend);
   ~CompressedKvCache() override;
 
   void append(int layer, std::span<const int32_t> positions, const float* k, const float* v) override;
@@ -72,7 +78,8 @@ class CompressedKvCache final : public KvCache {
   void clear() override;
 
   CompressionStats stats() const;
-  // Budget of each segment at the last allocation: [layer][segment id], -1 = none yet.
+  // Budget of each segment at the last allocation: [layer][segment id]; -1: the
+  // segment was empty then (or nothing was allocated yet).
   const std::vector<std::vector<int64_t>>& budgets() const { return budgets_; }
   int sequence() const { return seq_; }
   PagedKvStore& store() { return *store_; }
@@ -80,11 +87,18 @@ class CompressedKvCache final : public KvCache {
   static int64_t slack(int64_t budget) { return std::max<int64_t>(4, budget / 8); }
 
  private:
-  void init(const ModelConfig& model);
+  void init(const KvModelShape& model, int64_t max_context);
   int64_t total_target(int64_t length) const;
   int64_t protected_total() const;
   void reallocate(int64_t evictable_target);
-  void evict(int layer, int segment, int64_t budget);
+  // ranks[i]: the rank of each entry of segments[i] (of `layer`), in its entry order;
+  // the policy's ranks, or (by_policy false) the mean attention per query seen.
+  void segment_ranks(int layer, std::span<const SegmentInfo> segments, bool by_policy,
+                     std::vector<std::vector<float>>& ranks);
+  // Scored queries of `layer` that saw an entry at `position`.
+  int64_t queries_seen(int layer, int32_t position) const;
+  // Cuts a segment to its `budget` highest-ranked entries (ranks in its entry order).
+  void evict(int layer, int segment, int64_t budget, std::span<const float> ranks);
   // Adds the attention probabilities of the given query rows to the entries' scores.
   void score(int layer, std::span<const int32_t> positions, const float* q, int64_t first_row);
 
@@ -92,21 +106,27 @@ class CompressedKvCache final : public KvCache {
   PagedKvStore* store_ = nullptr;
   int seq_ = -1;
   CompressionConfig config_;
-  ThreadPool& pool_;
+  Backend& backend_;  // runs the scoring matmuls
   std::unique_ptr<Policy> policy_;
   std::unique_ptr<Allocator> allocator_;
   ScoreSource score_source_ = ScoreSource::kNone;
   int n_layers_ = 0, n_heads_ = 0, n_kv_heads_ = 0, head_dim_ = 0, n_experts_ = 0;
   int64_t sliding_window_ = 0;
   int64_t allocated_target_ = -1;  // evictable target of the last allocation
+  int64_t allocated_length_ = 0;   // sequence length at the last allocation
   std::vector<std::vector<int64_t>> budgets_;
   std::mt19937_64 rng_;
   CompressionStats stats_;
   // Scratch reused across calls.
   std::vector<EntryRun> runs_;
   std::vector<SegmentInfo> segments_;
+  // [layer]: positions of the queries that scored entries, ascending.
+  std::vector<std::vector<int32_t>> scored_positions_;
   std::vector<int32_t> keep_;
   std::vector<float> rows_, logits_, column_sums_;
+  std::vector<float> seen_, head_rank_;
+  std::vector<std::vector<float>> rank_by_position_;  // [kv-head][position] of one layer
+  std::vector<std::vector<float>> layer_ranks_;       // [segment of one layer][entry]
 };
 
 }  // namespace ekva

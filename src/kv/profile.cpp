@@ -294,7 +294,7 @@ void CalibrationProfile::save(const std::filesystem::path& path) const {
 }
 
 CalibrationProfile CalibrationProfile::load(const std::filesystem::path& path,
-                                            const ModelConfig& model) {
+                                            const KvModelShape& model) {
   const Reader r(path.string());
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("{}: cannot open calibration profile", path.string());
@@ -316,8 +316,8 @@ CalibrationProfile CalibrationProfile::load(const std::filesystem::path& path,
 
   // The model it was made for, before any statistics.
   p.architecture = r.string(j, "", "architecture");
-  if (p.architecture != model.arch_name)
-    r.bad("made for {}, the model is {}", p.architecture, model.arch_name);
+  if (p.architecture != model.architecture)
+    r.bad("made for {}, the model is {}", p.architecture, model.architecture);
   constexpr int64_t kMaxDim = int64_t{1} << 20;
   p.n_layers = static_cast<int>(r.integer(j, "", "n_layers", 1, kMaxDim));
   if (p.n_layers != model.n_layers)
@@ -326,8 +326,8 @@ CalibrationProfile CalibrationProfile::load(const std::filesystem::path& path,
   if (p.n_kv_heads != model.n_kv_heads)
     r.bad("made for {} kv-heads, the model has {}", p.n_kv_heads, model.n_kv_heads);
   p.n_experts = static_cast<int>(r.integer(j, "", "n_experts", 0, kMaxDim));
-  if (p.n_experts != model.router.n_experts)
-    r.bad("made for {} experts, the model has {}", p.n_experts, model.router.n_experts);
+  if (p.n_experts != model.n_experts)
+    r.bad("made for {} experts, the model has {}", p.n_experts, model.n_experts);
   p.head_dim = static_cast<int>(r.integer(j, "", "head_dim", 1, kMaxDim));
   if (p.head_dim != model.head_dim)
     r.bad("made for head_dim {}, the model has {}", p.head_dim, model.head_dim);

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "model/config.h"
+#include "kv/model_shape.h"
 
 namespace ekva {
 
@@ -63,7 +63,7 @@ struct CalibrationProfile {
 
   // Throws ekva::Error naming the file and the field at fault, or the mismatch
   // with `model` (a profile of another model must not be used silently).
-  static CalibrationProfile load(const std::filesystem::path& path, const ModelConfig& model);
+  static CalibrationProfile load(const std::filesystem::path& path, const KvModelShape& model);
   void save(const std::filesystem::path& path) const;
 };
 

@@ -259,4 +259,19 @@ ModelConfig ModelConfig::from_file(const std::filesystem::path& config_json) {
   return from_json(j, config_json.string());
 }
 
+KvModelShape kv_shape_of(const ModelConfig& config) {
+  KvModelShape s;
+  s.architecture = config.arch_name;
+  s.n_layers = config.n_layers;
+  s.n_heads = config.n_heads;
+  s.n_kv_heads = config.n_kv_heads;
+  s.head_dim = config.head_dim;
+  s.n_experts = config.router.n_experts;
+  s.sliding_window = config.sliding_window;
+  s.layer_is_moe = config.layer_is_moe;
+  return s;
+}
+
+ModelConfig::operator KvModelShape() const { return kv_shape_of(*this); }
+
 }  // namespace ekva

@@ -12,6 +12,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "core/dtype.h"
+#include "kv/model_shape.h"
 
 namespace ekva {
 
@@ -72,6 +73,9 @@ struct ModelConfig {
   int q_dim() const { return n_heads * head_dim; }
   int kv_dim() const { return n_kv_heads * head_dim; }
   int group_size() const { return n_heads / n_kv_heads; }
+  // The shape the KV layer works with (kv_shape_of); implicit so that callers of
+  // the kv API written against ModelConfig keep compiling.
+  operator KvModelShape() const;  // NOLINT(google-explicit-constructor)
 
   // Throws ekva::Error naming `source` (the file) and the field at fault.
   static ModelConfig from_json(const nlohmann::json& j, const std::string& source);
@@ -79,5 +83,8 @@ struct ModelConfig {
 };
 
 std::string_view architecture_name(Architecture arch);
+
+// What src/kv needs of a model (kv must not include model/).
+KvModelShape kv_shape_of(const ModelConfig& config);
 
 }  // namespace ekva

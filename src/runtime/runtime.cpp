@@ -7,8 +7,8 @@ namespace ekva {
 std::unique_ptr<KvCache> Runtime::make_cache(int64_t capacity, PagedKvStore* store) const {
   const ModelConfig& c = model->config();
   if (!compression) return std::make_unique<FullKvCache>(KvShape{c.n_layers, c.n_kv_heads, c.head_dim}, capacity);
-  if (store != nullptr) return std::make_unique<CompressedKvCache>(*store, c, *compression, backend->pool());
-  return std::make_unique<CompressedKvCache>(c, *compression, context, backend->pool());
+  if (store != nullptr) return std::make_unique<CompressedKvCache>(*store, c, *compression, *backend);
+  return std::make_unique<CompressedKvCache>(c, *compression, context, *backend);
 }
 
 StoreConfig Runtime::store_config() const {

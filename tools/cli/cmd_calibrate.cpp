@@ -17,10 +17,10 @@
 #include "commands.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
-#include "kv/calibration.h"
 #include "kv/profile.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
+#include "runtime/calibration_run.h"
 
 namespace ekva::cli {
 

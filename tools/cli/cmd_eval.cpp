@@ -72,8 +72,17 @@ struct Tally {
   double nll_sum = 0;
   int64_t nll_count = 0;
   double kv_bytes_sum = 0, full_bytes_sum = 0;  // after the prompt, per prompt
-  int64_t prompts = 0;
+  int64_t prompts = 0;  // retrieval prompts and perplexity contexts
   double seconds = 0;
+
+  // The KV bytes a cache holds right after a prompt of `tokens` tokens, and what the
+  // full cache would hold.
+  void add_prompt(const KvCache& cache, int64_t tokens, const KvModelShape& shape) {
+    kv_bytes_sum += static_cast<double>(cache.bytes_used());
+    full_bytes_sum += static_cast<double>(tokens) * shape.n_layers * shape.n_kv_heads * 2 *
+                      shape.head_dim * sizeof(float);
+    ++prompts;
+  }
 };
 
 std::vector<json> read_jsonl(const std::string& path) {
@@ -95,19 +104,38 @@ std::vector<json> read_jsonl(const std::string& path) {
 }
 
 // One cache for a method: the full cache, or a compressed one.
-std::unique_ptr<KvCache> make_cache(const Method& m, const ModelConfig& c, int64_t context, ThreadPool& pool) {
-  if (!m.config) return std::make_unique<FullKvCache>(KvShape{c.n_layers, c.n_kv_heads, c.head_dim}, context);
-  return std::make_unique<CompressedKvCache>(c, *m.config, context, pool);
+std::unique_ptr<KvCache> make_cache(const Method& m, const KvModelShape& shape, int64_t context,
+                                    Backend& backend) {
+  if (!m.config)
+    return std::make_unique<FullKvCache>(KvShape{shape.n_layers, shape.n_kv_heads, shape.head_dim}, context);
+  return std::make_unique<CompressedKvCache>(shape, *m.config, context, backend);
 }
+
+// A measured figure, or a dash for one that was not measured (no prompt of that
+// context, no perplexity documents): never "nan".
+std::string figure(double value, const char* format) {
+  return std::isfinite(value) ? fmt::format(fmt::runtime(format), value) : std::string("–");
+}
+json figure_json(double value) { return std::isfinite(value) ? json(value) : json(nullptr); }
 
 void run_eval(const EvalArgs& a) {
   CpuBackend backend(a.threads);
-  ThreadPool& pool = backend.pool();
   const auto model = Model::load(a.model_dir);
   const Tokenizer tokenizer = Tokenizer::from_model_dir(a.model_dir);
   const ModelConfig& c = model->config();
+  const KvModelShape shape = kv_shape_of(c);
   std::optional<CalibrationProfile> profile;
-  if (!a.profile.empty()) profile = CalibrationProfile::load(a.profile, c);
+  if (!a.profile.empty()) profile = CalibrationProfile::load(a.profile, shape);
+  // The shortest context a method will run with: budgets are validated there now,
+  // not after the first prompts (a fraction must hold the protected entries).
+  int64_t probe_context = 0;
+  const auto shortest = [&](int64_t ctx) {
+    probe_context = probe_context == 0 ? ctx : std::min(probe_context, ctx);
+  };
+  if (!a.retrieval.empty())
+    for (int ctx : a.contexts) shortest(ctx);
+  if (!a.ppl.empty()) shortest(a.ppl_context);
+  if (probe_context <= 0) probe_context = 64;
 
   std::vector<Method> methods = {{"full", std::nullopt}};
   for (const std::string& budget : a.budgets) {
@@ -119,7 +147,7 @@ void run_eval(const EvalArgs& a) {
       cfg.policy = m.substr(colon + 1);
       cfg.budget = BudgetSpec::parse(budget);
       cfg.profile = profile ? &*profile : nullptr;
-      CompressedKvCache probe(c, cfg, 64, pool);  // validates names, profile, budget now
+      CompressedKvCache probe(shape, cfg, probe_context, backend);  // validates names, profile, budget now
       methods.push_back({fmt::format("{}@{}", m, budget), cfg});
     }
   }
@@ -148,12 +176,10 @@ void run_eval(const EvalArgs& a) {
     const PrefillRecording rec = PrefillRecording::record(*model, tokens, backend);
     for (size_t mi = 0; mi < methods.size(); ++mi) {
       const auto t0 = std::chrono::steady_clock::now();
-      auto cache = make_cache(methods[mi], c, context, pool);
+      auto cache = make_cache(methods[mi], shape, context, backend);
       rec.replay(*cache);
       Tally& t = tally[mi];
-      t.kv_bytes_sum += static_cast<double>(cache->bytes_used());
-      t.full_bytes_sum += static_cast<double>(tokens.size()) * c.n_layers * c.n_kv_heads * 2 * c.head_dim * sizeof(float);
-      ++t.prompts;
+      t.add_prompt(*cache, static_cast<int64_t>(tokens.size()), shape);
       std::vector<float> logits = rec.last_logits;
       bool correct = true;
       for (size_t j = 0; j < answer.size(); ++j) {
@@ -192,10 +218,11 @@ void run_eval(const EvalArgs& a) {
         PrefillRecording::record(*model, std::span(tokens).first(static_cast<size_t>(prefix)), backend);
     for (size_t mi = 0; mi < methods.size(); ++mi) {
       const auto t0 = std::chrono::steady_clock::now();
-      auto cache = make_cache(methods[mi], c, static_cast<int64_t>(tokens.size()), pool);
+      auto cache = make_cache(methods[mi], shape, static_cast<int64_t>(tokens.size()), backend);
       rec.replay(*cache);
       std::vector<float> logits = rec.last_logits;
       Tally& t = tally[mi];
+      t.add_prompt(*cache, prefix, shape);  // the compressed context is a prompt too
       for (int64_t pos = prefix; pos < static_cast<int64_t>(tokens.size()); ++pos) {
         t.nll_sum += nll(logits, tokens[static_cast<size_t>(pos)]);
         ++t.nll_count;
@@ -227,20 +254,21 @@ void run_eval(const EvalArgs& a) {
     const std::string budget = at == std::string::npos ? "100%" : name.substr(at + 1);
     const double kv_frac = t.full_bytes_sum > 0 ? t.kv_bytes_sum / t.full_bytes_sum : NAN;
     const double ppl = t.nll_count ? std::exp(t.nll_sum / static_cast<double>(t.nll_count)) : NAN;
-    json row = {{"method", method}, {"budget", budget}, {"kv_fraction_after_prompt", kv_frac},
-                {"kv_bytes_after_prompt_mean", t.prompts ? t.kv_bytes_sum / t.prompts : 0.0},
-                {"perplexity", ppl}, {"perplexity_delta_pct", 100.0 * (ppl / full_ppl - 1.0)},
+    const double delta = 100.0 * (ppl / full_ppl - 1.0);
+    json row = {{"method", method}, {"budget", budget}, {"kv_fraction_after_prompt", figure_json(kv_frac)},
+                {"kv_bytes_after_prompt_mean", t.prompts ? json(t.kv_bytes_sum / static_cast<double>(t.prompts)) : json(nullptr)},
+                {"perplexity", figure_json(ppl)}, {"perplexity_delta_pct", figure_json(delta)},
                 {"seconds", t.seconds}};
-    md << "| " << method << " | " << budget << " | " << fmt::format("{:.1f}%", 100 * kv_frac) << " | ";
+    md << "| " << method << " | " << budget << " | " << figure(100 * kv_frac, "{:.1f}%") << " | ";
     for (int ctx : a.contexts) {
       const auto it = t.retrieval.find(ctx);
       const double acc = it == t.retrieval.end() || it->second.second == 0
                              ? NAN : 100.0 * it->second.first / it->second.second;
-      row["retrieval"][std::to_string(ctx)] = {{"accuracy_pct", acc},
+      row["retrieval"][std::to_string(ctx)] = {{"accuracy_pct", figure_json(acc)},
                                                {"n", it == t.retrieval.end() ? 0 : it->second.second}};
-      md << fmt::format("{:.1f}%", acc) << " | ";
+      md << figure(acc, "{:.1f}%") << " | ";
     }
-    md << fmt::format("{:.3f} | {:+.2f}% |\n", ppl, 100.0 * (ppl / full_ppl - 1.0));
+    md << figure(ppl, "{:.3f}") << " | " << figure(delta, "{:+.2f}%") << " |\n";
     rows.push_back(row);
   }
   fmt::print("{}", md.str());

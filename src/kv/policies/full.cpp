@@ -1,4 +1,5 @@
-// Full: keeps every entry (the reference row of every evaluation).
+// Full: keeps every entry (the reference row of every evaluation). The compressed
+// cache never evicts under it, so its rank is never read; it is flat.
 #include "kv/policies/policies.h"
 
 namespace ekva {
@@ -7,11 +8,8 @@ namespace {
 class FullPolicy final : public Policy {
  public:
   std::string_view name() const override { return "full"; }
-  void select(std::span<const EntryRun> runs, int64_t, int64_t, std::mt19937_64&,
-              std::vector<int32_t>& keep) const override {
-    const int64_t n = count_entries(runs);
-    keep.resize(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) keep[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+  void rank(const RankInput& input, std::mt19937_64&, std::vector<float>& rank) const override {
+    rank.assign(static_cast<size_t>(count_entries(input.runs)), 0.f);
   }
 };
 

@@ -1,6 +1,7 @@
 // H2O (Zhang et al. 2023): heavy hitters: the entries that have received the most
 // attention, accumulated over every query since they were written (summed over the
-// query heads of the GQA group), are kept.
+// query heads of the GQA group), are kept. The sum, not the mean: H2O's rule, which
+// favours entries that have been attended to for long.
 #include "kv/policies/policies.h"
 
 namespace ekva {
@@ -10,12 +11,9 @@ class H2oPolicy final : public Policy {
  public:
   std::string_view name() const override { return "h2o"; }
   ScoreSource score_source() const override { return ScoreSource::kAccumulatedAttention; }
-  void select(std::span<const EntryRun> runs, int64_t budget, int64_t, std::mt19937_64&,
-              std::vector<int32_t>& keep) const override {
-    std::vector<float> scores;
-    scores.reserve(static_cast<size_t>(count_entries(runs)));
-    for (const EntryRun& r : runs) scores.insert(scores.end(), r.scores, r.scores + r.n);
-    select_top(scores, budget, keep);
+  void rank(const RankInput& input, std::mt19937_64&, std::vector<float>& rank) const override {
+    rank.clear();
+    for (const EntryRun& r : input.runs) rank.insert(rank.end(), r.scores, r.scores + r.n);
   }
 };
 

@@ -11,18 +11,16 @@ namespace {
 class KNormPolicy final : public Policy {
  public:
   std::string_view name() const override { return "knorm"; }
-  void select(std::span<const EntryRun> runs, int64_t budget, int64_t head_dim, std::mt19937_64&,
-              std::vector<int32_t>& keep) const override {
-    std::vector<float> scores;
-    scores.reserve(static_cast<size_t>(count_entries(runs)));
-    for (const EntryRun& r : runs) {
+  void rank(const RankInput& input, std::mt19937_64&, std::vector<float>& rank) const override {
+    const int64_t D = input.head_dim;
+    rank.clear();
+    for (const EntryRun& r : input.runs) {
       for (int64_t i = 0; i < r.n; ++i) {
         double sq = 0;
-        for (int64_t d = 0; d < head_dim; ++d) sq += double{r.k[i * head_dim + d]} * r.k[i * head_dim + d];
-        scores.push_back(-static_cast<float>(std::sqrt(sq)));
+        for (int64_t d = 0; d < D; ++d) sq += double{r.k[i * D + d]} * r.k[i * D + d];
+        rank.push_back(-static_cast<float>(std::sqrt(sq)));
       }
     }
-    select_top(scores, budget, keep);
   }
 };
 

@@ -9,13 +9,10 @@ namespace {
 class StreamingLlmPolicy final : public Policy {
  public:
   std::string_view name() const override { return "streamingllm"; }
-  void select(std::span<const EntryRun> runs, int64_t budget, int64_t, std::mt19937_64&,
-              std::vector<int32_t>& keep) const override {
-    std::vector<float> recency;
-    recency.reserve(static_cast<size_t>(count_entries(runs)));
-    for (const EntryRun& r : runs)
-      for (int64_t i = 0; i < r.n; ++i) recency.push_back(static_cast<float>(r.positions[i]));
-    select_top(recency, budget, keep);
+  void rank(const RankInput& input, std::mt19937_64&, std::vector<float>& rank) const override {
+    rank.clear();
+    for (const EntryRun& r : input.runs)
+      for (int64_t i = 0; i < r.n; ++i) rank.push_back(static_cast<float>(r.positions[i]));
   }
 };
 
