@@ -52,6 +52,25 @@ if [ -n "$model" ] && [ -d "$model" ]; then
   cp -r "$model" "$tmp/badtok"
   echo '{"model": {"type": "BPE", "vocab": ' > "$tmp/badtok/tokenizer.json"
   expect_error "tokenizer.json" -- "$EKVA" generate -m "$tmp/badtok" -p hi
+  # Many prompts: a malformed line fails the file before anything runs; refused
+  # prompts (empty, too long) get an error record and the others still run.
+  printf '{"prompt": "hi"}\n\n{"prompt": 3}\n' > "$tmp/p1.jsonl"
+  expect_error "p1.jsonl:3: expected a string field \"prompt\"" -- "$EKVA" generate -m "$model" --prompts "$tmp/p1.jsonl"
+  printf '{"prompt": "hi"}\n{"prompt": "hi"\n' > "$tmp/p2.jsonl"
+  expect_error "p2.jsonl:2: not JSON" -- "$EKVA" generate -m "$model" --prompts "$tmp/p2.jsonl"
+  printf '{"prompt": "hi", "max_new_tokens": -2}\n' > "$tmp/p3.jsonl"
+  expect_error "p3.jsonl:1: \"max_new_tokens\" must be a non-negative integer" -- "$EKVA" generate -m "$model" --prompts "$tmp/p3.jsonl"
+  expect_error "missing.jsonl: cannot open prompts file" -- "$EKVA" generate -m "$model" --prompts "$tmp/missing.jsonl"
+  printf '{"prompt": "The kernel", "max_new_tokens": 3, "id": "ok"}\n{"prompt": ""}\n{"prompt": "%s"}\n' "$long" > "$tmp/p4.jsonl"
+  expect_error "2 of 3 prompts refused" -- "$EKVA" generate -m "$model" -c 64 --prompts "$tmp/p4.jsonl"
+  out=$("$EKVA" generate -m "$model" -c 64 --prompts "$tmp/p4.jsonl" 2>/dev/null)
+  if grep -q '"line":2' <<<"$out" && grep -q 'does not fit the context' <<<"$out" &&
+     grep -q '"id":"ok".*"stop_reason":"length"' <<<"$out"; then
+    echo "ok: refused prompts have error records, the others run"
+  else
+    echo "FAIL: --prompts records"; echo "$out" | head -5; fails=$((fails+1))
+  fi
+  expect_error "max_step_tokens (4) must be at least max_sequences (8)" -- "$EKVA" generate -m "$model" --prompts "$tmp/p4.jsonl" --max-batch 8 --step-tokens 4
 fi
 
 [ $fails -eq 0 ] && echo "all CLI error checks passed" || { echo "$fails CLI error check(s) failed"; exit 1; }

@@ -2,8 +2,11 @@
 // with the text and the run's figures (tokens/s, bytes read, KV sizes).
 //   ekva generate -m DIR -p TEXT -n N [--temperature T --top-k K --top-p P --seed S] [--json]
 //                 [--policy P --allocator A --budget B --profile FILE] [-t N] [-c N] [--ignore-eos]
+//   ekva generate -m DIR --prompts FILE.jsonl [--max-batch B --step-tokens T] [...]
 #include <cstdio>
+#include <fstream>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -31,15 +34,132 @@ struct GenerateArgs {
   bool json = false;
   bool ignore_eos = false;
   ekva::KvCompressionOptions kv;
+  std::string prompts_file;  // JSONL: many prompts through the scheduler
+  int max_batch = 16;
+  int64_t step_tokens = 512;
 };
 
-void run_generate(const GenerateArgs& a) {
+ekva::EngineOptions engine_options(const GenerateArgs& a) {
   ekva::EngineOptions eo;
   eo.threads = a.threads;
   eo.context = a.context;
   eo.kv = a.kv;
+  eo.max_step_tokens = a.step_tokens;
+  return eo;
+}
+
+// One line of a prompts file: {"prompt": TEXT, "max_new_tokens": N (optional),
+// "id": anything (optional, echoed in the output)}.
+struct PromptLine {
+  int64_t line = 0;
+  std::string prompt;
+  int max_new_tokens = 0;
+  nlohmann::json id;
+};
+
+// Reads every line before anything runs, so a malformed file fails at once and
+// names the line; blank lines are skipped.
+std::vector<PromptLine> read_prompts(const std::string& path, int default_max_new_tokens) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ekva::Error(fmt::format("{}: cannot open prompts file", path));
+  std::vector<PromptLine> out;
+  std::string text;
+  for (int64_t line = 1; std::getline(in, text); ++line) {
+    if (text.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const auto bad = [&](std::string_view why) {
+      return ekva::Error(fmt::format("{}:{}: {}", path, line, why));
+    };
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::parse_error& e) {
+      throw bad(fmt::format("not JSON ({})", e.what()));
+    }
+    if (!j.is_object()) throw bad("expected a JSON object {\"prompt\": ...}");
+    if (!j.contains("prompt") || !j["prompt"].is_string()) throw bad("expected a string field \"prompt\"");
+    PromptLine p{line, j["prompt"].get<std::string>(), default_max_new_tokens, j.value("id", nlohmann::json())};
+    if (j.contains("max_new_tokens")) {
+      if (!j["max_new_tokens"].is_number_integer() || j["max_new_tokens"].get<int64_t>() < 0 ||
+          j["max_new_tokens"].get<int64_t>() > (1 << 30))
+        throw bad("\"max_new_tokens\" must be a non-negative integer");
+      p.max_new_tokens = j["max_new_tokens"].get<int>();
+    }
+    out.push_back(std::move(p));
+  }
+  if (out.empty()) throw ekva::Error(fmt::format("{}: no prompts", path));
+  return out;
+}
+
+// Many prompts, continuously batched: one JSON record per prompt on stdout as soon
+// as it finishes (or is refused), then the aggregate figures. Exits 1 when any
+// prompt was refused; the others still run.
+void run_prompts(const GenerateArgs& a) {
+  const std::vector<PromptLine> prompts = read_prompts(a.prompts_file, a.n);
+  auto engine = ekva::Engine::open(a.model_dir, engine_options(a));
+  auto scheduler = engine->new_scheduler({.max_sequences = a.max_batch, .max_step_tokens = a.step_tokens});
+  std::map<int64_t, size_t> index_of;  // scheduler id -> prompt
+  std::map<int64_t, std::string> texts;
+  int refused = 0;
+  const auto record = [&](const PromptLine& p) {
+    nlohmann::json j;
+    j["line"] = p.line;
+    if (!p.id.is_null()) j["id"] = p.id;
+    return j;
+  };
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ekva::GenerateOptions go;
+    go.max_new_tokens = prompts[i].max_new_tokens;
+    go.sampling = a.sampling;
+    go.stop_at_eos = !a.ignore_eos;
+    try {
+      index_of[scheduler->add(prompts[i].prompt, go)] = i;
+    } catch (const ekva::Error& e) {
+      nlohmann::json j = record(prompts[i]);
+      j["error"] = fmt::format("{}:{}: {}", a.prompts_file, prompts[i].line, e.what());
+      std::cout << j.dump() << std::endl;
+      ++refused;
+    }
+  }
+  while (!scheduler->idle()) {
+    for (const ekva::SequenceUpdate& u : scheduler->step()) {
+      texts[u.id] += u.text;
+      if (!u.finished) continue;
+      const ekva::GenerateStats& st = u.stats;
+      nlohmann::json j = record(prompts[index_of.at(u.id)]);
+      j["text"] = texts[u.id];
+      j["tokens"] = st.tokens;
+      j["stop_reason"] = st.stop_reason;
+      j["prompt_tokens"] = st.prompt_tokens;
+      j["generated_tokens"] = st.generated_tokens;
+      j["kv_bytes"] = st.kv_bytes;
+      j["kv_full_bytes"] = st.kv_full_bytes;
+      std::cout << j.dump() << std::endl;
+      texts.erase(u.id);
+    }
+  }
+  const ekva::SchedulerStats& s = scheduler->stats();
+  const std::string line = fmt::format(
+      "[ekva] {} prompts ({} refused): {} prompt + {} generated tokens in {} steps, {:.2f} s; "
+      "{:.1f} generated tok/s aggregate, batch up to {}",
+      prompts.size(), refused, s.prompt_tokens, s.generated_tokens, s.steps, s.step_seconds,
+      s.generated_tokens_per_second(), s.max_batch);
+  std::cerr << line << std::endl;
+  if (a.json) {
+    nlohmann::json j;
+    j["summary"] = {{"prompts", prompts.size()},       {"refused", refused},
+                    {"steps", s.steps},                {"prompt_tokens", s.prompt_tokens},
+                    {"generated_tokens", s.generated_tokens}, {"seconds", s.step_seconds},
+                    {"generated_tokens_per_second", s.generated_tokens_per_second()},
+                    {"max_batch", s.max_batch}};
+    std::cout << j.dump() << std::endl;
+  }
+  if (refused > 0) throw ekva::Error(fmt::format("{}: {} of {} prompts refused (see their records)",
+                                                 a.prompts_file, refused, prompts.size()));
+}
+
+void run_generate(const GenerateArgs& a) {
   const std::string prompt = a.prompt_file.empty() ? a.prompt : read_prompt_file(a.prompt_file);
-  auto engine = ekva::Engine::open(a.model_dir, eo);
+  auto engine = ekva::Engine::open(a.model_dir, engine_options(a));
   ekva::GenerateOptions go;
   go.max_new_tokens = a.n;
   go.sampling = a.sampling;
@@ -104,8 +224,20 @@ void add_generate_command(CLI::App& app) {
                   "Model directory (config.json, safetensors, tokenizer.json)")
       ->required();
   auto* prompt_opt = gen->add_option("-p,--prompt", g.prompt, "Prompt text");
-  gen->add_option("-f,--prompt-file", g.prompt_file, "Read the prompt from a file")
-      ->excludes(prompt_opt);
+  auto* file_opt = gen->add_option("-f,--prompt-file", g.prompt_file, "Read the prompt from a file")
+                       ->excludes(prompt_opt);
+  gen->add_option("--prompts", g.prompts_file,
+                  "JSONL file of prompts ({\"prompt\": TEXT, \"max_new_tokens\": N, \"id\": ...} per line), "
+                  "batched continuously; one output record per prompt as it finishes")
+      ->excludes(prompt_opt)
+      ->excludes(file_opt);
+  gen->add_option("--max-batch", g.max_batch, "Sequences in one step (--prompts)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  gen->add_option("--step-tokens", g.step_tokens,
+                  "Tokens in one forward pass: prompts longer than this are prefilled in chunks")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   gen->add_option("-n,--max-new-tokens", g.n, "Tokens to generate")->check(CLI::NonNegativeNumber);
   gen->add_option("--temperature", g.sampling.temperature, "0 = greedy")
       ->check(CLI::NonNegativeNumber);
@@ -132,8 +264,9 @@ void add_generate_command(CLI::App& app) {
   gen->add_option("--profile", g.kv.profile,
                   "Calibration profile (ekva calibrate), for the EKVA allocators");
   gen->callback([args] {
+    if (!args->prompts_file.empty()) return run_prompts(*args);
     if (args->prompt.empty() && args->prompt_file.empty()) {
-      throw UsageError("give a prompt with -p TEXT or -f FILE");
+      throw UsageError("give a prompt with -p TEXT, -f FILE or --prompts FILE.jsonl");
     }
     run_generate(*args);
   });
