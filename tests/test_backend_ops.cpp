@@ -172,12 +172,16 @@ OpCase gated_add_case(int64_t n, int64_t width) {
 
 // A batch of sequences with ragged caches (some empty), each chunked differently.
 OpCase attention_case(std::vector<int64_t> lengths, std::vector<int64_t> queries, int64_t heads, int64_t kv_heads,
-                      int64_t dim, int64_t window) {
+                      int64_t dim, int64_t window, DType kv_dtype = DType::kF32) {
   std::string shape;
   for (size_t i = 0; i < lengths.size(); ++i) shape += fmt::format("{}{}q{}", i ? "_" : "", lengths[i], queries[i]);
-  return {fmt::format("attention_{}_h{}kv{}d{}w{}", shape, heads, kv_heads, dim, window), 2e-6, [=](Backend& b) {
+  // bf16 K/V: the backend and the reference read the same stored values, so the
+  // tolerance is f32 accumulation, as for f32 K/V.
+  return {fmt::format("attention_{}_h{}kv{}d{}w{}_{}", shape, heads, kv_heads, dim, window, dtype_name(kv_dtype)),
+          2e-6, [=](Backend& b) {
             const auto S = static_cast<int64_t>(lengths.size());
             std::vector<std::vector<float>> k, v;
+            std::vector<std::vector<uint16_t>> k16, v16;
             std::vector<std::vector<int32_t>> pos(static_cast<size_t>(S));
             std::vector<std::vector<KvChunk>> chunks(static_cast<size_t>(S * kv_heads));
             std::vector<int32_t> q_pos, q_seq;
@@ -190,12 +194,22 @@ OpCase attention_case(std::vector<int64_t> lengths, std::vector<int64_t> queries
               for (int64_t h = 0; h < kv_heads; ++h) {
                 k.push_back(test::random_floats(static_cast<size_t>(std::max<int64_t>(n, 1) * dim), 100 + static_cast<uint64_t>(s * kv_heads + h)));
                 v.push_back(test::random_floats(static_cast<size_t>(std::max<int64_t>(n, 1) * dim), 200 + static_cast<uint64_t>(s * kv_heads + h)));
+                k16.emplace_back(k.back().size());
+                v16.emplace_back(v.back().size());
+                for (size_t i = 0; i < k.back().size(); ++i) {
+                  k16.back()[i] = f32_to_bf16(k.back()[i]);
+                  v16.back()[i] = f32_to_bf16(v.back()[i]);
+                }
+                const bool bf16 = kv_dtype == DType::kBF16;
                 const int64_t pieces = 1 + (s + h) % 4;  // chunks per (sequence, kv-head)
                 for (int64_t i = 0; i < pieces && n > 0; ++i) {
                   const int64_t b0 = n * i / pieces, b1 = n * (i + 1) / pieces;
+                  const auto off = static_cast<size_t>(b0 * dim);
                   if (b1 > b0)
                     chunks[static_cast<size_t>(s * kv_heads + h)].push_back(
-                        {&k.back()[static_cast<size_t>(b0 * dim)], &v.back()[static_cast<size_t>(b0 * dim)], &p[static_cast<size_t>(b0)], b1 - b0});
+                        {bf16 ? static_cast<const void*>(&k16.back()[off]) : &k.back()[off],
+                         bf16 ? static_cast<const void*>(&v16.back()[off]) : &v.back()[off],
+                         &p[static_cast<size_t>(b0)], b1 - b0, kv_dtype});
                 }
               }
               const int64_t nq = queries[static_cast<size_t>(s)];
@@ -258,6 +272,10 @@ std::vector<OpCase> op_cases() {
   cases.push_back(attention_case({2049, 0, 97, 5}, {1, 1, 1, 1}, 28, 4, 80, 0));  // ragged batch, G = 7
   cases.push_back(attention_case({997, 31}, {13, 1}, 4, 4, 17, 0));               // prefill + decode, odd dim
   cases.push_back(attention_case({4097, 700, 1}, {1, 17, 1}, 32, 8, 128, 512));   // window
+  cases.push_back(attention_case({3000, 0, 5}, {1, 1, 3}, 8, 2, 64, 0, DType::kBF16));
+  cases.push_back(attention_case({2049, 97}, {1, 13}, 28, 4, 80, 0, DType::kBF16));
+  cases.push_back(attention_case({997, 31, 4097}, {1, 1, 1}, 32, 8, 128, 512, DType::kBF16));
+  cases.push_back(attention_case({300}, {7}, 4, 4, 17, 0, DType::kBF16));  // odd dim: the scalar tails
   return cases;
 }
 

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -27,6 +28,28 @@ namespace hn = hwy::HWY_NAMESPACE;
 constexpr int64_t kBlock = 32;
 
 using DF = hn::ScalableTag<float>;
+using DU16 = hn::Rebind<uint16_t, DF>;  // half-width: as many lanes as DF
+using DU32 = hn::RebindToUnsigned<DF>;
+
+// N consecutive K/V elements widened to f32: stored f32, or bf16 (the upper half
+// of an f32, so widening is a shift).
+template <typename KT>
+HWY_INLINE hn::Vec<DF> load_kv(const KT* p) {
+  const DF df;
+  if constexpr (std::is_same_v<KT, float>) {
+    return hn::LoadU(df, p);
+  } else {
+    return hn::BitCast(df, hn::ShiftLeft<16>(hn::PromoteTo(DU32(), hn::LoadU(DU16(), p))));
+  }
+}
+template <typename KT>
+HWY_INLINE float kv_scalar(const KT* p, int64_t i) {
+  if constexpr (std::is_same_v<KT, float>) {
+    return p[i];
+  } else {
+    return bf16_to_f32(p[i]);
+  }
+}
 
 // Masked scores: finite (so the vector exp stays in its domain), far below any real
 // score; a block whose maximum is this low has nothing visible.
@@ -34,20 +57,20 @@ constexpr float kMasked = -1e30f;
 
 // s[i] = q_i · k for up to four query heads at once: each K vector loaded feeds
 // four FMAs (the group's heads share the key).
-template <int kHeads>
-HWY_INLINE void dots(const float* const* q, const float* k, int64_t D, float* s) {
+template <int kHeads, typename KT>
+HWY_INLINE void dots(const float* const* q, const KT* k, int64_t D, float* s) {
   const DF d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   hn::Vec<DF> acc[kHeads];
   for (int i = 0; i < kHeads; ++i) acc[i] = hn::Zero(d);
   int64_t x = 0;
   for (; x + N <= D; x += N) {
-    const auto kv = hn::LoadU(d, k + x);
+    const auto kv = load_kv(k + x);
     for (int i = 0; i < kHeads; ++i) acc[i] = hn::MulAdd(hn::LoadU(d, q[i] + x), kv, acc[i]);
   }
   for (int i = 0; i < kHeads; ++i) {
     float sum = hn::GetLane(hn::SumOfLanes(d, acc[i]));
-    for (int64_t y = x; y < D; ++y) sum += q[i][y] * k[y];
+    for (int64_t y = x; y < D; ++y) sum += q[i][y] * kv_scalar(k, y);
     s[i] = sum;
   }
 }
@@ -65,7 +88,8 @@ HWY_INLINE void scale(float* o, float c, int64_t n) {
 // o += sum_j p[j] * v[j] over a block's V rows v [nb, D], with o held in eight
 // vector registers per pass (a dependency chain through memory, o loaded and
 // stored for every row, would bound the loop by store-to-load latency instead).
-HWY_INLINE void accumulate_rows(float* o, const float* p, const float* v, int64_t nb, int64_t D) {
+template <typename KT>
+HWY_INLINE void accumulate_rows(float* o, const float* p, const KT* v, int64_t nb, int64_t D) {
   const DF d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   int64_t x = 0;
@@ -77,15 +101,15 @@ HWY_INLINE void accumulate_rows(float* o, const float* p, const float* v, int64_
     for (int64_t j = 0; j < nb; ++j) {
       if (p[j] == 0.f) continue;
       const auto vp = hn::Set(d, p[j]);
-      const float* r = v + j * D + x;
-      a0 = hn::MulAdd(vp, hn::LoadU(d, r), a0);
-      a1 = hn::MulAdd(vp, hn::LoadU(d, r + N), a1);
-      a2 = hn::MulAdd(vp, hn::LoadU(d, r + 2 * N), a2);
-      a3 = hn::MulAdd(vp, hn::LoadU(d, r + 3 * N), a3);
-      a4 = hn::MulAdd(vp, hn::LoadU(d, r + 4 * N), a4);
-      a5 = hn::MulAdd(vp, hn::LoadU(d, r + 5 * N), a5);
-      a6 = hn::MulAdd(vp, hn::LoadU(d, r + 6 * N), a6);
-      a7 = hn::MulAdd(vp, hn::LoadU(d, r + 7 * N), a7);
+      const KT* r = v + j * D + x;
+      a0 = hn::MulAdd(vp, load_kv(r), a0);
+      a1 = hn::MulAdd(vp, load_kv(r + N), a1);
+      a2 = hn::MulAdd(vp, load_kv(r + 2 * N), a2);
+      a3 = hn::MulAdd(vp, load_kv(r + 3 * N), a3);
+      a4 = hn::MulAdd(vp, load_kv(r + 4 * N), a4);
+      a5 = hn::MulAdd(vp, load_kv(r + 5 * N), a5);
+      a6 = hn::MulAdd(vp, load_kv(r + 6 * N), a6);
+      a7 = hn::MulAdd(vp, load_kv(r + 7 * N), a7);
     }
     hn::StoreU(a0, d, o + x);
     hn::StoreU(a1, d, o + x + N);
@@ -98,11 +122,11 @@ HWY_INLINE void accumulate_rows(float* o, const float* p, const float* v, int64_
   }
   for (; x + N <= D; x += N) {
     auto a = hn::LoadU(d, o + x);
-    for (int64_t j = 0; j < nb; ++j) a = hn::MulAdd(hn::Set(d, p[j]), hn::LoadU(d, v + j * D + x), a);
+    for (int64_t j = 0; j < nb; ++j) a = hn::MulAdd(hn::Set(d, p[j]), load_kv(v + j * D + x), a);
     hn::StoreU(a, d, o + x);
   }
   for (; x < D; ++x)
-    for (int64_t j = 0; j < nb; ++j) o[x] += p[j] * v[j * D + x];
+    for (int64_t j = 0; j < nb; ++j) o[x] += p[j] * kv_scalar(v, j * D + x);
 }
 
 // p[j] = exp(s[j] - m) for j < n, in place; returns the sum.
@@ -146,20 +170,28 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32
     const int64_t lo = std::max(begin, chunk_start) - chunk_start;
     const int64_t hi = std::min(end, chunk_start + ch.n) - chunk_start;
     chunk_start += ch.n;
+    // Scores of query heads against entry j of this chunk, in its stored dtype.
+    const auto key_dots4 = [&](const float* const* qs, int64_t j, float* out) {
+      if (ch.dtype == DType::kBF16) dots<4>(qs, static_cast<const uint16_t*>(ch.k) + j * D, D, out);
+      else dots<4>(qs, static_cast<const float*>(ch.k) + j * D, D, out);
+    };
+    const auto key_dots1 = [&](const float* const* qs, int64_t j, float* out) {
+      if (ch.dtype == DType::kBF16) dots<1>(qs, static_cast<const uint16_t*>(ch.k) + j * D, D, out);
+      else dots<1>(qs, static_cast<const float*>(ch.k) + j * D, D, out);
+    };
     for (int64_t j0 = lo; j0 < hi; j0 += kBlock) {
       const int64_t nb = std::min(kBlock, hi - j0);
       for (int64_t j = 0; j < nb; ++j) {
         const int32_t k_pos = ch.positions[j0 + j];
         const bool visible = k_pos <= q_pos && (window == 0 || q_pos - k_pos < window);
-        const float* k = ch.k + (j0 + j) * D;
         float s[4];
         int64_t g = 0;
         for (; g + 4 <= G; g += 4) {
-          if (visible) dots<4>(qh + g, k, D, s);
+          if (visible) key_dots4(qh + g, j0 + j, s);
           for (int i = 0; i < 4; ++i) scores[(g + i) * kBlock + j] = visible ? s[i] * scale_factor : kMasked;
         }
         for (; g < G; ++g) {
-          if (visible) dots<1>(qh + g, k, D, s);
+          if (visible) key_dots1(qh + g, j0 + j, s);
           scores[g * kBlock + j] = visible ? s[0] * scale_factor : kMasked;
         }
       }
@@ -173,7 +205,8 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32
         float* og = o + g * D;
         if (correction != 1.f) scale(og, correction, D);
         l[g] = l[g] * correction + exp_shifted(sg, nb, m_new);
-        accumulate_rows(og, sg, ch.v + j0 * D, nb, D);
+        if (ch.dtype == DType::kBF16) accumulate_rows(og, sg, static_cast<const uint16_t*>(ch.v) + j0 * D, nb, D);
+        else accumulate_rows(og, sg, static_cast<const float*>(ch.v) + j0 * D, nb, D);
         m[g] = m_new;
       }
     }

@@ -57,7 +57,8 @@ class KvCache {
 // for K and for V, so a view is one chunk and attention streams it linearly.
 class FullKvCache final : public KvCache {
  public:
-  FullKvCache(KvShape shape, int64_t capacity);
+  // K/V stored in kv_dtype (kF32 or kBF16: rounded to nearest even at append).
+  FullKvCache(KvShape shape, int64_t capacity, DType kv_dtype = DType::kF32);
 
   void append(int layer, std::span<const int32_t> positions, const float* k,
               const float* v) override;
@@ -74,7 +75,9 @@ class FullKvCache final : public KvCache {
   int64_t length_ = 0;
   std::vector<int64_t> layer_len_;        // [n_layers]: entries appended per layer
   std::vector<int32_t> positions_;        // [capacity]
-  std::vector<std::vector<float>> k_, v_;  // [n_layers * n_kv_heads][capacity * head_dim]
+  DType dtype_;
+  // [n_layers * n_kv_heads][capacity * head_dim] elements of dtype_
+  std::vector<std::vector<std::byte>> k_, v_;
 };
 
 }  // namespace ekva

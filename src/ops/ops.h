@@ -37,14 +37,25 @@ struct WeightMatrix {
 };
 
 // A run of KV entries of one (sequence, layer, kv-head) that sits contiguously in
-// memory: k and v are [n, head_dim] f32 rows; positions are the tokens' original
-// positions. The plain cache hands out one chunk per (layer, kv-head); the
-// compressed store hands out one per segment block.
+// memory: k and v are [n, head_dim] rows of `dtype` (kBF16 or kF32); positions are
+// the tokens' original positions. The plain cache hands out one chunk per (layer,
+// kv-head); the compressed store hands out one per segment block.
 struct KvChunk {
-  const float* k = nullptr;
-  const float* v = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
   const int32_t* positions = nullptr;
   int64_t n = 0;
+  DType dtype = DType::kF32;
+
+  // Element i of K or V (i counts over [n, head_dim]), widened to f32.
+  float k_at(int64_t i) const { return load(k, i); }
+  float v_at(int64_t i) const { return load(v, i); }
+  size_t entry_bytes(int64_t head_dim) const { return static_cast<size_t>(2 * head_dim) * dtype_size(dtype); }
+
+ private:
+  float load(const void* p, int64_t i) const {
+    return dtype == DType::kBF16 ? bf16_to_f32(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];
+  }
 };
 
 // out[t] = table[tokens[t]] widened to f32: out [n_tokens, table.cols].

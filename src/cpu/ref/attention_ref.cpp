@@ -16,15 +16,15 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
     for (int64_t h = 0; h < p.n_heads; ++h) {
       const float* q = p.q + (t * p.n_heads + h) * D;
       std::vector<double> scores;
-      std::vector<const float*> values;
+      std::vector<std::pair<const KvChunk*, int64_t>> values;  // (chunk, entry)
       for (const KvChunk& c : chunks[static_cast<size_t>(seq * p.n_kv_heads + h / G)]) {
         for (int64_t j = 0; j < c.n; ++j) {
           const int32_t k_pos = c.positions[j];
           if (k_pos > q_pos || (p.sliding_window > 0 && q_pos - k_pos >= p.sliding_window)) continue;
           double s = 0.0;
-          for (int64_t d = 0; d < D; ++d) s += double{q[d]} * c.k[j * D + d];
+          for (int64_t d = 0; d < D; ++d) s += double{q[d]} * c.k_at(j * D + d);
           scores.push_back(s * p.scale);
-          values.push_back(c.v + j * D);
+          values.emplace_back(&c, j);
         }
       }
       float* out = p.out + (t * p.n_heads + h) * D;
@@ -35,7 +35,8 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
       for (size_t j = 0; j < scores.size(); ++j) {
         const double w = std::exp(scores[j] - max_s);
         sum += w;
-        for (int64_t d = 0; d < D; ++d) acc[static_cast<size_t>(d)] += w * values[j][d];
+        const auto [c, e] = values[j];
+        for (int64_t d = 0; d < D; ++d) acc[static_cast<size_t>(d)] += w * c->v_at(e * D + d);
       }
       for (int64_t d = 0; d < D; ++d)
         out[d] = scores.empty() ? 0.f : static_cast<float>(acc[static_cast<size_t>(d)] / sum);
