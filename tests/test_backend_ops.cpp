@@ -172,13 +172,16 @@ OpCase gated_add_case(int64_t n, int64_t width) {
 
 // A batch of sequences with ragged caches (some empty), each chunked differently.
 OpCase attention_case(std::vector<int64_t> lengths, std::vector<int64_t> queries, int64_t heads, int64_t kv_heads,
-                      int64_t dim, int64_t window, DType kv_dtype = DType::kF32) {
+                      int64_t dim, int64_t window, DType kv_dtype = DType::kF32, bool with_scores = false) {
   std::string shape;
   for (size_t i = 0; i < lengths.size(); ++i) shape += fmt::format("{}{}q{}", i ? "_" : "", lengths[i], queries[i]);
   // bf16 K/V: the backend and the reference read the same stored values, so the
   // tolerance is f32 accumulation, as for f32 K/V.
-  return {fmt::format("attention_{}_h{}kv{}d{}w{}_{}", shape, heads, kv_heads, dim, window, dtype_name(kv_dtype)),
-          2e-6, [=](Backend& b) {
+  // With scores, some queries also add their probabilities to the entries' score
+  // slots; both the outputs and the scores are compared.
+  return {fmt::format("attention_{}_h{}kv{}d{}w{}_{}{}", shape, heads, kv_heads, dim, window, dtype_name(kv_dtype),
+                      with_scores ? "_scores" : ""),
+          with_scores ? 1e-5 : 2e-6, [=](Backend& b) {
             const auto S = static_cast<int64_t>(lengths.size());
             std::vector<std::vector<float>> k, v;
             std::vector<std::vector<uint16_t>> k16, v16;
@@ -223,10 +226,30 @@ OpCase attention_case(std::vector<int64_t> lengths, std::vector<int64_t> queries
             std::vector<float> out(q.size(), NAN), out_ref(q.size(), NAN);
             AttentionParams p{T, heads, kv_heads, dim, 1.f / std::sqrt(static_cast<float>(dim)), window,
                               q.data(), q_pos.data(), out.data(), q_seq.data(), S};
+            // Score slots: one buffer per chunk and side, starting from the same
+            // non-zero values (scores accumulate); every other query is scored.
+            std::vector<std::vector<float>> slots, slots_ref;
+            std::vector<uint8_t> q_scored(static_cast<size_t>(T));
+            for (int64_t t = 0; t < T; ++t) q_scored[static_cast<size_t>(t)] = t % 2 == 0;
+            const auto point_scores = [&](std::vector<std::vector<float>>& buffers) {
+              size_t i = 0;
+              for (auto& list : chunks)
+                for (KvChunk& ch : list) ch.scores = buffers[i++].data();
+            };
+            if (with_scores) {
+              for (const auto& list : chunks)
+                for (const KvChunk& ch : list) slots.push_back(test::random_floats(static_cast<size_t>(ch.n), 31, 0.1f));
+              slots_ref = slots;
+              p.q_scored = q_scored.data();
+              point_scores(slots);
+            }
             b.attention(p, chunks);
             p.out = out_ref.data();
+            if (with_scores) point_scores(slots_ref);
             ref::attention(p, chunks);
-            return rel(out, out_ref);
+            double err = rel(out, out_ref);
+            for (size_t i = 0; i < slots.size(); ++i) err = std::max(err, rel(slots[i], slots_ref[i]));
+            return err;
           }};
 }
 
@@ -276,6 +299,11 @@ std::vector<OpCase> op_cases() {
   cases.push_back(attention_case({2049, 97}, {1, 13}, 28, 4, 80, 0, DType::kBF16));
   cases.push_back(attention_case({997, 31, 4097}, {1, 1, 1}, 32, 8, 128, 512, DType::kBF16));
   cases.push_back(attention_case({300}, {7}, 4, 4, 17, 0, DType::kBF16));  // odd dim: the scalar tails
+  // Entry scores from the same pass: decode split-K, ragged batches, prefill windows.
+  cases.push_back(attention_case({3000}, {1}, 8, 2, 64, 0, DType::kBF16, true));
+  cases.push_back(attention_case({2049, 0, 97, 5}, {1, 1, 1, 1}, 28, 4, 80, 0, DType::kF32, true));
+  cases.push_back(attention_case({997, 31}, {13, 1}, 4, 4, 17, 0, DType::kBF16, true));
+  cases.push_back(attention_case({4097, 700, 1}, {1, 17, 1}, 32, 8, 128, 512, DType::kBF16, true));
   return cases;
 }
 

@@ -147,14 +147,16 @@ HWY_INLINE float exp_shifted(float* s, int64_t n, float m) {
 }
 
 // Attention of G query heads q [G, D] over entries [begin, end) of the
-// concatenated chunks; writes m, l and unnormalised o [G, D].
+// concatenated chunks; writes m, l and unnormalised o [G, D], and, when raw is set,
+// every entry's scaled logit per head, raw [G, end - begin] (kMasked where hidden),
+// from which the caller derives the entries' probabilities once m and l are final.
 //
 // Per block of kBlock entries: the scores of all G heads (K read once), then per
 // head one rescale of o and FMAs of the block's V rows weighted by exp(s - m),
 // with the exponentials computed as vectors.
 void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32_t q_pos,
                  int64_t window, const KvChunk* chunks, int64_t n_chunks, int64_t begin,
-                 int64_t end, float* m, float* l, float* o) {
+                 int64_t end, float* m, float* l, float* o, float* raw) {
   for (int64_t g = 0; g < G; ++g) {
     m[g] = kMasked;
     l[g] = 0.f;
@@ -169,6 +171,7 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32
     const KvChunk& ch = chunks[c];
     const int64_t lo = std::max(begin, chunk_start) - chunk_start;
     const int64_t hi = std::min(end, chunk_start + ch.n) - chunk_start;
+    const int64_t raw_offset = chunk_start - begin;  // entry j of the chunk is raw column raw_offset + j
     chunk_start += ch.n;
     // Scores of query heads against entry j of this chunk, in its stored dtype.
     const auto key_dots4 = [&](const float* const* qs, int64_t j, float* out) {
@@ -195,6 +198,9 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32
           scores[g * kBlock + j] = visible ? s[0] * scale_factor : kMasked;
         }
       }
+      if (raw != nullptr)
+        for (int64_t g = 0; g < G; ++g)
+          std::copy_n(scores + g * kBlock, nb, raw + g * (end - begin) + raw_offset + j0);
       for (int64_t g = 0; g < G; ++g) {
         float* sg = scores + g * kBlock;
         float block_max = kMasked;
@@ -227,6 +233,8 @@ namespace {
 // Entries per piece when a (query, kv-head) is split: large enough that the merge
 // is noise, small enough that one decode token splits over all threads.
 constexpr int64_t kMinPiece = 256;
+// AttendPiece's logit of a hidden entry (HWY_NAMESPACE::kMasked).
+constexpr float kMaskedScore = -1e30f;
 }  // namespace
 
 void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
@@ -258,6 +266,21 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
   std::vector<float> part_m(static_cast<size_t>(n_items * G));
   std::vector<float> part_l(static_cast<size_t>(n_items * G));
   std::vector<float> part_o(static_cast<size_t>(n_items * G * D));
+  // Entry scores: for each scored query, its items keep the raw logits of their
+  // piece ([G, piece length] at raw_begin[item]) until m and l are final.
+  const auto scored = [&](int64_t t) { return p.q_scored != nullptr && p.q_scored[t] != 0; };
+  std::vector<int64_t> raw_begin;
+  std::vector<float> raw;
+  if (p.q_scored != nullptr) {
+    raw_begin.assign(static_cast<size_t>(n_items) + 1, 0);
+    for (int64_t item = 0; item < n_items; ++item) {
+      const int64_t piece = item % pieces, h = (item / pieces) % KH, t = item / pieces / KH;
+      const int64_t n = total[static_cast<size_t>(seq_of(t) * KH + h)];
+      const int64_t len = scored(t) ? n * (piece + 1) / pieces - n * piece / pieces : 0;
+      raw_begin[static_cast<size_t>(item) + 1] = raw_begin[static_cast<size_t>(item)] + G * len;
+    }
+    raw.resize(static_cast<size_t>(raw_begin.back()));
+  }
 
   pool.parallel_for(n_items, [&](int64_t i0, int64_t i1, int) {
     for (int64_t item = i0; item < i1; ++item) {
@@ -272,11 +295,17 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
       HWY_DYNAMIC_DISPATCH(AttendPiece)(
           p.q + (t * p.n_heads + h * G) * D, G, D, p.scale, p.q_positions[t], p.sliding_window,
           list.data(), static_cast<int64_t>(list.size()), begin, end, &part_m[static_cast<size_t>(item * G)],
-          &part_l[static_cast<size_t>(item * G)], &part_o[static_cast<size_t>(item * G * D)]);
+          &part_l[static_cast<size_t>(item * G)], &part_o[static_cast<size_t>(item * G * D)],
+          scored(t) ? raw.data() + raw_begin[static_cast<size_t>(item)] : nullptr);
     }
   });
 
   // Merge the pieces of each (query, kv-head, head) by log-sum-exp.
+  std::vector<float> final_m, final_l;  // [n_queries, KH, G], for the entry scores
+  if (p.q_scored != nullptr) {
+    final_m.assign(static_cast<size_t>(p.n_queries * KH * G), -std::numeric_limits<float>::infinity());
+    final_l.assign(final_m.size(), 0.f);
+  }
   for (int64_t t = 0; t < p.n_queries; ++t) {
     for (int64_t h = 0; h < p.n_kv_heads; ++h) {
       const int64_t item0 = (t * p.n_kv_heads + h) * pieces;
@@ -297,9 +326,49 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
         }
         const float inv = 1.f / l;
         for (int64_t d = 0; d < D; ++d) out[d] *= inv;
+        if (!final_m.empty()) {
+          final_m[static_cast<size_t>((t * KH + h) * G + g)] = m;
+          final_l[static_cast<size_t>((t * KH + h) * G + g)] = l;
+        }
       }
     }
   }
+  if (p.q_scored == nullptr) return;
+
+  // Entry scores: each scored query adds its probability of every entry, summed
+  // over the GQA group's heads, to the entry's score slot. Lists (sequence,
+  // kv-head) run in parallel; the queries of one list in order, so no two threads
+  // ever add to the same slot.
+  pool.parallel_for(static_cast<int64_t>(chunks.size()), [&](int64_t l0, int64_t l1, int) {
+    for (int64_t list_index = l0; list_index < l1; ++list_index) {
+      const auto& list = chunks[static_cast<size_t>(list_index)];
+      const int64_t h = list_index % KH;
+      const int64_t n = total[static_cast<size_t>(list_index)];
+      for (int64_t t = 0; t < p.n_queries; ++t) {
+        if (!scored(t) || seq_of(t) * KH + h != list_index) continue;
+        const float* m = &final_m[static_cast<size_t>((t * KH + h) * G)];
+        const float* l = &final_l[static_cast<size_t>((t * KH + h) * G)];
+        size_t c = 0;
+        int64_t chunk_start = 0;
+        for (int64_t piece = 0; piece < pieces; ++piece) {
+          const int64_t item = (t * KH + h) * pieces + piece;
+          const int64_t begin = n * piece / pieces, end = n * (piece + 1) / pieces;
+          const float* r = raw.data() + raw_begin[static_cast<size_t>(item)];
+          for (int64_t e = begin; e < end; ++e) {
+            while (e >= chunk_start + list[c].n) chunk_start += list[c++].n;
+            float* slot = list[c].scores;
+            if (slot == nullptr) continue;
+            float prob = 0.f;
+            for (int64_t g = 0; g < G; ++g) {
+              const float x = r[g * (end - begin) + (e - begin)];
+              if (x > kMaskedScore && l[g] > 0.f) prob += std::exp(x - m[g]) / l[g];
+            }
+            slot[e - chunk_start] += prob;
+          }
+        }
+      }
+    }
+  });
 }
 
 }  // namespace ekva::cpu

@@ -40,6 +40,14 @@ class KvCache {
   virtual void observe_queries(int layer, std::span<const int32_t> positions, const float* q) {
     (void)layer, (void)positions, (void)q;
   }
+  // How many of the last of the tokens just appended to `layer` should have their
+  // attention probabilities added to the entries' scores by the attention op
+  // itself (KvChunk::scores, which view() then points at the entries' score
+  // slots): 0 for none. Asked once per layer and call, before attention runs.
+  virtual int64_t scored_queries(int layer, std::span<const int32_t> positions) {
+    (void)layer, (void)positions;
+    return 0;
+  }
   // Called once at the end of every forward call, after the last layer: the point
   // where a compressing cache enforces its budgets.
   virtual void end_forward() {}

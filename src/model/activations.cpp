@@ -22,6 +22,7 @@ Activations::Activations(const ModelConfig& c, Backend& backend, ForwardLimits l
   tokens = {backend, T};
   positions = {backend, T};
   seq = {backend, T};
+  q_scored = {backend, T};
   x = {backend, T * H};
   xn = {backend, T * H};
   q = {backend, T * static_cast<size_t>(c.q_dim())};

@@ -28,6 +28,7 @@ struct Activations {
   BackendBuffer<int32_t> tokens;       // [T]
   BackendBuffer<int32_t> positions;    // [T]
   BackendBuffer<int32_t> seq;          // [T] index of each token's sequence in the batch
+  BackendBuffer<uint8_t> q_scored;     // [T] 1: attention adds this query's probabilities to the entries' scores
   BackendBuffer<float> x;              // [T, hidden] residual stream
   BackendBuffer<float> xn;             // [T, hidden] normed input of the current block
   BackendBuffer<float> q;              // [T, n_heads * head_dim]

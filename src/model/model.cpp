@@ -202,13 +202,19 @@ void Model::attention_block(int layer, const Step& s, Activations& a, Backend& b
   observe("k", a.k.data(), c.kv_dim());
   observe("v", a.v.data(), c.kv_dim());
 
-  // Each sequence's new entries go to its own cache; attention reads its view.
+  // Each sequence's new entries go to its own cache; attention reads its view and
+  // adds the probabilities of the queries its cache wants scored to the entries.
   const auto B = static_cast<int64_t>(s.batch.size());
+  bool any_scored = false;
   for (int64_t i = 0; i < B; ++i) {
     const SequenceStep& st = s.batch[static_cast<size_t>(i)];
     const int64_t t0 = a.token_begin[static_cast<size_t>(i)];
+    const auto n = static_cast<int64_t>(st.tokens.size());
     const std::span<const int32_t> pos(a.positions.data() + t0, st.tokens.size());
     st.cache->append(layer, pos, a.k.data() + t0 * c.kv_dim(), a.v.data() + t0 * c.kv_dim());
+    const int64_t n_scored = st.prompt_continues ? 0 : std::clamp<int64_t>(st.cache->scored_queries(layer, pos), 0, n);
+    for (int64_t t = 0; t < n; ++t) a.q_scored.data()[t0 + t] = t >= n - n_scored;
+    any_scored = any_scored || n_scored > 0;
     if (!st.prompt_continues) st.cache->observe_queries(layer, pos, a.q.data() + t0 * c.q_dim());
     for (int h = 0; h < c.n_kv_heads; ++h) {
       auto& list = a.chunks[static_cast<size_t>(i * c.n_kv_heads + h)];
@@ -229,6 +235,7 @@ void Model::attention_block(int layer, const Step& s, Activations& a, Backend& b
   p.out = a.attn.data();
   p.q_seq = a.seq.data();
   p.n_seqs = B;
+  p.q_scored = any_scored ? a.q_scored.data() : nullptr;
   backend.attention(p, std::span(a.chunks).first(static_cast<size_t>(B * c.n_kv_heads)));
   observe("attn_out", a.attn.data(), c.q_dim());
 

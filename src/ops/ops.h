@@ -46,6 +46,9 @@ struct KvChunk {
   const int32_t* positions = nullptr;
   int64_t n = 0;
   DType dtype = DType::kF32;
+  // [n] or nullptr: where attention adds each entry's probability (summed over the
+  // GQA group's query heads) for the queries flagged in AttentionParams::q_scored.
+  float* scores = nullptr;
 
   // Element i of K or V (i counts over [n, head_dim]), widened to f32.
   float k_at(int64_t i) const { return load(k, i); }
@@ -201,6 +204,10 @@ struct AttentionParams {
   float* out = nullptr;                  // [n_queries, n_heads, head_dim]
   const int32_t* q_seq = nullptr;        // [n_queries] sequence of each query; nullptr: all 0
   int64_t n_seqs = 1;
+  // [n_queries] or nullptr: 1 where the query's attention probabilities (after the
+  // log-sum-exp merge of all pieces) are added to its chunks' score slots, in the
+  // same pass; the policies' scores come from here, not from a second pass.
+  const uint8_t* q_scored = nullptr;
 
   // K/V bytes of the chunks (each entry once per query that sees its sequence).
   OpCost cost(std::span<const std::vector<KvChunk>> chunks) const;

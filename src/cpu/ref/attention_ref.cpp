@@ -40,6 +40,14 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
       }
       for (int64_t d = 0; d < D; ++d)
         out[d] = scores.empty() ? 0.f : static_cast<float>(acc[static_cast<size_t>(d)] / sum);
+      // The query's probability of each entry, added to the entry's score slot
+      // (every head of the GQA group adds its own).
+      if (p.q_scored != nullptr && p.q_scored[t] != 0) {
+        for (size_t j = 0; j < scores.size(); ++j) {
+          const auto [c, e] = values[j];
+          if (c->scores != nullptr) c->scores[e] += static_cast<float>(std::exp(scores[j] - max_s) / sum);
+        }
+      }
     }
   }
 }
