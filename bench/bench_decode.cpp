@@ -108,6 +108,30 @@ int main(int argc, char** argv) {
     const std::string load_before = load_average();
     ekva::ReadBandwidthProbe probe(pool, bandwidth_bytes);
     probe.run();  // warm-up
+    // The decode step's read pattern without its arithmetic: the matrices a step reads,
+    // in its order, one pool call each (two experts per layer, rotating).
+    const auto& w = model->weights();
+    const auto step_regions = [&](int first_expert) {
+      std::vector<ekva::MemoryRegion> regions;
+      const auto add = [&](const ekva::WeightMatrix& m) {
+        regions.push_back({m.data, m.nbytes()});
+      };
+      for (const auto& layer : w.layers) {
+        for (const auto* m : {&layer.q, &layer.k, &layer.v, &layer.o}) add(*m);
+        if (layer.mlp) {
+          for (const auto* m : {&layer.mlp->gate, &layer.mlp->up, &layer.mlp->down}) add(*m);
+          continue;
+        }
+        add(layer.router);
+        const auto E = static_cast<int>(layer.experts.size());
+        for (int k = 0; k < c.router.top_k; ++k) {
+          const auto& e = layer.experts[static_cast<size_t>((first_expert + k) % E)];
+          for (const auto* m : {&e.gate, &e.up, &e.down}) add(*m);
+        }
+      }
+      add(w.lm_head);
+      return regions;
+    };
     ekva::IntervalMeter meter(pool.size());
     const auto undisturbed = [&](const ekva::IntervalUsage& u) {
       return u.cpu_share >= min_cpu_share;
@@ -121,12 +145,14 @@ int main(int argc, char** argv) {
     };
     nlohmann::json rounds_json = nlohmann::json::array();
     std::vector<double> fractions, kept_step_s, kept_gbs, ceilings, all_samples_fractions;
+    std::vector<double> pattern_fractions, pattern_over_stream;
     size_t bytes_total = 0, weight_total = 0, kv_total = 0;
     int kept_bw_samples = 0, kept_step_samples = 0;
     long major_faults = 0;
     for (int r = 0; r < rounds; ++r) {
       nlohmann::json bw_json = nlohmann::json::array(), steps_json = nlohmann::json::array();
-      std::vector<double> bw_all, bw_kept, step_all, step_kept, step_kept_s;
+      std::vector<double> bw_all, bw_kept, step_all, step_kept, step_kept_s, pattern_kept;
+      nlohmann::json pattern_json = nlohmann::json::array();
       // Each decode step right after a bandwidth run: the host's bandwidth drifts over
       // fractions of a second, and a burst of runs before a burst of steps compared the
       // steps with a bandwidth that was no longer there.
@@ -136,6 +162,10 @@ int main(int argc, char** argv) {
         if (undisturbed(run.usage)) bw_kept.push_back(run.gb_per_s);
         major_faults += run.usage.major_faults;
         bw_json.push_back(usage_json(run.gb_per_s, run.usage));
+
+        const auto pattern = ekva::read_regions(pool, step_regions(r * steps + s));
+        if (undisturbed(pattern.usage)) pattern_kept.push_back(pattern.gb_per_s);
+        pattern_json.push_back(usage_json(pattern.gb_per_s, pattern.usage));
 
         const auto next =
             static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
@@ -165,6 +195,7 @@ int main(int argc, char** argv) {
                            {"undisturbed_steps", step_kept.size()},
                            {"kept", kept},
                            {"bandwidth_runs", bw_json},
+                           {"pattern_reads", pattern_json},
                            {"steps", steps_json}};
       if (!kept) {
         fmt::print(
@@ -193,6 +224,11 @@ int main(int argc, char** argv) {
       rj["read_best_gb_per_s"] = *std::max_element(bw_kept.begin(), bw_kept.end());
       rj["decode_read_gb_per_s_median"] = gbs;
       rj["fraction"] = fraction;
+      if (!pattern_kept.empty()) {
+        rj["pattern_read_gb_per_s_median"] = median(pattern_kept);
+        pattern_fractions.push_back(gbs / median(pattern_kept));
+        pattern_over_stream.push_back(median(pattern_kept) / ceiling);
+      }
       rounds_json.push_back(rj);
     }
     fmt::print("read per step    {:.1f} MB ({:.1f} weights + {:.2f} KV); {} major page faults\n",
@@ -229,6 +265,14 @@ int main(int argc, char** argv) {
       summary["read_ceiling_gb_per_s_median"] = median(ceilings);
       summary["fraction_of_read_bandwidth"] = fraction;
       summary["fraction_range"] = {*fmin, *fmax};
+      if (!pattern_fractions.empty()) {
+        summary["fraction_of_pattern_read"] = median(pattern_fractions);
+        summary["pattern_read_over_stream_read"] = median(pattern_over_stream);
+        fmt::print(
+            "read pattern     the step's matrices read without arithmetic: {:.1f}% of the "
+            "streaming rate; the step reaches {:.1f}% of that (medians over rounds)\n",
+            100.0 * median(pattern_over_stream), 100.0 * median(pattern_fractions));
+      }
     } else {
       summary["error"] = fmt::format("only {} of {} rounds were undisturbed (need {})",
                                      fractions.size(), rounds, min_rounds);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -55,6 +56,19 @@ class ReadBandwidthProbe {
   std::vector<float> buffer_;
   std::vector<float> sink_;
 };
+
+// Memory a caller names, such as one weight matrix a decode step reads.
+struct MemoryRegion {
+  const void* data = nullptr;
+  size_t bytes = 0;
+};
+
+// Reads `regions` in order, each with one parallel_for that splits it into contiguous
+// per-thread slices summed with SIMD (as matmul splits a matrix's rows): the rate the
+// machine gives a decode step's read pattern (many matrices of a few MB, one pool call
+// each, file-backed pages) with no GEMV arithmetic. Set beside the streaming probe and
+// the decode step it tells a loss of the pattern from a loss of the kernel.
+ReadBandwidthProbe::Run read_regions(ThreadPool& pool, std::span<const MemoryRegion> regions);
 
 struct BandwidthResult {
   double median_gb_per_s = 0;  // 1e9 bytes/s
