@@ -17,6 +17,11 @@
 // round with fewer than half its samples of either kind kept is left out; with too
 // few rounds left the run fails (exit 2) rather than report a figure of the load.
 //
+// Between the two, a third reference: the step's own matrices read in its order, one
+// pool call each, with no arithmetic (roofline::read_regions). Its rate over the
+// streaming rate is what the read pattern costs; the step's rate over it is what the
+// GEMV kernel and the rest of the step cost.
+//
 //   ekva_bench_decode -m DIR [--prompt 128 --rounds 10 --steps 12] [--json-out FILE]
 #include <algorithm>
 #include <chrono>
