@@ -237,87 +237,81 @@ constexpr int64_t kMinPiece = 256;
 constexpr float kMaskedScore = -1e30f;
 }  // namespace
 
+AttentionPlanOptions attention_plan_options(const ThreadPool& pool) {
+  // Four tasks per thread absorb uneven item costs (masked entries, cache misses).
+  return {.min_tasks = 4 * static_cast<int64_t>(pool.size()), .min_item_entries = kMinPiece};
+}
+
 void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
                ThreadPool& pool) {
+  attention(p, chunks, plan_attention(p, chunks, attention_plan_options(pool)), pool);
+}
+
+void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
+               const AttentionPlan& plan, ThreadPool& pool) {
   const int64_t G = p.n_heads / p.n_kv_heads;
   const int64_t D = p.head_dim;
   const int64_t KH = p.n_kv_heads;
   EKVA_CHECK(G <= 64, "attention: GQA group of {} query heads exceeds 64", G);
   EKVA_CHECK(static_cast<int64_t>(chunks.size()) == p.n_seqs * KH,
              "attention: {} chunk lists for {} sequences x {} kv-heads", chunks.size(), p.n_seqs, KH);
+  EKVA_CHECK(static_cast<int64_t>(plan.merge_begin.size()) == p.n_queries * KH + 1,
+             "attention: the plan is for another problem ({} (query, kv-head) pairs, not {})",
+             plan.merge_begin.size() - 1, p.n_queries * KH);
   const auto seq_of = [&](int64_t t) -> int64_t { return p.q_seq != nullptr ? p.q_seq[t] : 0; };
+  const auto scored = [&](int64_t t) { return p.q_scored != nullptr && p.q_scored[t] != 0; };
+  const auto n_items = static_cast<int64_t>(plan.items.size());
 
-  // Entries per (sequence, kv-head).
-  std::vector<int64_t> total(chunks.size(), 0);
-  int64_t max_total = 0;
-  for (size_t i = 0; i < chunks.size(); ++i) {
-    for (const auto& c : chunks[i]) total[i] += c.n;
-    max_total = std::max(max_total, total[i]);
-  }
-  // Split only when (query, kv-head) items alone cannot fill the threads.
-  const int64_t base_items = p.n_queries * KH;
-  int64_t pieces = 1;
-  if (base_items < 4 * pool.size()) {
-    pieces = std::max<int64_t>(1, std::min((4 * pool.size() + base_items - 1) / base_items,
-                                           max_total / kMinPiece));
-  }
-  const int64_t n_items = base_items * pieces;
-  // Partials: per item, G maxima, G sums and G x D unnormalised outputs.
+  // Partials: per item, G maxima, G sums and G x D unnormalised outputs; for the
+  // items of scored queries also the raw logits of their entries ([G, item
+  // length] at raw_begin[item]) until m and l are final.
   std::vector<float> part_m(static_cast<size_t>(n_items * G));
   std::vector<float> part_l(static_cast<size_t>(n_items * G));
   std::vector<float> part_o(static_cast<size_t>(n_items * G * D));
-  // Entry scores: for each scored query, its items keep the raw logits of their
-  // piece ([G, piece length] at raw_begin[item]) until m and l are final.
-  const auto scored = [&](int64_t t) { return p.q_scored != nullptr && p.q_scored[t] != 0; };
   std::vector<int64_t> raw_begin;
   std::vector<float> raw;
   if (p.q_scored != nullptr) {
     raw_begin.assign(static_cast<size_t>(n_items) + 1, 0);
-    for (int64_t item = 0; item < n_items; ++item) {
-      const int64_t piece = item % pieces, h = (item / pieces) % KH, t = item / pieces / KH;
-      const int64_t n = total[static_cast<size_t>(seq_of(t) * KH + h)];
-      const int64_t len = scored(t) ? n * (piece + 1) / pieces - n * piece / pieces : 0;
-      raw_begin[static_cast<size_t>(item) + 1] = raw_begin[static_cast<size_t>(item)] + G * len;
+    for (int64_t i = 0; i < n_items; ++i) {
+      const AttentionWorkItem& it = plan.items[static_cast<size_t>(i)];
+      raw_begin[static_cast<size_t>(i) + 1] =
+          raw_begin[static_cast<size_t>(i)] + (scored(it.query) ? G * (it.end - it.begin) : 0);
     }
     raw.resize(static_cast<size_t>(raw_begin.back()));
   }
 
-  pool.parallel_for(n_items, [&](int64_t i0, int64_t i1, int) {
-    for (int64_t item = i0; item < i1; ++item) {
-      const int64_t piece = item % pieces;
-      const int64_t h = (item / pieces) % KH;
-      const int64_t t = item / pieces / KH;
-      const auto list_index = static_cast<size_t>(seq_of(t) * KH + h);
-      const auto& list = chunks[list_index];
-      const int64_t n = total[list_index];
-      const int64_t begin = n * piece / pieces;
-      const int64_t end = n * (piece + 1) / pieces;
+  pool.parallel_for(plan.n_tasks(), [&](int64_t k0, int64_t k1, int) {
+    for (int64_t i = plan.task_begin[static_cast<size_t>(k0)]; i < plan.task_begin[static_cast<size_t>(k1)]; ++i) {
+      const AttentionWorkItem& it = plan.items[static_cast<size_t>(i)];
+      const auto& list = chunks[static_cast<size_t>(seq_of(it.query) * KH + it.kv_head)];
       HWY_DYNAMIC_DISPATCH(AttendPiece)(
-          p.q + (t * p.n_heads + h * G) * D, G, D, p.scale, p.q_positions[t], p.sliding_window,
-          list.data(), static_cast<int64_t>(list.size()), begin, end, &part_m[static_cast<size_t>(item * G)],
-          &part_l[static_cast<size_t>(item * G)], &part_o[static_cast<size_t>(item * G * D)],
-          scored(t) ? raw.data() + raw_begin[static_cast<size_t>(item)] : nullptr);
+          p.q + (it.query * p.n_heads + it.kv_head * G) * D, G, D, p.scale, p.q_positions[it.query],
+          p.sliding_window, list.data(), static_cast<int64_t>(list.size()), it.begin, it.end,
+          &part_m[static_cast<size_t>(i * G)], &part_l[static_cast<size_t>(i * G)],
+          &part_o[static_cast<size_t>(i * G * D)],
+          scored(it.query) ? raw.data() + raw_begin[static_cast<size_t>(i)] : nullptr);
     }
   });
 
-  // Merge the pieces of each (query, kv-head, head) by log-sum-exp.
+  // Merge the items of each (query, kv-head, head) by log-sum-exp.
   std::vector<float> final_m, final_l;  // [n_queries, KH, G], for the entry scores
   if (p.q_scored != nullptr) {
     final_m.assign(static_cast<size_t>(p.n_queries * KH * G), -std::numeric_limits<float>::infinity());
     final_l.assign(final_m.size(), 0.f);
   }
   for (int64_t t = 0; t < p.n_queries; ++t) {
-    for (int64_t h = 0; h < p.n_kv_heads; ++h) {
-      const int64_t item0 = (t * p.n_kv_heads + h) * pieces;
+    for (int64_t h = 0; h < KH; ++h) {
+      const int64_t i0 = plan.merge_begin[static_cast<size_t>(t * KH + h)];
+      const int64_t i1 = plan.merge_begin[static_cast<size_t>(t * KH + h) + 1];
       for (int64_t g = 0; g < G; ++g) {
         float m = -std::numeric_limits<float>::infinity();
-        for (int64_t k = 0; k < pieces; ++k) m = std::max(m, part_m[static_cast<size_t>((item0 + k) * G + g)]);
+        for (int64_t i = i0; i < i1; ++i) m = std::max(m, part_m[static_cast<size_t>(i * G + g)]);
         float* out = p.out + (t * p.n_heads + h * G + g) * D;
         std::fill(out, out + D, 0.f);
         if (m == -std::numeric_limits<float>::infinity()) continue;  // nothing visible
         float l = 0.f;
-        for (int64_t k = 0; k < pieces; ++k) {
-          const size_t idx = static_cast<size_t>((item0 + k) * G + g);
+        for (int64_t i = i0; i < i1; ++i) {
+          const auto idx = static_cast<size_t>(i * G + g);
           if (part_l[idx] == 0.f) continue;
           const float w = std::exp(part_m[idx] - m);
           l += part_l[idx] * w;
@@ -337,30 +331,30 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
 
   // Entry scores: each scored query adds its probability of every entry, summed
   // over the GQA group's heads, to the entry's score slot. Lists (sequence,
-  // kv-head) run in parallel; the queries of one list in order, so no two threads
+  // kv-head) run in parallel, the queries of one list in order, so no two threads
   // ever add to the same slot.
   pool.parallel_for(static_cast<int64_t>(chunks.size()), [&](int64_t l0, int64_t l1, int) {
     for (int64_t list_index = l0; list_index < l1; ++list_index) {
       const auto& list = chunks[static_cast<size_t>(list_index)];
       const int64_t h = list_index % KH;
-      const int64_t n = total[static_cast<size_t>(list_index)];
       for (int64_t t = 0; t < p.n_queries; ++t) {
         if (!scored(t) || seq_of(t) * KH + h != list_index) continue;
         const float* m = &final_m[static_cast<size_t>((t * KH + h) * G)];
         const float* l = &final_l[static_cast<size_t>((t * KH + h) * G)];
         size_t c = 0;
         int64_t chunk_start = 0;
-        for (int64_t piece = 0; piece < pieces; ++piece) {
-          const int64_t item = (t * KH + h) * pieces + piece;
-          const int64_t begin = n * piece / pieces, end = n * (piece + 1) / pieces;
-          const float* r = raw.data() + raw_begin[static_cast<size_t>(item)];
-          for (int64_t e = begin; e < end; ++e) {
+        for (int64_t i = plan.merge_begin[static_cast<size_t>(t * KH + h)];
+             i < plan.merge_begin[static_cast<size_t>(t * KH + h) + 1]; ++i) {
+          const AttentionWorkItem& it = plan.items[static_cast<size_t>(i)];
+          const int64_t len = it.end - it.begin;
+          const float* r = raw.data() + raw_begin[static_cast<size_t>(i)];
+          for (int64_t e = it.begin; e < it.end; ++e) {
             while (e >= chunk_start + list[c].n) chunk_start += list[c++].n;
             float* slot = list[c].scores;
             if (slot == nullptr) continue;
             float prob = 0.f;
             for (int64_t g = 0; g < G; ++g) {
-              const float x = r[g * (end - begin) + (e - begin)];
+              const float x = r[g * len + (e - it.begin)];
               if (x > kMaskedScore && l[g] > 0.f) prob += std::exp(x - m[g]) / l[g];
             }
             slot[e - chunk_start] += prob;

@@ -35,7 +35,10 @@ class ReferenceBackend final : public Backend {
   void route(const RouteParams& p) override { ref::route(p); }
   void scatter_add(const ScatterAddParams& p) override { ref::scatter_add(p); }
   void gated_add(const GatedAddParams& p) override { ref::gated_add(p); }
-  void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks) override {
+  using Backend::attention;
+  // The reference needs no plan: it walks every (query, head) whole.
+  void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
+                 const AttentionPlan&) override {
     ref::attention(p, chunks);
   }
 };
@@ -67,8 +70,10 @@ void CpuBackend::silu_mul(const SiluMulParams& p) { cpu::silu_mul(p); }
 void CpuBackend::route(const RouteParams& p) { cpu::route(p); }
 void CpuBackend::scatter_add(const ScatterAddParams& p) { cpu::scatter_add(p); }
 void CpuBackend::gated_add(const GatedAddParams& p) { cpu::gated_add(p); }
-void CpuBackend::attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks) {
-  cpu::attention(p, chunks, pool_);
+AttentionPlanOptions CpuBackend::attention_plan_options() const { return cpu::attention_plan_options(pool_); }
+void CpuBackend::attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
+                           const AttentionPlan& plan) {
+  cpu::attention(p, chunks, plan, pool_);
 }
 
 std::unique_ptr<Backend> make_reference_backend() { return std::make_unique<ReferenceBackend>(); }

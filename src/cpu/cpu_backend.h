@@ -33,7 +33,10 @@ class CpuBackend final : public Backend {
   void route(const RouteParams& p) override;
   void scatter_add(const ScatterAddParams& p) override;
   void gated_add(const GatedAddParams& p) override;
-  void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks) override;
+  using Backend::attention;
+  AttentionPlanOptions attention_plan_options() const override;
+  void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
+                 const AttentionPlan& plan) override;
 
   ThreadPool& pool() { return pool_; }
 

@@ -5,6 +5,7 @@
 #include <span>
 #include <vector>
 
+#include "ops/attention_plan.h"
 #include "ops/ops.h"
 
 namespace ekva {
@@ -16,9 +17,14 @@ namespace ekva::cpu {
 // Decode streams each weight row once per thread; prefill reuses each weight tile
 // for blocks of 4 rows of x (cpu/matmul.cpp).
 void matmul(const MatmulParams& p, ThreadPool& pool);
-// Split-K GQA attention over the chunks of every (sequence, kv-head) (cpu/attention.cpp).
+// Split-K GQA attention over the chunks of every (sequence, kv-head), one pool share
+// per task of the plan (cpu/attention.cpp); without a plan, one is made with
+// attention_plan_options(pool).
+void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
+               const AttentionPlan& plan, ThreadPool& pool);
 void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
                ThreadPool& pool);
+AttentionPlanOptions attention_plan_options(const ThreadPool& pool);
 
 void embedding(const EmbeddingParams& p);
 void rmsnorm(const RmsNormParams& p, ThreadPool& pool);

@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "ops/attention_plan.h"
 #include "ops/ops.h"
 
 namespace ekva {
@@ -35,7 +36,14 @@ class Backend {
   virtual void route(const RouteParams& p) = 0;
   virtual void scatter_add(const ScatterAddParams& p) = 0;
   virtual void gated_add(const GatedAddParams& p) = 0;
-  virtual void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks) = 0;
+  // Ragged attention by a plan made with plan_attention(p, chunks,
+  // attention_plan_options()) (ops/attention_plan.h); the two-argument form plans.
+  virtual AttentionPlanOptions attention_plan_options() const { return {}; }
+  virtual void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
+                         const AttentionPlan& plan) = 0;
+  void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks) {
+    attention(p, chunks, plan_attention(p, chunks, attention_plan_options()));
+  }
 };
 
 // A typed buffer in a backend's memory, released with it.
