@@ -9,7 +9,7 @@ packages=(
   nlohmann-json3-dev libcli11-dev libfmt-dev libpcre2-dev libicu-dev libhwy-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-numpy python3-matplotlib
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev clang-format
   nodejs npm
 )
 missing=()

@@ -154,6 +154,33 @@ TEST_F(SchedulerTest, BadInputIsRefusedAndTheOthersAreKept) {
                {"max_step_tokens (4) must be at least max_sequences (8)"});
 }
 
+TEST_F(SchedulerTest, FinishedSequencesFreeTheirCompressedKvAtOnce) {
+  EngineOptions eo;
+  eo.kv.policy = "snapkv";
+  eo.kv.budget = "50%";
+  const auto compressed = Engine::open(kModel, eo);
+  auto s = compressed->new_scheduler({.max_sequences = 4, .max_step_tokens = 256});
+  const int64_t short_id = s->add(kPrompts[2], options(2));
+  s->add(kPrompts[3], options(30));
+  std::map<int64_t, Outcome> out;
+  size_t before = 0;
+  bool short_done = false;
+  while (!short_done) {
+    before = s->stats().kv_bytes;
+    for (const SequenceUpdate& u : s->step()) {
+      out[u.id].tokens.insert(out[u.id].tokens.end(), u.tokens.begin(), u.tokens.end());
+      short_done = short_done || (u.id == short_id && u.finished);
+    }
+  }
+  // The step that retired the short sequence also dropped its bytes; the other one
+  // grew by at most one token.
+  EXPECT_GT(before, 0u);
+  EXPECT_LT(s->stats().kv_bytes, before);
+  EXPECT_EQ(s->n_running(), 1);
+  drain(*s, out);
+  EXPECT_EQ(s->stats().kv_bytes, 0u);
+}
+
 TEST_F(SchedulerTest, StopsAtTheContext) {
   EngineOptions eo;
   eo.context = 24;

@@ -109,6 +109,7 @@ struct SchedulerStats {
   int64_t generated_tokens = 0;
   double step_seconds = 0;       // in forward passes and sampling
   int max_batch = 0;             // most sequences in one step
+  size_t kv_bytes = 0;           // K/V held by the running sequences after the last step
   double generated_tokens_per_second() const {
     return step_seconds > 0 ? static_cast<double>(generated_tokens) / step_seconds : 0.0;
   }

@@ -75,6 +75,7 @@ class SchedulerImpl final : public Scheduler {
       (*it)->stats.stop_reason = "cancelled";
       cancelled_.push_back(finish(**it));
       list->erase(it);  // frees its KV blocks now
+      update_kv_bytes();
       return;
     }
     fail("scheduler: no waiting or running sequence has id {}", id);
@@ -140,6 +141,7 @@ class SchedulerImpl final : public Scheduler {
       it->stats = s->stats;
       std::erase_if(running_, [&](const auto& r) { return r.get() == s; });
     }
+    update_kv_bytes();
     return updates;
   }
 
@@ -149,6 +151,11 @@ class SchedulerImpl final : public Scheduler {
   const SchedulerStats& stats() const override { return stats_; }
 
  private:
+  void update_kv_bytes() {
+    stats_.kv_bytes = 0;
+    for (const auto& s : running_) stats_.kv_bytes += s->cache->bytes_used();
+  }
+
   void admit() {
     while (!waiting_.empty() && static_cast<int>(running_.size()) < options_.max_sequences) {
       auto s = std::move(waiting_.front());
