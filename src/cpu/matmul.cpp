@@ -158,9 +158,12 @@ void matmul_impl(const float* const* x_rows, int64_t n_tokens, const WeightMatri
 }  // namespace
 
 void matmul(const MatmulParams& p, ThreadPool& pool) {
-  // Row pointers let one kernel serve contiguous and gathered inputs alike.
-  std::vector<const float*> xr(static_cast<size_t>(p.n_rows));
-  std::vector<float*> yr(static_cast<size_t>(p.n_rows));
+  // Row pointers let one kernel serve contiguous and gathered inputs alike; kept
+  // per calling thread so decode's hundred calls a step allocate nothing.
+  thread_local std::vector<const float*> xr;
+  thread_local std::vector<float*> yr;
+  xr.resize(static_cast<size_t>(p.n_rows));
+  yr.resize(static_cast<size_t>(p.n_rows));
   for (int64_t i = 0; i < p.n_rows; ++i) {
     const int64_t row = p.rows != nullptr ? int64_t{p.rows[i]} : i;
     xr[static_cast<size_t>(i)] = p.x + row * p.w.cols;
