@@ -221,3 +221,62 @@ TEST(CompressedCache, ReplayedPrefillEqualsARealForward) {
 
 }  // namespace
 }  // namespace ekva
+
+#include <cstdlib>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "kv/profile.h"
+#include "model/tokenizer.h"
+
+namespace ekva {
+namespace {
+
+// The paged store's memory at a 10% budget on the shipped model, as in
+// bench/results/store_memory_*.json: a 4096-token pass-key prompt compressed after
+// the prefill; the bytes the sequence holds (whole blocks: K, V and metadata) must
+// stay within 1.10x of its live entries' K/V. EKVA_STORE_MEMORY_OUT=FILE writes
+// the figures as JSON.
+TEST(CompressedCache, HeldBytesStayWithinATenthOfLiveAtTenPercent) {
+  const std::filesystem::path source(EKVA_SOURCE_DIR);
+  std::ifstream in(source / "data/evalsets/retrieval.jsonl");
+  std::string line, prompt;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.at("id") == "passkey-4096-d0.1-s0") prompt = j.at("prompt").get<std::string>();
+  }
+  ASSERT_FALSE(prompt.empty());
+  const auto tokens = Tokenizer::from_model_dir(kModel).encode(prompt);
+  const PrefillRecording rec = PrefillRecording::record(model(), tokens, default_pool());
+  const ModelConfig& c = model().config();
+  const CalibrationProfile profile =
+      CalibrationProfile::load(source / "bench/results/profile_ekva-moe-tiny.json", c);
+  nlohmann::json rows = nlohmann::json::array();
+  for (const std::string alloc : {"ekva-mass", "uniform"}) {
+    for (const int block : {32, 16, 8}) {
+      CompressionConfig cfg = config(alloc, "snapkv", "10%");
+      cfg.profile = &profile;
+      cfg.block_size = block;
+      CompressedKvCache cache(c, cfg, static_cast<int64_t>(tokens.size()) + 1, default_pool());
+      rec.replay(cache);
+      const CompressionStats st = cache.stats();
+      const double held_over_live = static_cast<double>(st.bytes.reserved) / static_cast<double>(st.bytes.kv);
+      std::printf("[ store memory ] %-12s B=%2d: %lld live entries, K/V %zu bytes, held %zu bytes (%.3fx)\n",
+                  alloc.c_str(), block, static_cast<long long>(st.live_entries), st.bytes.kv,
+                  st.bytes.reserved, held_over_live);
+      if (block == 32) {
+        EXPECT_LE(held_over_live, 1.10) << alloc << " at the default block size";
+      }
+      rows.push_back({{"allocator", alloc}, {"policy", "snapkv"}, {"budget", "10%"}, {"block_size", block},
+                      {"live_entries", st.live_entries}, {"kv_bytes", st.bytes.kv},
+                      {"metadata_bytes", st.bytes.metadata}, {"reserved_bytes", st.bytes.reserved},
+                      {"reserved_over_kv", held_over_live}});
+    }
+  }
+  if (const char* out = std::getenv("EKVA_STORE_MEMORY_OUT"))
+    std::ofstream(out) << nlohmann::json{{"rows", rows}}.dump(2) << "\n";
+}
+
+}  // namespace
+}  // namespace ekva
