@@ -121,7 +121,7 @@ void PagedKvStore::SequenceCache::view(int layer, int kv_head, std::vector<KvChu
 
 int64_t PagedKvStore::SequenceCache::length() const { return s_.length; }
 
-size_t PagedKvStore::SequenceCache::bytes_used() const { return store_.bytes(s_.id).kv; }
+size_t PagedKvStore::SequenceCache::bytes_used() const { return store_.bytes(s_.id).reserved; }
 
 PagedKvStore::PagedKvStore(StoreConfig config)
     : config_(validated(config)),

@@ -96,7 +96,7 @@ struct EntryRun {
 struct StoreBytes {
   size_t kv = 0;        // live entries x 2 x head_dim x sizeof(float)
   size_t metadata = 0;  // live entries x (position + tag + score)
-  size_t reserved = 0;  // blocks in use x block bytes
+  size_t reserved = 0;  // blocks in use x block bytes: what the sequence holds (KvCache::bytes_used)
   // Reserved over K/V bytes, minus one: the slack of partly filled blocks plus the
   // metadata.
   double paging_waste() const {
