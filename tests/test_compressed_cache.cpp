@@ -7,14 +7,20 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <fstream>
 #include <random>
 #include <set>
+
+#include <nlohmann/json.hpp>
 
 #include "core/thread_pool.h"
 #include "ekva/error.h"
 #include "kv/compressed_cache.h"
+#include "kv/profile.h"
 #include "model/model.h"
 #include "model/prefill_recording.h"
+#include "model/tokenizer.h"
 #include "test_util.h"
 
 namespace ekva {
@@ -182,7 +188,9 @@ TEST(CompressedCache, ImpossibleBudgetsAndUnknownNamesAreClearErrors) {
   expect_error(config("uniform", "snapkv", "150%"), "150");
   // A fraction is checked at the longest sequence the cache takes: 1% of 1024 tokens
   // is 10 entries per (layer, kv-head), below the 36 sinks + recent window.
-  expect_error(config("uniform", "snapkv", "1%"), "protected");
+  expect_error(config("uniform", "snapkv", "1%"),
+               "budget 1%: 163 entries of the full cache at the context of 1024 tokens is below the 576 "
+               "protected entries");
   expect_error(config("adakv", "h2o", "0%"), "protected");
   expect_error(config("uniform", "lru", "10%"), "unknown policy 'lru'");
   expect_error(config("fancy", "snapkv", "10%"), "fancy");
@@ -221,14 +229,6 @@ TEST(CompressedCache, ReplayedPrefillEqualsARealForward) {
 
 }  // namespace
 }  // namespace ekva
-
-#include <cstdlib>
-#include <fstream>
-
-#include <nlohmann/json.hpp>
-
-#include "kv/profile.h"
-#include "model/tokenizer.h"
 
 namespace ekva {
 namespace {

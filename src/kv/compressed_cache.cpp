@@ -109,6 +109,17 @@ void CompressedKvCache::init(const KvModelShape& model, int64_t max_context) {
       std::min<int64_t>(config_.sink_tokens + config_.recent_window, shape.sequence_tokens) *
       n_layers_ * n_kv_heads_;
   if (policy_->name() == "full") shape.protected_entries = 0;
+  if (config_.budget.unit == BudgetSpec::Unit::kFraction && config_.budget.value <= 1.0) {
+    const auto entries = static_cast<int64_t>(config_.budget.value * static_cast<double>(max_context) *
+                                              n_layers_ * n_kv_heads_);
+    if (entries < shape.protected_entries)
+      fail(
+          "budget {}: {} entries of the full cache at the context of {} tokens is below the {} "
+          "protected entries (sinks + recent window: {} per (layer, kv-head)); raise the budget "
+          "or the context, or give tokens",
+          config_.budget.to_string(), entries, max_context, shape.protected_entries,
+          shape.protected_entries / (int64_t{n_layers_} * n_kv_heads_));
+  }
   budget_entries(config_.budget, shape);  // throws for impossible budgets
   budgets_.assign(static_cast<size_t>(n_layers_), {});
   scored_positions_.assign(static_cast<size_t>(n_layers_), {});
