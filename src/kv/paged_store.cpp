@@ -112,11 +112,13 @@ void PagedKvStore::SequenceCache::view(int layer, int kv_head, std::vector<KvChu
   EKVA_DCHECK(kv_head >= 0 && kv_head < store_.config_.shape.n_kv_heads, "kv_head {}", kv_head);
   const HeadState& h = s_.layers[static_cast<size_t>(layer)].heads[static_cast<size_t>(kv_head)];
   const BlockPool& pool = store_.pool_;
-  const int64_t D = store_.config_.shape.head_dim;
-  store_.for_each_run(h, kv_head, [&](int, int32_t block, int64_t slot, int64_t n) {
-    out.push_back(
-        {pool.k(block) + slot * D, pool.v(block) + slot * D, pool.positions(block) + slot, n});
-  });
+  // One chunk per block: attention does not care where segments change.
+  const int64_t B = store_.config_.block_size;
+  for (size_t b = 0; b < h.list.blocks.size(); ++b) {
+    const int32_t block = h.list.blocks[b];
+    const int64_t n = std::min(B, h.list.n - static_cast<int64_t>(b) * B);
+    out.push_back({pool.k(block), pool.v(block), pool.positions(block), n});
+  }
 }
 
 int64_t PagedKvStore::SequenceCache::length() const { return s_.length; }

@@ -78,10 +78,10 @@ struct SegmentInfo {
 };
 
 // Entries of one (sequence, layer, kv-head) that sit contiguously in one block, with
-// their metadata. Runs are listed in a fixed order (view_runs: the order of view's
-// chunks; segment_runs: the order keep's entry indices count in), so a policy can
-// line its per-entry scores up with them. Valid until the next call that changes
-// the sequence.
+// their metadata and one segment. Runs are listed in a fixed order (view_runs: the
+// entries of view's chunks in order, a chunk split where the segment changes;
+// segment_runs: the order keep's entry indices count in), so a policy can line its
+// per-entry scores up with them. Valid until the next call that changes the sequence.
 struct EntryRun {
   int segment = kProtectedSegment;  // segment id, or kProtectedSegment
   int kv_head = 0;
@@ -128,8 +128,8 @@ class PagedKvStore {
   // Appends the runs of a segment in entry order: its kv-heads ascending, each in
   // position order. Entry index i of keep() is the i-th entry of these runs.
   void segment_runs(int seq, int layer, int segment, std::vector<EntryRun>& out);
-  // Appends the runs of (seq, layer, kv_head), protected ones included, in the order
-  // of the chunks view() gives.
+  // Appends the runs of (seq, layer, kv_head), protected ones included, in position
+  // order (the entries of view()'s chunks, in order, split where the segment changes).
   void view_runs(int seq, int layer, int kv_head, std::vector<EntryRun>& out);
   // Commits an eviction: the segment keeps exactly the entries at `entries`
   // (strictly increasing indices into its entry order); each list it spans is
