@@ -117,6 +117,18 @@ TEST(BudgetEntries, EveryUnit) {
   EXPECT_EQ(entries("36t"), 288);  // exactly the protected entries
 }
 
+// Byte budgets of a paged cache leave room for the partly filled blocks: 31 slots
+// per (layer, kv-head) at 32-entry blocks.
+TEST(BudgetEntries, BytesLeaveRoomForPartlyFilledBlocks) {
+  BudgetShape s = shape();
+  s.block_slack_entries = 31 * 8;
+  EXPECT_EQ(budget_entries(BudgetSpec::parse("1MiB"), s), 2048 - 248);
+  EXPECT_EQ(budget_entries(BudgetSpec::parse("500t"), s), 4000);  // tokens: entries, not bytes
+  expect_error([&] { budget_entries(BudgetSpec::parse("256KiB"), s); },
+               {"budget 256KiB: 512 entries of 512 bytes, less the 248 that partly filled blocks "
+                "may hold, is below the 288 protected entries"});
+}
+
 TEST(BudgetEntries, ErrorsNameTheFigures) {
   const auto entries = [](const BudgetSpec& spec, BudgetShape s = shape()) {
     return budget_entries(spec, s);

@@ -7,13 +7,19 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <fstream>
 #include <random>
 #include <set>
+
+#include <nlohmann/json.hpp>
 
 #include "core/thread_pool.h"
 #include "ekva/error.h"
 #include "kv/compressed_cache.h"
+#include "kv/profile.h"
 #include "model/model.h"
+#include "model/tokenizer.h"
 #include "runtime/prefill_recording.h"
 #include "test_util.h"
 
@@ -104,7 +110,7 @@ void check_invariants(CompressedKvCache& cache, const ModelConfig& c, int64_t le
   }
   const CompressionStats st = cache.stats();
   EXPECT_EQ(st.bytes.kv, static_cast<size_t>(st.live_entries) * 2 * c.head_dim * sizeof(float));
-  EXPECT_EQ(cache.bytes_used(), st.bytes.kv);
+  EXPECT_EQ(cache.bytes_used(), st.bytes.reserved);  // the blocks held, not only live K/V
 }
 
 TEST(CompressedCache, BudgetsHoldDuringDecode) {
@@ -182,7 +188,9 @@ TEST(CompressedCache, ImpossibleBudgetsAndUnknownNamesAreClearErrors) {
   expect_error(config("uniform", "snapkv", "150%"), "150");
   // A fraction is checked at the longest sequence the cache takes: 1% of 1024 tokens
   // is 10 entries per (layer, kv-head), below the 36 sinks + recent window.
-  expect_error(config("uniform", "snapkv", "1%"), "protected");
+  expect_error(config("uniform", "snapkv", "1%"),
+               "budget 1%: 163 entries of the full cache at the context of 1024 tokens is below the 576 "
+               "protected entries");
   expect_error(config("adakv", "h2o", "0%"), "protected");
   expect_error(config("uniform", "lru", "10%"), "unknown policy 'lru'");
   expect_error(config("fancy", "snapkv", "10%"), "fancy");
@@ -217,6 +225,58 @@ TEST(CompressedCache, ReplayedPrefillEqualsARealForward) {
     }
     EXPECT_EQ(replayed.stats().live_entries, real.stats().live_entries) << policy;
   }
+}
+
+}  // namespace
+}  // namespace ekva
+
+namespace ekva {
+namespace {
+
+// The paged store's memory at a 10% budget on the shipped model, as in
+// bench/results/store_memory_*.json: a 4096-token pass-key prompt compressed after
+// the prefill; the bytes the sequence holds (whole blocks: K, V and metadata) must
+// stay within 1.10x of its live entries' K/V. EKVA_STORE_MEMORY_OUT=FILE writes
+// the figures as JSON.
+TEST(CompressedCache, HeldBytesStayWithinATenthOfLiveAtTenPercent) {
+  const std::filesystem::path source(EKVA_SOURCE_DIR);
+  std::ifstream in(source / "data/evalsets/retrieval.jsonl");
+  std::string line, prompt;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.at("id") == "passkey-4096-d0.1-s0") prompt = j.at("prompt").get<std::string>();
+  }
+  ASSERT_FALSE(prompt.empty());
+  const auto tokens = Tokenizer::from_model_dir(kModel).encode(prompt);
+  const PrefillRecording rec = PrefillRecording::record(model(), tokens, test::cpu());
+  const ModelConfig& c = model().config();
+  const CalibrationProfile profile =
+      CalibrationProfile::load(source / "bench/results/profile_ekva-moe-tiny.json", c);
+  nlohmann::json rows = nlohmann::json::array();
+  for (const std::string alloc : {"ekva-mass", "uniform"}) {
+    for (const int block : {32, 16, 8}) {
+      CompressionConfig cfg = config(alloc, "snapkv", "10%");
+      cfg.profile = &profile;
+      cfg.block_size = block;
+      CompressedKvCache cache(c, cfg, static_cast<int64_t>(tokens.size()) + 1, test::cpu());
+      rec.replay(cache);
+      const CompressionStats st = cache.stats();
+      const double held_over_live = static_cast<double>(st.bytes.reserved) / static_cast<double>(st.bytes.kv);
+      EXPECT_EQ(cache.bytes_used(), st.bytes.reserved) << "the cache reports the bytes it holds";
+      std::printf("[ store memory ] %-12s B=%2d: %lld live entries, K/V %zu bytes, held %zu bytes (%.3fx)\n",
+                  alloc.c_str(), block, static_cast<long long>(st.live_entries), st.bytes.kv,
+                  st.bytes.reserved, held_over_live);
+      if (block == 32) {
+        EXPECT_LE(held_over_live, 1.10) << alloc << " at the default block size";
+      }
+      rows.push_back({{"allocator", alloc}, {"policy", "snapkv"}, {"budget", "10%"}, {"block_size", block},
+                      {"live_entries", st.live_entries}, {"kv_bytes", st.bytes.kv},
+                      {"metadata_bytes", st.bytes.metadata}, {"reserved_bytes", st.bytes.reserved},
+                      {"reserved_over_kv", held_over_live}});
+    }
+  }
+  if (const char* out = std::getenv("EKVA_STORE_MEMORY_OUT"))
+    std::ofstream(out) << nlohmann::json{{"rows", rows}}.dump(2) << "\n";
 }
 
 }  // namespace

@@ -8,7 +8,9 @@
 //     entries that rank at least as high as every one it drops;
 //   - Ada-KV allocates from the same ranking SnapKV selects on;
 //   - fixed budgets (tokens) are re-allocated as the sequence grows, so an expert
-//     that first appears during decode gets a budget.
+//     that first appears during decode gets a budget;
+//   - a byte budget bounds the bytes the sequence holds (whole blocks), which is
+//     what the cache reports.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -390,6 +392,41 @@ TEST(CompressedCacheQuality, FixedBudgetsReallocateForExpertsThatAppearInDecode)
       EXPECT_GE(entries, 10) << alloc << ": layer " << l << " expert 2 starved";
       EXPECT_GE(cache.budgets()[static_cast<size_t>(l)][static_cast<size_t>(id)], 10) << alloc;
     }
+  }
+}
+
+// A byte budget counts the blocks held (K, V and metadata, partly filled ones
+// included): right after each re-allocation the sequence holds at most the budget,
+// in between at most the eviction slack of its segments more; bytes_used() reports it.
+TEST(CompressedCacheQuality, ByteBudgetsBoundTheBytesHeld) {
+  const CalibrationProfile profile = synthetic_profile();
+  for (const std::string alloc : {"uniform", "ekva-mass"}) {
+    const CompressionConfig cfg = config(alloc, "snapkv", "40KiB", &profile);
+    CompressedKvCache cache(synthetic_shape(), cfg, kMaxContext, test::cpu());
+    const double budget = cfg.budget.value;
+    const PagedKvStore& store = cache.store();
+    const double slot = static_cast<double>(store.pool().block_bytes()) / store.config().block_size;
+    Harness run(cache, cfg, 13);
+    int64_t compressions = 0;
+    for (int step = 0; step < 250; ++step) {
+      run.forward(step == 0 ? 300 : 1, random_tag, 2.f);
+      const CompressionStats st = cache.stats();
+      EXPECT_EQ(cache.bytes_used(), st.bytes.reserved) << alloc << ": report the bytes held";
+      double slack = 0;
+      for (const auto& layer : cache.budgets())
+        for (int64_t b : layer) slack += static_cast<double>(CompressedKvCache::slack(std::max<int64_t>(0, b))) * slot;
+      const bool reallocated = st.compressions > compressions;
+      compressions = st.compressions;
+      EXPECT_LE(static_cast<double>(st.bytes.reserved), budget + (reallocated ? 0.0 : slack))
+          << alloc << " at length " << run.length() << (reallocated ? ", just re-allocated" : "")
+          << ": holds " << st.bytes.reserved << " bytes (" << st.live_entries << " entries)";
+      if (HasFailure()) return;
+    }
+    // The budget is used, not left to rounding: within a block per (layer, kv-head).
+    const CompressionStats st = cache.stats();
+    EXPECT_GE(static_cast<double>(st.bytes.reserved),
+              budget - 2.0 * kLayers * kKvHeads * static_cast<double>(store.pool().block_bytes()))
+        << alloc;
   }
 }
 

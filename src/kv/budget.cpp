@@ -125,6 +125,14 @@ int64_t budget_entries(const BudgetSpec& spec, const BudgetShape& shape) {
         fail("budget {} exceeds the full cache of {} entries of {} bytes", name, full,
              shape.entry_bytes);
       entries = static_cast<int64_t>(spec.value / static_cast<double>(shape.entry_bytes));
+      if (shape.block_slack_entries > 0) {
+        if (entries - shape.block_slack_entries < shape.protected_entries)
+          fail(
+              "budget {}: {} entries of {} bytes, less the {} that partly filled blocks may hold, "
+              "is below the {} protected entries (sinks + recent window)",
+              name, entries, shape.entry_bytes, shape.block_slack_entries, shape.protected_entries);
+        entries -= shape.block_slack_entries;
+      }
       break;
     }
     case BudgetSpec::Unit::kFraction:

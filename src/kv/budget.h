@@ -27,12 +27,15 @@ struct BudgetShape {
   int64_t entry_bytes = 0;   // K + V of one entry in one (layer, kv-head)
   int64_t sequence_tokens = 0;  // tokens of the sequence being compressed
   int64_t protected_entries = 0;  // sinks + recent window, summed over (layer, kv-head)
+  // Byte budgets: entries' worth of bytes that partly filled blocks may hold beyond
+  // the entries themselves (entry_bytes is then a block slot, metadata included).
+  int64_t block_slack_entries = 0;
 };
 
 // Total entries the sequence may keep, summed over all (layer, kv-head),
-// protected entries included. Throws ekva::Error when the budget is negative,
-// exceeds the full cache, or is smaller than the protected entries (naming the
-// figures involved).
+// protected entries included (bytes: bytes / entry_bytes - block_slack_entries).
+// Throws ekva::Error when the budget is negative, exceeds the full cache, or is
+// smaller than the protected entries (naming the figures involved).
 int64_t budget_entries(const BudgetSpec& spec, const BudgetShape& shape);
 
 }  // namespace ekva

@@ -13,6 +13,24 @@ namespace ekva {
 namespace {
 // Query rows scored per pass: bounds the [rows, entries] logits buffer.
 constexpr int64_t kScoreRowBlock = 256;
+
+// Merges runs that continue each other in memory (view_runs splits a block where
+// the segment changes, into runs of a few entries when expert tags interleave), so
+// scoring multiplies by whole blocks.
+void coalesce(std::vector<EntryRun>& runs, int64_t head_dim) {
+  size_t out = 0;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    if (out > 0) {
+      EntryRun& last = runs[out - 1];
+      if (last.k + last.n * head_dim == runs[i].k && last.positions + last.n == runs[i].positions) {
+        last.n += runs[i].n;
+        continue;
+      }
+    }
+    runs[out++] = runs[i];
+  }
+  runs.resize(out);
+}
 }  // namespace
 
 StoreConfig store_config_for(const KvModelShape& model, const CompressionConfig& config,
@@ -41,9 +59,9 @@ CompressedKvCache::CompressedKvCache(PagedKvStore& store, const KvModelShape& mo
 CompressedKvCache::CompressedKvCache(const KvModelShape& model, CompressionConfig config,
                                      int64_t max_context, Backend& backend)
     : config_(std::move(config)), backend_(backend) {
-  init(model, max_context);
   owned_store_ = std::make_unique<PagedKvStore>(store_config_for(model, config_, max_context));
   store_ = owned_store_.get();
+  init(model, max_context);
   seq_ = store_->add_sequence();
 }
 
@@ -61,6 +79,12 @@ void CompressedKvCache::init(const KvModelShape& model, int64_t max_context) {
   n_experts_ = model.n_experts;
   sliding_window_ = model.sliding_window;
   rng_.seed(config_.seed);
+  // A byte budget counts whole blocks: each entry takes a slot of block_bytes /
+  // block_size (K, V, position, tag, score), and each (layer, kv-head) list may end
+  // in a partly filled block, up to block_size - 1 slots more.
+  const int block_size = store_->config().block_size;
+  slot_bytes_ = static_cast<double>(store_->pool().block_bytes()) / block_size;
+  block_slack_entries_ = int64_t{block_size - 1} * n_layers_ * n_kv_heads_;
   if (allocator_->needs_profile() && config_.profile == nullptr)
     fail("allocator '{}' needs a calibration profile (make one with `ekva calibrate`, pass it with "
          "--profile)", allocator_->name());
@@ -76,7 +100,8 @@ void CompressedKvCache::init(const KvModelShape& model, int64_t max_context) {
   BudgetShape shape;
   shape.n_layers = n_layers_;
   shape.n_kv_heads = n_kv_heads_;
-  shape.entry_bytes = int64_t{2} * head_dim_ * static_cast<int64_t>(sizeof(float));
+  shape.entry_bytes = static_cast<int64_t>(std::ceil(slot_bytes_));
+  shape.block_slack_entries = block_slack_entries_;
   shape.sequence_tokens = config_.budget.unit == BudgetSpec::Unit::kFraction
                               ? max_context
                               : std::numeric_limits<int32_t>::max();
@@ -84,6 +109,17 @@ void CompressedKvCache::init(const KvModelShape& model, int64_t max_context) {
       std::min<int64_t>(config_.sink_tokens + config_.recent_window, shape.sequence_tokens) *
       n_layers_ * n_kv_heads_;
   if (policy_->name() == "full") shape.protected_entries = 0;
+  if (config_.budget.unit == BudgetSpec::Unit::kFraction && config_.budget.value <= 1.0) {
+    const auto entries = static_cast<int64_t>(config_.budget.value * static_cast<double>(max_context) *
+                                              n_layers_ * n_kv_heads_);
+    if (entries < shape.protected_entries)
+      fail(
+          "budget {}: {} entries of the full cache at the context of {} tokens is below the {} "
+          "protected entries (sinks + recent window: {} per (layer, kv-head)); raise the budget "
+          "or the context, or give tokens",
+          config_.budget.to_string(), entries, max_context, shape.protected_entries,
+          shape.protected_entries / (int64_t{n_layers_} * n_kv_heads_));
+  }
   budget_entries(config_.budget, shape);  // throws for impossible budgets
   budgets_.assign(static_cast<size_t>(n_layers_), {});
   scored_positions_.assign(static_cast<size_t>(n_layers_), {});
@@ -121,7 +157,9 @@ int64_t CompressedKvCache::total_target(int64_t length) const {
   switch (b.unit) {
     case BudgetSpec::Unit::kFraction: total = b.value * static_cast<double>(full); break;
     case BudgetSpec::Unit::kTokens: total = b.value * n_layers_ * n_kv_heads_; break;
-    case BudgetSpec::Unit::kBytes: total = b.value / (2.0 * head_dim_ * sizeof(float)); break;
+    case BudgetSpec::Unit::kBytes:  // the bytes held: slots of whole blocks
+      total = std::floor(b.value / slot_bytes_) - static_cast<double>(block_slack_entries_);
+      break;
   }
   return std::min(full, static_cast<int64_t>(std::floor(total)));
 }
@@ -163,6 +201,7 @@ void CompressedKvCache::score(int layer, std::span<const int32_t> positions, con
   for (int h = 0; h < n_kv_heads_; ++h) {
     runs_.clear();
     store_->view_runs(seq_, layer, h, runs_);
+    coalesce(runs_, D);
     int64_t N = 0;
     for (const EntryRun& r : runs_) N += r.n;
     if (N == 0) continue;

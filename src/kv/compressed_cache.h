@@ -112,6 +112,8 @@ class CompressedKvCache final : public KvCache {
   ScoreSource score_source_ = ScoreSource::kNone;
   int n_layers_ = 0, n_heads_ = 0, n_kv_heads_ = 0, head_dim_ = 0, n_experts_ = 0;
   int64_t sliding_window_ = 0;
+  double slot_bytes_ = 0;           // bytes one entry holds in a block (K, V, metadata)
+  int64_t block_slack_entries_ = 0;  // entries' worth of partly filled blocks, at most
   int64_t allocated_target_ = -1;  // evictable target of the last allocation
   int64_t allocated_length_ = 0;   // sequence length at the last allocation
   std::vector<std::vector<int64_t>> budgets_;

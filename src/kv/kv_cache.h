@@ -55,7 +55,9 @@ class KvCache {
   virtual void view(int layer, int kv_head, std::vector<KvChunk>& out) const = 0;
   // Tokens the sequence has seen (the next position), whether or not they are kept.
   virtual int64_t length() const = 0;
-  // Bytes of K/V storage the live entries occupy.
+  // Bytes of storage the cache holds for the sequence: for a paged cache the whole
+  // blocks (K, V and per-entry metadata, partly filled blocks included), not only
+  // the live entries' K/V.
   virtual size_t bytes_used() const = 0;
   // Forgets everything; the cache can be reused for a new sequence.
   virtual void clear() = 0;

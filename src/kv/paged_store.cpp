@@ -31,8 +31,13 @@ StoreConfig validated(const StoreConfig& c) {
 
 }  // namespace
 
-// Entries of one kv-head in position order: blocks[i] holds entries [i*B, (i+1)*B),
-// so every block is full except the last and there are ceil(n / B) of them.
+// All live entries of one (sequence, layer, kv-head) in position order:
+// blocks[i] holds entries [i*B, (i+1)*B), so every block is full except the last
+// and there are ceil(n / B) of them. One list per (layer, kv-head), whatever the
+// granularity: sinks, evictable entries of every tag and the recent window share
+// it, so a (layer, kv-head) wastes at most one partly filled block (a list per tag
+// plus a block for the sinks and a ring for the window wasted up to 1.5x the live
+// K/V at a 10% budget).
 struct PagedKvStore::BlockList {
   std::vector<int32_t> blocks;
   int64_t n = 0;
@@ -40,34 +45,24 @@ struct PagedKvStore::BlockList {
   Slot at(int64_t i, int64_t B) const { return {blocks[static_cast<size_t>(i / B)], i % B}; }
 };
 
-// A FIFO: entry i sits at slot head + i of the concatenated blocks. Appends fill the
-// tail; graduation pops the head, and the head block goes back once it drains, so
-// the ring holds at most ceil(n / B) + 1 blocks.
-struct PagedKvStore::RecentRing {
-  std::vector<int32_t> blocks;
-  int64_t head = 0;  // [0, B): slot of the oldest entry in blocks[0]
-  int64_t n = 0;
-
-  Slot at(int64_t i, int64_t B) const {
-    return {blocks[static_cast<size_t>((head + i) / B)], (head + i) % B};
-  }
-};
-
-// One (sequence, layer, kv-head).
+// One (sequence, layer, kv-head): entries [0, n_sinks) are the sinks, [n_sinks,
+// evictable_end) the evictable ones, [evictable_end, n) the recent window (and the
+// entries that await tags), both protected.
 struct PagedKvStore::HeadState {
-  BlockList sinks;               // protected: positions < sink_tokens
-  RecentRing recent;             // protected: the last recent_window entries (+ untagged ones)
-  std::vector<BlockList> lists;  // [n_storage_tags] evictable, by storage tag
+  BlockList list;
+  int64_t n_sinks = 0;
+  int64_t evictable_end = 0;
+  std::vector<int64_t> tag_entries;  // [n_storage_tags]: evictable entries per storage tag
 };
 
 struct PagedKvStore::LayerState {
   std::vector<HeadState> heads;  // [n_kv_heads]
   int32_t next_position = 0;     // appended positions must be >= this
-  // The entries of the last append until tag() names their experts: `pending` of
-  // them per kv-head, the first `pending_sinks` at the end of the sink list and the
-  // rest at the tail of the ring, holding positions pending_first..pending_last.
-  // Pending entries do not graduate, so they reach the list of their tag; those of a
-  // dense layer (never tagged) stop pending at the next append, as kNoExpert.
+  // The entries of the last append until tag() names their experts: the last
+  // `pending` of each kv-head's list (the first `pending_sinks` of them sinks),
+  // holding positions pending_first..pending_last. Pending entries stay protected,
+  // so they become evictable with their tag; those of a dense layer (never tagged)
+  // stop pending at the next append, as kNoExpert.
   int64_t pending = 0;
   int64_t pending_sinks = 0;
   int32_t pending_first = 0;
@@ -100,7 +95,7 @@ struct PagedKvStore::Sequence {
       : id(seq_id), cache(store, *this), layers(static_cast<size_t>(store.config_.shape.n_layers)) {
     for (LayerState& L : layers) {
       L.heads.resize(static_cast<size_t>(store.config_.shape.n_kv_heads));
-      for (HeadState& h : L.heads) h.lists.resize(static_cast<size_t>(store.n_storage_tags_));
+      for (HeadState& h : L.heads) h.tag_entries.assign(static_cast<size_t>(store.n_storage_tags_), 0);
     }
   }
 
@@ -117,16 +112,18 @@ void PagedKvStore::SequenceCache::view(int layer, int kv_head, std::vector<KvChu
   EKVA_DCHECK(kv_head >= 0 && kv_head < store_.config_.shape.n_kv_heads, "kv_head {}", kv_head);
   const HeadState& h = s_.layers[static_cast<size_t>(layer)].heads[static_cast<size_t>(kv_head)];
   const BlockPool& pool = store_.pool_;
-  const int64_t D = store_.config_.shape.head_dim;
-  store_.for_each_run(h, kv_head, [&](int, int32_t block, int64_t slot, int64_t n) {
-    out.push_back(
-        {pool.k(block) + slot * D, pool.v(block) + slot * D, pool.positions(block) + slot, n});
-  });
+  // One chunk per block: attention does not care where segments change.
+  const int64_t B = store_.config_.block_size;
+  for (size_t b = 0; b < h.list.blocks.size(); ++b) {
+    const int32_t block = h.list.blocks[b];
+    const int64_t n = std::min(B, h.list.n - static_cast<int64_t>(b) * B);
+    out.push_back({pool.k(block), pool.v(block), pool.positions(block), n});
+  }
 }
 
 int64_t PagedKvStore::SequenceCache::length() const { return s_.length; }
 
-size_t PagedKvStore::SequenceCache::bytes_used() const { return store_.bytes(s_.id).kv; }
+size_t PagedKvStore::SequenceCache::bytes_used() const { return store_.bytes(s_.id).reserved; }
 
 PagedKvStore::PagedKvStore(StoreConfig config)
     : config_(validated(config)),
@@ -218,15 +215,10 @@ void PagedKvStore::append(Sequence& s, int layer, std::span<const int32_t> posit
   while (n_sinks < n && positions[static_cast<size_t>(n_sinks)] < config_.sink_tokens) ++n_sinks;
   for (int h = 0; h < H; ++h) {
     HeadState& hs = L.heads[static_cast<size_t>(h)];
+    hs.n_sinks += n_sinks;
     for (int64_t t = 0; t < n; ++t) {
-      Slot at;
-      if (t < n_sinks) {
-        grow(s, layer, hs.sinks);
-        at = hs.sinks.at(hs.sinks.n - 1, B);
-      } else {
-        grow(s, layer, hs.recent);
-        at = hs.recent.at(hs.recent.n - 1, B);
-      }
+      grow(s, layer, hs.list);
+      const Slot at = hs.list.at(hs.list.n - 1, B);
       const size_t src = static_cast<size_t>((t * H + h) * D);  // k, v: [n, H, D]
       std::memcpy(pool_.k(at.block) + at.index * D, k + src, sizeof(float) * D);
       std::memcpy(pool_.v(at.block) + at.index * D, v + src, sizeof(float) * D);
@@ -268,8 +260,7 @@ void PagedKvStore::tag(Sequence& s, int layer, std::span<const int32_t> position
   const int64_t B = config_.block_size;
   for (HeadState& hs : L.heads) {
     for (int64_t t = 0; t < n; ++t) {
-      const Slot at = t < L.pending_sinks ? hs.sinks.at(hs.sinks.n - L.pending_sinks + t, B)
-                                          : hs.recent.at(hs.recent.n - (n - t), B);
+      const Slot at = hs.list.at(hs.list.n - n + t, B);  // pending entries end the list
       pool_.tags(at.block)[at.index] = experts[t];
     }
   }
@@ -278,23 +269,19 @@ void PagedKvStore::tag(Sequence& s, int layer, std::span<const int32_t> position
   graduate(s, layer);
 }
 
-// Moves the oldest recent entries beyond the window (pending ones excepted) to the
-// tail of the list of their tag; entries graduate in position order, so every list
-// stays sorted by position.
+// Entries older than the recent window (pending ones excepted) become evictable:
+// the evictable range grows at its end, counted per storage tag. Nothing moves.
 void PagedKvStore::graduate(Sequence& s, int layer) {
   LayerState& L = s.layers[static_cast<size_t>(layer)];
   const int64_t pending_recent = L.pending - L.pending_sinks;
   const int64_t B = config_.block_size;
   for (HeadState& hs : L.heads) {
-    RecentRing& ring = hs.recent;
-    while (ring.n > config_.recent_window && ring.n > pending_recent) {
-      const Slot from = ring.at(0, B);
-      const int32_t tag = pool_.tags(from.block)[from.index];
-      BlockList& list = hs.lists[static_cast<size_t>(experts_apart_ ? tag + 1 : 0)];
-      grow(s, layer, list);
-      const Slot to = list.at(list.n - 1, B);
-      move_entries(from.block, from.index, to.block, to.index, 1);
-      pop_front(s, layer, ring);
+    const int64_t recent = std::max<int64_t>(config_.recent_window, pending_recent);
+    const int64_t end = std::max(hs.n_sinks, hs.list.n - recent);
+    hs.evictable_end = std::max(hs.evictable_end, hs.n_sinks);  // sinks are never evictable
+    for (; hs.evictable_end < end; ++hs.evictable_end) {
+      const Slot at = hs.list.at(hs.evictable_end, B);
+      ++hs.tag_entries[static_cast<size_t>(storage_tag_of(pool_.tags(at.block)[at.index]))];
     }
   }
 }
@@ -304,7 +291,9 @@ void PagedKvStore::keep(int seq, int layer, int segment, std::span<const int32_t
   check_layer(layer);
   check_segment(segment);
   int64_t total = 0;
-  for_each_segment_list(s, layer, segment, [&](int, BlockList& list) { total += list.n; });
+  for_each_segment_head(s, layer, segment, [&](int, HeadState& h, int tag) {
+    total += tag < 0 ? h.evictable_end - h.n_sinks : h.tag_entries[static_cast<size_t>(tag)];
+  });
   for (size_t i = 0; i < entries.size(); ++i) {
     if (entries[i] < 0 || entries[i] >= total)
       fail("paged KV store: keep: index {} is out of range ({} entries in segment {} of layer {})",
@@ -314,63 +303,97 @@ void PagedKvStore::keep(int seq, int layer, int segment, std::span<const int32_t
            entries[i], entries[i - 1]);
   }
   size_t i = 0;
-  int64_t offset = 0;  // entry index of the current list's first entry
-  for_each_segment_list(s, layer, segment, [&](int, BlockList& list) {
-    const int64_t end = offset + list.n;
+  int64_t offset = 0;  // segment entry index of the current kv-head's first entry
+  for_each_segment_head(s, layer, segment, [&](int, HeadState& h, int tag) {
+    const int64_t count =
+        tag < 0 ? h.evictable_end - h.n_sinks : h.tag_entries[static_cast<size_t>(tag)];
+    const int64_t end = offset + count;
     size_t j = i;
     while (j < entries.size() && entries[j] < end) ++j;
-    compact(s, layer, list, entries.subspan(i, j - i), offset);
+    compact(s, layer, h, tag, entries.subspan(i, j - i), offset);
     offset = end;
     i = j;
   });
 }
 
-// Survivors move forward to the front of the list in one pass (an entry never moves
-// backward, so nothing is overwritten before it is read), in runs that stay inside
-// one source and one destination block; the blocks past the last survivor go back
-// to the pool.
-void PagedKvStore::compact(Sequence& s, int layer, BlockList& list,
+// Survivors move forward in one pass (an entry never moves backward, so nothing is
+// overwritten before it is read), in runs that stay inside one source and one
+// destination block: the entries of the segment (of `tag`, or all evictable ones
+// when tag < 0) that `entries` names, and every other entry of the list (sinks,
+// other tags, the recent window); the blocks past the last survivor go back to the
+// pool.
+void PagedKvStore::compact(Sequence& s, int layer, HeadState& h, int tag,
                            std::span<const int32_t> entries, int64_t offset) {
   const int64_t B = config_.block_size;
-  int64_t kept = 0;
-  for (size_t i = 0; i < entries.size();) {
-    const int64_t from = entries[i] - offset;
+  BlockList& list = h.list;
+  const int64_t n = list.n;
+  const auto in_segment = [&](int64_t i) {
+    if (i < h.n_sinks || i >= h.evictable_end) return false;
+    if (tag < 0) return true;
+    const Slot at = list.at(i, B);
+    return storage_tag_of(pool_.tags(at.block)[at.index]) == tag;
+  };
+  // Survives: [n] whether entry i of the list stays.
+  std::vector<char> stays(static_cast<size_t>(n), 1);
+  int64_t index = offset;  // segment entry index of the next segment entry
+  size_t next = 0;
+  int64_t removed = 0, removed_evictable = 0, first_removed = n;
+  for (int64_t i = h.n_sinks; i < h.evictable_end; ++i) {
+    if (!in_segment(i)) continue;
+    const bool kept = next < entries.size() && entries[next] == index;
+    if (kept) {
+      ++next;
+    } else {
+      stays[static_cast<size_t>(i)] = 0;
+      ++removed;
+      ++removed_evictable;
+      first_removed = std::min(first_removed, i);
+    }
+    ++index;
+  }
+  if (removed == 0) return;
+  int64_t kept = first_removed;
+  for (int64_t from = first_removed; from < n;) {
+    if (!stays[static_cast<size_t>(from)]) {
+      ++from;
+      continue;
+    }
     const int64_t max_run = std::min(B - from % B, B - kept % B);
     int64_t run = 1;
-    while (run < max_run && i + static_cast<size_t>(run) < entries.size() &&
-           entries[i + static_cast<size_t>(run)] - offset == from + run)
-      ++run;
-    if (from != kept) {
-      const Slot src = list.at(from, B), dst = list.at(kept, B);
-      move_entries(src.block, src.index, dst.block, dst.index, run);
-    }
+    while (run < max_run && from + run < n && stays[static_cast<size_t>(from + run)]) ++run;
+    const Slot src = list.at(from, B), dst = list.at(kept, B);
+    move_entries(src.block, src.index, dst.block, dst.index, run);
     kept += run;
-    i += static_cast<size_t>(run);
+    from += run;
   }
   const auto n_blocks = static_cast<size_t>((kept + B - 1) / B);
   for (size_t b = n_blocks; b < list.blocks.size(); ++b) give_block(s, layer, list.blocks[b]);
   list.blocks.resize(n_blocks);
-  s.entries -= list.n - kept;
-  entries_ -= list.n - kept;
   list.n = kept;
+  h.evictable_end -= removed_evictable;
+  if (tag >= 0) {
+    h.tag_entries[static_cast<size_t>(tag)] -= removed;
+  } else {
+    // Every tag may have lost entries: count the evictable range afresh.
+    std::fill(h.tag_entries.begin(), h.tag_entries.end(), 0);
+    for (int64_t i = h.n_sinks; i < h.evictable_end; ++i) {
+      const Slot at = list.at(i, B);
+      ++h.tag_entries[static_cast<size_t>(storage_tag_of(pool_.tags(at.block)[at.index]))];
+    }
+  }
+  s.entries -= removed;
+  entries_ -= removed;
 }
 
 void PagedKvStore::clear(Sequence& s) {
   for (size_t layer = 0; layer < s.layers.size(); ++layer) {
     LayerState& L = s.layers[layer];
-    const auto release = [&](std::vector<int32_t>& blocks) {
-      for (int32_t b : blocks) give_block(s, static_cast<int>(layer), b);
-      blocks.clear();
-    };
     for (HeadState& hs : L.heads) {
-      release(hs.sinks.blocks);
-      hs.sinks.n = 0;
-      release(hs.recent.blocks);
-      hs.recent = {};
-      for (BlockList& list : hs.lists) {
-        release(list.blocks);
-        list.n = 0;
-      }
+      for (int32_t b : hs.list.blocks) give_block(s, static_cast<int>(layer), b);
+      hs.list = {};
+      hs.n_sinks = 0;
+      hs.evictable_end = 0;
+      std::fill(hs.tag_entries.begin(), hs.tag_entries.end(), 0);
     }
     L.next_position = 0;
     L.pending = 0;
@@ -400,26 +423,6 @@ void PagedKvStore::grow(Sequence& s, int layer, BlockList& list) {
   ++list.n;
 }
 
-void PagedKvStore::grow(Sequence& s, int layer, RecentRing& ring) {
-  if (ring.head + ring.n == static_cast<int64_t>(ring.blocks.size()) * config_.block_size)
-    ring.blocks.push_back(take_block(s, layer));
-  ++ring.n;
-}
-
-void PagedKvStore::pop_front(Sequence& s, int layer, RecentRing& ring) {
-  ++ring.head;
-  --ring.n;
-  if (ring.n == 0) {  // the tail block drained too
-    for (int32_t b : ring.blocks) give_block(s, layer, b);
-    ring.blocks.clear();
-    ring.head = 0;
-  } else if (ring.head == config_.block_size) {
-    give_block(s, layer, ring.blocks.front());
-    ring.blocks.erase(ring.blocks.begin());  // a few block ids: ceil(window / B) + 1
-    ring.head = 0;
-  }
-}
-
 void PagedKvStore::move_entries(int32_t src, int64_t src_slot, int32_t dst, int64_t dst_slot,
                                 int64_t n) const {
   const auto D = static_cast<size_t>(config_.shape.head_dim);
@@ -434,31 +437,33 @@ void PagedKvStore::move_entries(int32_t src, int64_t src_slot, int32_t dst, int6
 
 template <typename Fn>
 void PagedKvStore::for_each_run(const HeadState& h, int kv_head, Fn&& fn) const {
+  // Runs end at block ends and where the segment changes: sinks, each evictable
+  // stretch of one segment, the recent window.
   const int64_t B = config_.block_size;
-  const auto list_runs = [&](const BlockList& list, int segment) {
-    for (size_t b = 0; b < list.blocks.size(); ++b)
-      fn(segment, list.blocks[b], int64_t{0}, std::min(B, list.n - static_cast<int64_t>(b) * B));
+  const BlockList& list = h.list;
+  const auto segment_at = [&](int64_t i) {
+    if (i < h.n_sinks || i >= h.evictable_end) return kProtectedSegment;
+    if (!experts_apart_) return segment_of(kv_head, 0);
+    const Slot at = list.at(i, B);
+    return segment_of(kv_head, storage_tag_of(pool_.tags(at.block)[at.index]));
   };
-  list_runs(h.sinks, kProtectedSegment);
-  int64_t slot = h.recent.head;
-  int64_t left = h.recent.n;
-  for (size_t b = 0; left > 0; ++b) {
-    const int64_t n = std::min(B - slot, left);
-    fn(kProtectedSegment, h.recent.blocks[b], slot, n);
-    left -= n;
-    slot = 0;
+  for (int64_t i = 0; i < list.n;) {
+    const int segment = segment_at(i);
+    const int64_t block_end = std::min(list.n, (i / B + 1) * B);
+    int64_t j = i + 1;
+    while (j < block_end && segment_at(j) == segment) ++j;
+    fn(segment, list.blocks[static_cast<size_t>(i / B)], i % B, j - i);
+    i = j;
   }
-  for (size_t t = 0; t < h.lists.size(); ++t)
-    list_runs(h.lists[t], segment_of(kv_head, static_cast<int>(t)));
 }
 
 template <typename Fn>
-void PagedKvStore::for_each_segment_list(Sequence& s, int layer, int segment, Fn&& fn) const {
+void PagedKvStore::for_each_segment_head(Sequence& s, int layer, int segment, Fn&& fn) const {
   LayerState& L = s.layers[static_cast<size_t>(layer)];
   const int first = heads_apart_ ? segment / n_storage_tags_ : 0;
   const int last = heads_apart_ ? first : config_.shape.n_kv_heads - 1;
-  const auto storage_tag = static_cast<size_t>(segment % n_storage_tags_);
-  for (int h = first; h <= last; ++h) fn(h, L.heads[static_cast<size_t>(h)].lists[storage_tag]);
+  const int tag = experts_apart_ ? segment % n_storage_tags_ : -1;
+  for (int h = first; h <= last; ++h) fn(h, L.heads[static_cast<size_t>(h)], tag);
 }
 
 EntryRun PagedKvStore::run(int segment, int kv_head, int32_t block, int64_t slot, int64_t n) const {
@@ -476,11 +481,28 @@ EntryRun PagedKvStore::run(int segment, int kv_head, int32_t block, int64_t slot
 void PagedKvStore::segments(int seq, int layer, std::vector<SegmentInfo>& out) const {
   Sequence& s = sequence(seq);
   check_layer(layer);
+  const int64_t B = config_.block_size;
   for (int id = 0; id < n_segments(); ++id) {
     SegmentInfo info{id, segment_key(layer, id), 0, 0};
-    for_each_segment_list(s, layer, id, [&](int, BlockList& list) {
-      info.n_entries += list.n;
-      info.n_blocks += static_cast<int64_t>(list.blocks.size());
+    for_each_segment_head(s, layer, id, [&](int, HeadState& h, int tag) {
+      if (tag < 0) {
+        info.n_entries += h.evictable_end - h.n_sinks;
+        if (h.evictable_end > h.n_sinks)
+          info.n_blocks += (h.evictable_end - 1) / B - h.n_sinks / B + 1;
+        return;
+      }
+      const int64_t n = h.tag_entries[static_cast<size_t>(tag)];
+      info.n_entries += n;
+      if (n == 0) return;
+      // Blocks holding at least one of its entries (they share blocks with other tags).
+      int64_t last_block = -1;
+      for (int64_t i = h.n_sinks; i < h.evictable_end; ++i) {
+        const Slot at = h.list.at(i, B);
+        if (i / B != last_block && storage_tag_of(pool_.tags(at.block)[at.index]) == tag) {
+          ++info.n_blocks;
+          last_block = i / B;
+        }
+      }
     });
     if (info.n_entries > 0) out.push_back(info);
   }
@@ -490,11 +512,10 @@ void PagedKvStore::segment_runs(int seq, int layer, int segment, std::vector<Ent
   Sequence& s = sequence(seq);
   check_layer(layer);
   check_segment(segment);
-  const int64_t B = config_.block_size;
-  for_each_segment_list(s, layer, segment, [&](int h, BlockList& list) {
-    for (size_t b = 0; b < list.blocks.size(); ++b)
-      out.push_back(
-          run(segment, h, list.blocks[b], 0, std::min(B, list.n - static_cast<int64_t>(b) * B)));
+  for_each_segment_head(s, layer, segment, [&](int h, HeadState& hs, int) {
+    for_each_run(hs, h, [&](int run_segment, int32_t block, int64_t slot, int64_t n) {
+      if (run_segment == segment) out.push_back(run(segment, h, block, slot, n));
+    });
   });
 }
 
@@ -517,18 +538,13 @@ int64_t PagedKvStore::protected_entries(int seq, int layer, int kv_head) const {
     fail("paged KV store: kv-head {} is out of range (0..{})", kv_head,
          config_.shape.n_kv_heads - 1);
   const HeadState& h = s.layers[static_cast<size_t>(layer)].heads[static_cast<size_t>(kv_head)];
-  return h.sinks.n + h.recent.n;
+  return h.n_sinks + (h.list.n - h.evictable_end);
 }
 
 void PagedKvStore::blocks(int seq, std::vector<int32_t>& out) const {
   const Sequence& s = sequence(seq);
   for (const LayerState& L : s.layers) {
-    for (const HeadState& h : L.heads) {
-      out.insert(out.end(), h.sinks.blocks.begin(), h.sinks.blocks.end());
-      out.insert(out.end(), h.recent.blocks.begin(), h.recent.blocks.end());
-      for (const BlockList& list : h.lists)
-        out.insert(out.end(), list.blocks.begin(), list.blocks.end());
-    }
+    for (const HeadState& h : L.heads) out.insert(out.end(), h.list.blocks.begin(), h.list.blocks.end());
   }
 }
 
@@ -541,11 +557,7 @@ int PagedKvStore::defragment() {
     for (const auto& s : sequences_) {
       if (!s) continue;
       for (LayerState& L : s->layers) {
-        for (HeadState& h : L.heads) {
-          move_out(h.sinks.blocks);
-          move_out(h.recent.blocks);
-          for (BlockList& list : h.lists) move_out(list.blocks);
-        }
+        for (HeadState& h : L.heads) move_out(h.list.blocks);
       }
     }
   }

@@ -4,24 +4,25 @@
 // unchanged; eviction goes through one call per segment (keep) that compacts the
 // survivors and returns the emptied blocks to the pool.
 //
-// Per (sequence, layer, kv-head) the entries live in:
+// Per (sequence, layer, kv-head) all entries live in one block list in position
+// order, every block full except the last:
 //   - the protected segment, never evicted: the attention sinks (positions <
-//     sink_tokens, a block list of their own) and the recent window (the last
-//     recent_window entries, a FIFO ring of blocks). New entries enter the ring
-//     untagged; when it overflows, its oldest entries graduate into the list of
-//     their expert tag. Untagged entries never graduate, so between append and
-//     tag the ring may hold a whole prompt longer than the window.
-//   - evictable lists, one per storage tag: entries in position order, every block
-//     full except the last one.
+//     sink_tokens, the head of the list) and the recent window (its last
+//     recent_window entries). New entries enter the window untagged; entries
+//     older than the window become evictable once tagged. Untagged entries stay in
+//     the window, so between append and tag it may hold a whole prompt.
+//   - the evictable entries between them, each with its storage tag.
 // Entries keep their original positions (RoPE is applied at write, never redone).
 //
-// Granularity decides the budget key, i.e. which entries form one segment. K/V stay
-// per kv-head physically (attention reads one kv-head's entries), so collapsing
-// kv-heads makes a segment span the lists of several kv-heads. Collapsing experts
-// stores all tags of a (layer, kv-head) in one list (the tag stays in each entry's
-// metadata): one list per tag would only add a partly filled tail block per tag, up
-// to (n_experts + 1) x block_size wasted slots per kv-head, and more, shorter chunks
-// for attention to read.
+// Granularity decides the budget key, i.e. which entries form one segment: the
+// evictable entries of one (layer, kv-head, tag), of all tags of a (layer,
+// kv-head), or of several kv-heads. A segment is thus a subset of the lists it
+// spans, not a list of its own: one list per tag wasted a partly filled tail block
+// per tag, plus one for 4 sinks and up to two for the window (1.5x the live K/V at
+// a 10% budget on the shipped model), where one list wastes at most one block per
+// (layer, kv-head). It also gives attention fewer, longer chunks. The price is that
+// an eviction compacts the rest of the list (the entries after the first evicted
+// one), which the amortised eviction (in chunks, not every step) pays for.
 //
 // Not thread-safe: the sequences share one pool, so calls (forward passes of
 // different sequences included) must not overlap.
@@ -73,14 +74,14 @@ struct SegmentInfo {
   int id = 0;  // 0..n_segments()-1, the same key for the same id in every sequence
   SegmentKey key;
   int64_t n_entries = 0;
-  int64_t n_blocks = 0;
+  int64_t n_blocks = 0;  // blocks holding at least one of its entries (shared with other segments)
 };
 
 // Entries of one (sequence, layer, kv-head) that sit contiguously in one block, with
-// their metadata. Runs are listed in a fixed order (view_runs: the order of view's
-// chunks; segment_runs: the order keep's entry indices count in), so a policy can
-// line its per-entry scores up with them. Valid until the next call that changes
-// the sequence.
+// their metadata and one segment. Runs are listed in a fixed order (view_runs: the
+// entries of view's chunks in order, a chunk split where the segment changes;
+// segment_runs: the order keep's entry indices count in), so a policy can line its
+// per-entry scores up with them. Valid until the next call that changes the sequence.
 struct EntryRun {
   int segment = kProtectedSegment;  // segment id, or kProtectedSegment
   int kv_head = 0;
@@ -95,7 +96,7 @@ struct EntryRun {
 struct StoreBytes {
   size_t kv = 0;        // live entries x 2 x head_dim x sizeof(float)
   size_t metadata = 0;  // live entries x (position + tag + score)
-  size_t reserved = 0;  // blocks in use x block bytes
+  size_t reserved = 0;  // blocks in use x block bytes: what the sequence holds (KvCache::bytes_used)
   // Reserved over K/V bytes, minus one: the slack of partly filled blocks plus the
   // metadata.
   double paging_waste() const {
@@ -127,13 +128,14 @@ class PagedKvStore {
   // Appends the runs of a segment in entry order: its kv-heads ascending, each in
   // position order. Entry index i of keep() is the i-th entry of these runs.
   void segment_runs(int seq, int layer, int segment, std::vector<EntryRun>& out);
-  // Appends the runs of (seq, layer, kv_head), protected ones included, in the order
-  // of the chunks view() gives.
+  // Appends the runs of (seq, layer, kv_head), protected ones included, in position
+  // order (the entries of view()'s chunks, in order, split where the segment changes).
   void view_runs(int seq, int layer, int kv_head, std::vector<EntryRun>& out);
   // Commits an eviction: the segment keeps exactly the entries at `entries`
-  // (strictly increasing indices into its entry order), compacted into the fewest
-  // blocks in their original order with their metadata; the emptied blocks go back
-  // to the pool. A bad index changes nothing and throws.
+  // (strictly increasing indices into its entry order); each list it spans is
+  // compacted into the fewest blocks, every entry in its original order with its
+  // metadata; the emptied blocks go back to the pool. A bad index changes nothing
+  // and throws.
   void keep(int seq, int layer, int segment, std::span<const int32_t> entries);
   // Sinks plus recent entries of (seq, layer, kv_head).
   int64_t protected_entries(int seq, int layer, int kv_head) const;
@@ -156,7 +158,6 @@ class PagedKvStore {
   class SequenceCache;
   struct Sequence;
   struct BlockList;
-  struct RecentRing;
   struct HeadState;
   struct LayerState;
 
@@ -166,35 +167,39 @@ class PagedKvStore {
   int segment_of(int kv_head, int storage_tag) const {
     return (heads_apart_ ? kv_head : 0) * n_storage_tags_ + storage_tag;
   }
+  // The storage tag of an entry's expert tag: expert + 1 (0: untagged), or 0 when
+  // experts are collapsed.
+  int storage_tag_of(int32_t expert) const { return experts_apart_ ? expert + 1 : 0; }
   void append(Sequence& s, int layer, std::span<const int32_t> positions, const float* k,
               const float* v);
   void tag(Sequence& s, int layer, std::span<const int32_t> positions, const int32_t* experts);
   void graduate(Sequence& s, int layer);
-  void compact(Sequence& s, int layer, BlockList& list, std::span<const int32_t> entries,
+  // Keeps, of the segment's entries in list h (those of storage tag `tag`, or every
+  // evictable one for tag < 0), the ones `entries` names (segment indices, the first
+  // of h being `offset`).
+  void compact(Sequence& s, int layer, HeadState& h, int tag, std::span<const int32_t> entries,
                int64_t offset);
   void clear(Sequence& s);
   int32_t take_block(Sequence& s, int layer);
   void give_block(Sequence& s, int layer, int32_t block);
   // Room for one more entry at the tail: a new block when the last one is full.
   void grow(Sequence& s, int layer, BlockList& list);
-  void grow(Sequence& s, int layer, RecentRing& ring);
-  // Drops the oldest entry of the ring, returning its block once drained.
-  void pop_front(Sequence& s, int layer, RecentRing& ring);
   // Copies n entries with their metadata; src and dst may overlap within a block.
   void move_entries(int32_t src, int64_t src_slot, int32_t dst, int64_t dst_slot, int64_t n) const;
   // fn(segment, block, first slot, n) for the runs of one (layer, kv-head), in view order.
   template <typename Fn>
   void for_each_run(const HeadState& h, int kv_head, Fn&& fn) const;
-  // fn(kv_head, list) for the lists of a segment, in its entry order.
+  // fn(kv_head, head state, storage tag or -1 for all) for the kv-heads a segment
+  // spans, in its entry order.
   template <typename Fn>
-  void for_each_segment_list(Sequence& s, int layer, int segment, Fn&& fn) const;
+  void for_each_segment_head(Sequence& s, int layer, int segment, Fn&& fn) const;
   EntryRun run(int segment, int kv_head, int32_t block, int64_t slot, int64_t n) const;
 
   StoreConfig config_;
   BlockPool pool_;
   bool heads_apart_;    // segments keep kv-heads apart
   bool experts_apart_;  // segments (and evictable lists) keep expert tags apart
-  int n_storage_tags_;  // evictable lists per (layer, kv-head): n_experts + 1 or 1
+  int n_storage_tags_;  // segments per (layer, kv-head): n_experts + 1 tags, or 1
   std::vector<std::unique_ptr<Sequence>> sequences_;  // [seq id]; null: removed
   std::vector<int64_t> layer_blocks_;                 // [n_layers] blocks in use per layer
   int64_t entries_ = 0;                               // live entries of all sequences
