@@ -2,9 +2,9 @@
 // parallel_for calls of a few microseconds of work each (a decode step of the
 // shipped tiny model is ~110 calls in ~3 ms).
 //
-// Each call splits `--items` items whose total single-thread work is `--work-us`
-// microseconds (a dependent multiply-add chain, calibrated on this machine before
-// timing). The run is `--rounds` rounds of `--calls` calls; a round's time per call
+// Each call splits `--items` items of `--item-iters` steps of a dependent
+// multiply-add chain each (fixed, so that runs of different builds do the same
+// work; the default is ~10 us a call single-threaded on a 2-3 GHz core). The run is `--rounds` rounds of `--calls` calls; a round's time per call
 // is reported as its median over rounds and min..max, together with the serial
 // cost of the same work, the ideal (serial / threads), and what the process got
 // from the machine over the round: CPU share (CPU time / wall / threads) and
@@ -13,7 +13,7 @@
 // degrades gracefully stays near serial time when a core is taken, rather than
 // falling to the scheduler's time slice per call.
 //
-//   ekva_bench_thread_pool [-t 2] [--calls 20000] [--rounds 5] [--work-us 10] [--items 64]
+//   ekva_bench_thread_pool [-t 2] [--calls 20000] [--rounds 5] [--items 64] [--item-iters 100]
 #include <algorithm>
 #include <chrono>
 #include <fstream>
@@ -74,29 +74,17 @@ struct Round {
 int main(int argc, char** argv) {
   CLI::App app{"EKVA thread pool benchmark: many tiny parallel_for calls"};
   int threads = 0, calls = 20000, rounds = 5, items = 64;
-  double work_us = 10.0;
+  int64_t iters_per_item = 100;
   app.add_option("-t,--threads", threads, "Threads, counting the caller (0 = one per core)");
   app.add_option("--calls", calls, "parallel_for calls per round")->check(CLI::PositiveNumber);
   app.add_option("--rounds", rounds, "Rounds (each reported, median and range printed)")
       ->check(CLI::PositiveNumber);
   app.add_option("--items", items, "Items per call")->check(CLI::PositiveNumber);
-  app.add_option("--work-us", work_us, "Single-thread work per call, microseconds")
+  app.add_option("--item-iters", iters_per_item, "Multiply-add steps per item")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if (threads == 0) threads = ekva::default_thread_count();
-
-  // Calibrate multiply-adds per microsecond (best of several, so that a preempted
-  // calibration run does not inflate the work).
-  double per_us = 0;
-  for (int i = 0; i < 20; ++i) {
-    const int64_t probe = 200000;
-    const auto t0 = Clock::now();
-    volatile double keep = spin_work(probe, 1.0);
-    (void)keep;
-    per_us = std::max(per_us, static_cast<double>(probe) / (seconds_since(t0) * 1e6));
-  }
-  const auto iters_per_item = std::max<int64_t>(1, static_cast<int64_t>(per_us * work_us / items));
 
   // Serial cost of one call's work, best of 200 calls.
   double serial_us = 1e30;

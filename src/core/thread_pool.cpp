@@ -26,7 +26,7 @@ using Clock = std::chrono::steady_clock;
 // Chunks per share: enough that a running thread can take over most of a late
 // thread's share, few enough that claiming (one uncontended CAS on the owner's
 // cache line) stays a small part of a ~10 us loop.
-constexpr int kChunksPerShare = 8;
+constexpr int kChunksPerShare = 4;
 
 // How long a waiting thread spins on pause, then on sched_yield, before it sleeps
 // on a futex. The pause phase covers the gap between the matmuls of a decode step
@@ -34,7 +34,7 @@ constexpr int kChunksPerShare = 8;
 // a futex wake-up inside a step; the yield phase hands the core to whatever else
 // is runnable on it (another process, or the very thread we wait for) while still
 // catching a loop that starts soon; past it the thread sleeps and its core is free.
-constexpr auto kWorkerPause = std::chrono::microseconds(50);
+constexpr auto kWorkerPause = std::chrono::microseconds(200);
 constexpr auto kWorkerYield = std::chrono::microseconds(500);
 // The caller waits only for chunks that have started (the rest it runs itself),
 // so a long wait means the thread running one was preempted: stop spinning soon,

@@ -52,10 +52,14 @@ class ThreadPool {
   //    ranges already running and then rethrows the first exception in the caller;
   //    the pool stays usable.
   //  - One loop at a time: calling parallel_for from two outside threads at once on
-  //    the same pool is an error (it throws).
+  //    the same pool of two or more threads is an error (it throws).
   template <typename Fn>
   void parallel_for(int64_t n, Fn&& fn) {
     if (n <= 0) return;
+    if (n_threads_ == 1) {  // inline, so that fn can be inlined too
+      fn(int64_t{0}, n, 0);
+      return;
+    }
     auto trampoline = [](void* ctx, int64_t begin, int64_t end, int thread) {
       (*static_cast<std::remove_reference_t<Fn>*>(ctx))(begin, end, thread);
     };
