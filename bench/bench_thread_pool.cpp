@@ -4,14 +4,15 @@
 //
 // Each call splits `--items` items of `--item-iters` steps of a dependent
 // multiply-add chain each (fixed, so that runs of different builds do the same
-// work; the default is ~10 us a call single-threaded on a 2-3 GHz core). The run is `--rounds` rounds of `--calls` calls; a round's time per call
-// is reported as its median over rounds and min..max, together with the serial
-// cost of the same work, the ideal (serial / threads), and what the process got
-// from the machine over the round: CPU share (CPU time / wall / threads) and
-// involuntary context switches. On a shared host run it with and without a
-// competing process (e.g. `timeout 20 sh -c 'while :; do :; done' &`): a pool that
-// degrades gracefully stays near serial time when a core is taken, rather than
-// falling to the scheduler's time slice per call.
+// work; the default is ~10 us a call single-threaded on a 2-3 GHz core). The run
+// is `--rounds` rounds of `--calls` calls; a round's time per call is reported as
+// its median over rounds and min..max, together with the serial cost of the same
+// work, the ideal (serial / threads), and what the process got from the machine
+// over the round: CPU share (CPU time / wall / threads) and involuntary context
+// switches. On a shared host run it with and without a competing process (e.g.
+// `timeout 20 sh -c 'while :; do :; done' &`): a pool that degrades gracefully
+// stays near serial time when a core is taken, rather than falling to the
+// scheduler's time slice per call.
 //
 //   ekva_bench_thread_pool [-t 2] [--calls 20000] [--rounds 5] [--items 64] [--item-iters 100]
 #include <algorithm>
