@@ -5,7 +5,7 @@
 # presence is only reported), runs the correctness checker, compute-sanitizer memcheck
 # and racecheck on small cases, and the benchmark. Everything goes under $OUT:
 #   summary.txt               one PASS/FAIL/SKIP line per step, the verdict last
-#   env.txt, main_build_deps.txt, build.txt, check.txt, memcheck.txt, racecheck.txt,
+#   env.txt, main_build_deps.txt, build.txt, resource_usage.txt, check.txt, memcheck.txt, racecheck.txt,
 #   bench.txt, bench_cuda_attention.json (device, date, commit, ceiling, per case)
 # Each step has a time limit and the script skips what no longer fits in 7 minutes.
 # Exit status: 0 when every step that ran passed.
@@ -48,6 +48,15 @@ step() {
   return $rc
 }
 
+# The toolkit's folder may be off the PATH; compute-sanitizer may sit beside nvcc or in its own folder.
+[ -d /usr/local/cuda/bin ] && export PATH=$PATH:/usr/local/cuda/bin
+SANITIZER=$(command -v compute-sanitizer || true)
+for cand in /usr/local/cuda/compute-sanitizer/compute-sanitizer /usr/local/cuda/bin/compute-sanitizer \
+  /opt/nvidia/compute-sanitizer/compute-sanitizer; do
+  [ -z "$SANITIZER" ] && [ -x "$cand" ] && SANITIZER=$cand
+done
+[ -z "$SANITIZER" ] && SANITIZER=$(find /usr/local /opt -maxdepth 4 -name compute-sanitizer -type f -perm -u+x 2>/dev/null | head -1)
+
 COMMIT=${EKVA_COMMIT:-$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)}
 {
   echo "commit: $COMMIT"
@@ -57,7 +66,7 @@ COMMIT=${EKVA_COMMIT:-$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknow
   echo; command -v cmake && cmake --version | head -1
   echo; command -v ninja && ninja --version
   echo; command -v g++ && g++ --version | head -1
-  echo; command -v compute-sanitizer && compute-sanitizer --version | head -3
+  echo; echo "compute-sanitizer: ${SANITIZER:-not found}"; [ -n "$SANITIZER" ] && "$SANITIZER" --version | head -3
   echo; nproc
 } > "$OUT/env.txt" 2>&1
 say "commit $COMMIT; $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)"
@@ -89,15 +98,19 @@ fi
 CHECK=$BUILD/ekva_cuda_attention_check
 BENCH=$BUILD/ekva_bench_cuda_attention
 
+# Registers, shared memory and spills per kernel (informational).
+command -v cuobjdump > /dev/null &&
+  cuobjdump --dump-resource-usage "$BUILD/libekva_attention.a" > "$OUT/resource_usage.txt" 2>&1
+
 step "correctness: all cases vs ref::attention, per request, graph replay" 90 "$OUT/check.txt" "$CHECK"
 grep -E '^(PASS|FAIL)' "$OUT/check.txt" | sed 's/^/    /' >> "$OUT/summary.txt"
 
-if command -v compute-sanitizer > /dev/null; then
+if [ -n "$SANITIZER" ]; then
   step "compute-sanitizer memcheck (small cases)" 75 "$OUT/memcheck.txt" \
-    compute-sanitizer --tool memcheck --error-exitcode 3 --leak-check full "$CHECK" --small
+    "$SANITIZER" --tool memcheck --error-exitcode 3 --leak-check full "$CHECK" --small
   grep -E 'ERROR SUMMARY' "$OUT/memcheck.txt" | tail -1 | sed 's/^/    /' >> "$OUT/summary.txt"
   step "compute-sanitizer racecheck (3 small cases)" 75 "$OUT/racecheck.txt" \
-    compute-sanitizer --tool racecheck --racecheck-report all --error-exitcode 3 "$CHECK" --small \
+    "$SANITIZER" --tool racecheck --racecheck-report all --error-exitcode 3 "$CHECK" --small \
     --case d64_g1_scored_paged --case d128_g8_window_scored_fine --case d64_g7_odd_group_window
   grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.txt" | tail -1 | sed 's/^/    /' >> "$OUT/summary.txt"
 else
