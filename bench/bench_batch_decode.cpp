@@ -46,7 +46,8 @@ size_t available_memory() {
 
 int main(int argc, char** argv) {
   CLI::App app{"EKVA CPU batched decode: aggregate tokens/s against batch size and KV budget"};
-  std::string model_dir, json_out, commit = "unknown", policy = "snapkv", allocator = "uniform";
+  std::string model_dir, json_out, commit = "unknown", allocator = "uniform";
+  std::vector<std::string> policies = {"snapkv"};
   int64_t context = 4096;
   int steps = 6, threads = 0;
   std::vector<int> batches = {1, 4, 16, 64};
@@ -55,7 +56,9 @@ int main(int argc, char** argv) {
   app.add_option("--context", context, "Tokens in every sequence's cache before decoding")->check(CLI::PositiveNumber);
   app.add_option("--batches", batches, "Batch sizes")->delimiter(',');
   app.add_option("--budgets", budgets, "KV budgets (100% = the full cache)")->delimiter(',');
-  app.add_option("--policy", policy, "Policy of the compressed rows")->capture_default_str();
+  app.add_option("--policies", policies,
+                 "Policies of the compressed rows (several: the scoring overhead against the first)")
+      ->delimiter(',');
   app.add_option("--allocator", allocator, "Allocator of the compressed rows")->capture_default_str();
   app.add_option("--steps", steps, "Timed decode steps per row")->check(CLI::PositiveNumber);
   app.add_option("-t,--threads", threads, "Threads (0 = one per core)");
@@ -86,8 +89,9 @@ int main(int argc, char** argv) {
 
     nlohmann::json rows = nlohmann::json::array();
     for (const std::string& budget : budgets) {
-      const ekva::BudgetSpec spec = ekva::BudgetSpec::parse(budget);
-      const bool full = spec.unit == ekva::BudgetSpec::Unit::kFraction && spec.value == 1.0;
+     const ekva::BudgetSpec spec = ekva::BudgetSpec::parse(budget);
+     const bool full = spec.unit == ekva::BudgetSpec::Unit::kFraction && spec.value == 1.0;
+     for (const std::string& policy : full ? std::vector<std::string>{"full"} : policies) {
       ekva::CompressionConfig cc;
       cc.policy = policy;
       cc.allocator = allocator;
@@ -162,20 +166,29 @@ int main(int argc, char** argv) {
         row["kv_bytes_per_step"] = static_cast<double>(kv_bytes) / steps;
         row["read_gb_per_s"] = static_cast<double>(bytes) / steps / med / 1e9;
         row["kv_bytes_held"] = kv_held;
-        fmt::print("batch {:3d} {:>5}  step {:7.1f} ms ({:.1f}-{:.1f}) | {:7.1f} tok/s | {:7.1f} MB read per step "
+        fmt::print("batch {:3d} {:>5} {:>7} step {:7.1f} ms ({:.1f}-{:.1f}) | {:7.1f} tok/s | {:7.1f} MB read per step "
                    "({:.1f} weights + {:.1f} KV) = {:.1f} GB/s | KV held {:.1f} MB\n",
-                   B, budget, med * 1e3, lo * 1e3, hi * 1e3, B / med, static_cast<double>(bytes) / steps / 1e6,
+                   B, budget, policy, med * 1e3, lo * 1e3, hi * 1e3, B / med, static_cast<double>(bytes) / steps / 1e6,
                    static_cast<double>(weight_bytes) / steps / 1e6, static_cast<double>(kv_bytes) / steps / 1e6,
                    static_cast<double>(bytes) / steps / med / 1e9, static_cast<double>(kv_held) / 1e6);
         rows.push_back(row);
       }
+     }
     }
     // Speed-up of each batch over batch 1 at the same budget.
     for (auto& row : rows) {
       if (!row.contains("tokens_per_s")) continue;
       for (const auto& base : rows)
-        if (base.value("batch", 0) == 1 && base["budget"] == row["budget"] && base.contains("tokens_per_s"))
+        if (base.value("batch", 0) == 1 && base["budget"] == row["budget"] && base["method"] == row["method"] &&
+            base.contains("tokens_per_s"))
           row["speedup_over_batch_1"] = row["tokens_per_s"].get<double>() / base["tokens_per_s"].get<double>();
+      // Scoring overhead: the step against the first policy's at the same batch and budget.
+      for (const auto& base : rows)
+        if (row["method"] != "full" && base["method"] == allocator + ":" + policies.front() &&
+            base["batch"] == row["batch"] && base["budget"] == row["budget"] && base.contains("step_ms_median") &&
+            row["method"] != base["method"])
+          row["overhead_pct_vs_" + policies.front()] =
+              100.0 * (row["step_ms_median"].get<double>() / base["step_ms_median"].get<double>() - 1.0);
     }
     if (!json_out.empty()) {
       nlohmann::json j;

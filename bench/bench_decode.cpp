@@ -6,7 +6,7 @@
 // KV entries attention visits) over the step's time, as a fraction of (1).
 //
 // On a shared host the two do not suffer alike from other load: a decode step makes
-// about a hundred parallel_for calls (one per matmul, statically split), each of
+// about a hundred parallel_for calls (one per matmul, split into per-thread shares), each of
 // which waits for its slowest thread, while a bandwidth run is one call. So a step
 // during which a thread of ours was preempted reads as slow memory when it was a
 // busy CPU. Every sample (bandwidth run or decode step) therefore records the CPU

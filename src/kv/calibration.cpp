@@ -21,8 +21,8 @@ std::vector<double> coverage_fractions() {
 }
 
 // Queries per block of attention rows. Work items pair block b with block
-// n_blocks - 1 - b so that each does about the same causal work (the pool splits
-// items statically into equal ranges).
+// n_blocks - 1 - b so that each does about the same causal work (the pool gives
+// each thread an equal contiguous share of items first).
 constexpr int64_t kQueryBlock = 16;
 // Keys per tile of the score computation: one tile of K^T [head_dim, kKeyTile]
 // (128 KiB at head_dim 64) stays in L2 while the group's query heads read it, and

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -129,6 +130,7 @@ void CompressedKvCache::init(const KvModelShape& model, int64_t max_context) {
   budget_entries(config_.budget, shape);  // throws for impossible budgets
   budgets_.assign(static_cast<size_t>(n_layers_), {});
   scored_positions_.assign(static_cast<size_t>(n_layers_), {});
+  scored_by_attention_.assign(static_cast<size_t>(n_layers_), 0);
 }
 
 void CompressedKvCache::append(int layer, std::span<const int32_t> positions, const float* k,
@@ -151,6 +153,7 @@ void CompressedKvCache::clear() {
   store_->cache(seq_).clear();
   budgets_.assign(static_cast<size_t>(n_layers_), {});
   scored_positions_.assign(static_cast<size_t>(n_layers_), {});
+  scored_by_attention_.assign(static_cast<size_t>(n_layers_), 0);
   allocated_target_ = -1;
   allocated_length_ = 0;
   stats_ = {};
@@ -177,9 +180,24 @@ int64_t CompressedKvCache::protected_total() const {
   return n;
 }
 
+int64_t CompressedKvCache::scored_queries(int layer, std::span<const int32_t> positions) {
+  if (score_source_ == ScoreSource::kNone) return 0;
+  const auto T = static_cast<int64_t>(positions.size());
+  const int64_t first =
+      score_source_ == ScoreSource::kObservationWindow ? std::max<int64_t>(0, T - config_.observation_window) : 0;
+  auto& scored = scored_positions_[static_cast<size_t>(layer)];
+  scored.insert(scored.end(), positions.begin() + first, positions.end());
+  scored_by_attention_[static_cast<size_t>(layer)] = 1;
+  return T - first;
+}
+
 void CompressedKvCache::observe_queries(int layer, std::span<const int32_t> positions,
                                         const float* q) {
   if (score_source_ == ScoreSource::kNone) return;
+  // The attention op of this forward call scores these queries itself (asked by
+  // scored_queries); only a caller that shows queries without running attention
+  // (a replayed recording) gets the scoring pass below.
+  if (std::exchange(scored_by_attention_[static_cast<size_t>(layer)], 0) != 0) return;
   const auto T = static_cast<int64_t>(positions.size());
   const int64_t first =
       score_source_ == ScoreSource::kObservationWindow ? std::max<int64_t>(0, T - config_.observation_window) : 0;

@@ -71,6 +71,7 @@ class CompressedKvCache final : public KvCache {
 
   void append(int layer, std::span<const int32_t> positions, const float* k, const float* v) override;
   void tag(int layer, std::span<const int32_t> positions, const int32_t* top1_experts) override;
+  int64_t scored_queries(int layer, std::span<const int32_t> positions) override;
   void observe_queries(int layer, std::span<const int32_t> positions, const float* q) override;
   void end_forward() override;
   void view(int layer, int kv_head, std::vector<KvChunk>& out) const override;
@@ -127,6 +128,7 @@ class CompressedKvCache final : public KvCache {
   std::vector<SegmentInfo> segments_;
   // [layer]: positions of the queries that scored entries, ascending.
   std::vector<std::vector<int32_t>> scored_positions_;
+  std::vector<uint8_t> scored_by_attention_;  // [layer] 1: this call's attention scores its queries
   std::vector<int32_t> keep_;
   std::vector<float> rows_, logits_, column_sums_;
   std::vector<float> seen_, head_rank_;

@@ -120,7 +120,10 @@ void PagedKvStore::SequenceCache::view(int layer, int kv_head, std::vector<KvChu
   for (size_t b = 0; b < h.list.blocks.size(); ++b) {
     const int32_t block = h.list.blocks[b];
     const int64_t n = std::min(B, h.list.n - static_cast<int64_t>(b) * B);
-    out.push_back({arena.k(block), arena.v(block), cells.positions(block), n, arena.dtype()});
+    // The score slots go along: attention adds to them for the queries a policy
+    // asked to be scored (KvCache::scored_queries), and only then.
+    out.push_back(
+        {arena.k(block), arena.v(block), cells.positions(block), n, arena.dtype(), cells.scores(block)});
   }
 }
 

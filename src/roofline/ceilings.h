@@ -13,8 +13,10 @@ class ThreadPool;
 
 // What the whole process got from the machine over an interval. On a shared host a
 // measurement is only valid when no thread of ours was preempted: the pool's
-// parallel_for splits work statically, so one preempted worker stalls the whole call
-// and the interval reads as slow memory when it was a busy CPU.
+// parallel_for hands a late thread's unstarted chunks to the others, but a worker
+// preempted inside a chunk still stalls the call, and a thread short of a core
+// leaves its share to fewer threads, so the interval reads as slow memory when it
+// was a busy CPU.
 struct IntervalUsage {
   double wall_s = 0;
   // Process CPU time / (wall time x threads). The pool's workers spin between the
