@@ -14,6 +14,7 @@
 #include <memory>
 #include <random>
 #include <set>
+#include <ostream>
 #include <string>
 
 #include "core/thread_pool.h"
@@ -27,6 +28,10 @@
 #include "test_util.h"
 
 namespace ekva {
+
+// Test names say the dtype ("bf16", "f32"), not its byte.
+inline void PrintTo(DType dtype, std::ostream* os) { *os << (dtype == DType::kBF16 ? "bf16" : "f32"); }
+
 namespace {
 
 // Runs fn and expects an ekva::Error whose message contains `what`.
