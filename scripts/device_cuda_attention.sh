@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# The CUDA ragged attention on a GPU machine (H200, CUDA 13, CMake, nvcc; no package
+# registry): builds the standalone project bench/cuda/ (CUDA toolkit only: the main
+# library's fmt, nlohmann-json, CLI11, hwy, pcre2 and icu are not needed, and their
+# presence is only reported), runs the correctness checker, compute-sanitizer memcheck
+# and racecheck on small cases, and the benchmark. Everything goes under $OUT:
+#   summary.txt               one PASS/FAIL/SKIP line per step, the verdict last
+#   env.txt, main_build_deps.txt, build.txt, resource_usage.txt, check.txt, memcheck.txt, racecheck.txt,
+#   bench.txt, bench_cuda_attention.json (device, date, commit, ceiling, per case)
+# Each step has a time limit and the script skips what no longer fits in 7 minutes.
+# Exit status: 0 when every step that ran passed.
+#   OUT=/tmp/out bash scripts/device_cuda_attention.sh     (EKVA_COMMIT=sha optional)
+set -u
+START=$(date +%s)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT=${OUT:-$ROOT/out/cuda-attention}
+BUILD=${BUILD:-/tmp/ekva-cuda-attention-build}
+BUDGET=${BUDGET:-420}   # seconds for the whole script
+mkdir -p "$OUT"
+: > "$OUT/summary.txt"
+FAILED=0
+
+say() { echo "$*" | tee -a "$OUT/summary.txt"; }
+elapsed() { echo $(( $(date +%s) - START )); }
+# step NAME LIMIT_S LOG COMMAND...: runs with a time limit, unless the budget is spent.
+step() {
+  local name=$1 limit=$2 log=$3
+  shift 3
+  local left=$(( BUDGET - $(elapsed) ))
+  if (( left < 15 )); then
+    say "SKIP $name: time budget spent ($(elapsed) s elapsed)"
+    FAILED=1
+    return 1
+  fi
+  (( limit > left )) && limit=$left
+  local t0=$(date +%s)
+  timeout --kill-after=5 "$limit" "$@" > "$log" 2>&1
+  local rc=$?
+  local dt=$(( $(date +%s) - t0 ))
+  if (( rc == 0 )); then
+    say "PASS $name (${dt} s)"
+  else
+    (( rc == 124 || rc == 137 )) && say "FAIL $name: timed out after ${limit} s (log: $(basename "$log"))" \
+                                 || say "FAIL $name: exit $rc (${dt} s; log: $(basename "$log"))"
+    tail -n 15 "$log" | sed 's/^/    /' | tee -a "$OUT/summary.txt"
+    FAILED=1
+  fi
+  return $rc
+}
+
+# The toolkit's folder may be off the PATH; compute-sanitizer may sit beside nvcc or in its own folder.
+[ -d /usr/local/cuda/bin ] && export PATH=$PATH:/usr/local/cuda/bin
+SANITIZER=$(command -v compute-sanitizer || true)
+for cand in /usr/local/cuda/compute-sanitizer/compute-sanitizer /usr/local/cuda/bin/compute-sanitizer \
+  /opt/nvidia/compute-sanitizer/compute-sanitizer; do
+  [ -z "$SANITIZER" ] && [ -x "$cand" ] && SANITIZER=$cand
+done
+[ -z "$SANITIZER" ] && SANITIZER=$(find /usr/local /opt -maxdepth 4 -name compute-sanitizer -type f -perm -u+x 2>/dev/null | head -1)
+
+COMMIT=${EKVA_COMMIT:-$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)}
+{
+  echo "commit: $COMMIT"
+  date -u
+  nvidia-smi 2>&1 | head -20
+  echo; command -v nvcc && nvcc --version
+  echo; command -v cmake && cmake --version | head -1
+  echo; command -v ninja && ninja --version
+  echo; command -v g++ && g++ --version | head -1
+  echo; echo "compute-sanitizer: ${SANITIZER:-not found}"; [ -n "$SANITIZER" ] && "$SANITIZER" --version | head -3
+  echo; nproc
+} > "$OUT/env.txt" 2>&1
+say "commit $COMMIT; $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)"
+
+# What the main build would lack here (informational: the standalone build needs none).
+{
+  for h in fmt/format.h nlohmann/json.hpp CLI/CLI.hpp hwy/highway.h gtest/gtest.h; do
+    if [ -e "/usr/include/$h" ] || [ -e "/usr/local/include/$h" ]; then echo "found   $h"; else echo "missing $h"; fi
+  done
+  for pc in libpcre2-8 icu-uc; do
+    if command -v pkg-config > /dev/null && pkg-config --exists "$pc"; then echo "found   $pc"; else echo "missing $pc"; fi
+  done
+} > "$OUT/main_build_deps.txt" 2>&1
+say "main-library packages: $(grep -c '^missing' "$OUT/main_build_deps.txt") of 7 missing (see main_build_deps.txt; not needed here)"
+
+for tool in nvcc cmake g++; do
+  if ! command -v $tool > /dev/null; then
+    say "FAIL $tool not found: cannot build"
+    exit 1
+  fi
+done
+GEN=""
+command -v ninja > /dev/null && GEN="-G Ninja"
+if ! step "build (bench/cuda standalone, sm_90a)" 200 "$OUT/build.txt" bash -c \
+  "cmake -S '$ROOT/bench/cuda' -B '$BUILD' $GEN -DCMAKE_BUILD_TYPE=Release -DEKVA_WERROR=OFF && cmake --build '$BUILD' -j $(nproc)"; then
+  say "VERDICT FAIL (no build)"
+  exit 1
+fi
+CHECK=$BUILD/ekva_cuda_attention_check
+BENCH=$BUILD/ekva_bench_cuda_attention
+
+# Registers, shared memory and spills per kernel (informational).
+command -v cuobjdump > /dev/null &&
+  cuobjdump --dump-resource-usage "$BUILD/libekva_attention.a" > "$OUT/resource_usage.txt" 2>&1
+
+step "correctness: all cases vs ref::attention, per request, graph replay" 90 "$OUT/check.txt" "$CHECK"
+grep -E '^(PASS|FAIL)' "$OUT/check.txt" | sed 's/^/    /' >> "$OUT/summary.txt"
+
+if [ -n "$SANITIZER" ]; then
+  step "compute-sanitizer memcheck (small cases)" 75 "$OUT/memcheck.txt" \
+    "$SANITIZER" --tool memcheck --error-exitcode 3 --leak-check full "$CHECK" --small
+  grep -E 'ERROR SUMMARY' "$OUT/memcheck.txt" | tail -1 | sed 's/^/    /' >> "$OUT/summary.txt"
+  step "compute-sanitizer racecheck (3 small cases)" 75 "$OUT/racecheck.txt" \
+    "$SANITIZER" --tool racecheck --racecheck-report all --error-exitcode 3 "$CHECK" --small \
+    --case d64_g1_scored_paged --case d128_g8_window_scored_fine --case d64_g7_odd_group_window
+  grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.txt" | tail -1 | sed 's/^/    /' >> "$OUT/summary.txt"
+else
+  say "FAIL compute-sanitizer not found"
+  FAILED=1
+fi
+
+step "benchmark" 90 "$OUT/bench.txt" "$BENCH" --runs 25 --json-out "$OUT/bench_cuda_attention.json" --commit "$COMMIT"
+sed 's/^/    /' "$OUT/bench.txt" | head -20 >> "$OUT/summary.txt"
+
+if (( FAILED == 0 )); then say "VERDICT PASS ($(elapsed) s)"; else say "VERDICT FAIL ($(elapsed) s)"; fi
+exit $FAILED

@@ -1,0 +1,849 @@
+// Ragged decode attention on the GPU: one thread block per plan task.
+//
+// Why one block per task (not per item): the planner packs tiny items (many empty or
+// short (query, kv-head) lists) into tasks of about item_entries entries and splits
+// long lists into items of at most that size, so tasks are the unit of balanced work.
+// A block streams the K/V tiles of all its items through one cp.async pipeline, so
+// the loads of the next items are in flight while the current one is computed (a
+// block per tiny item would pay a full load latency each).
+//
+// Block layout (Config): kBdx lanes cover head_dim in 16-byte (8 x bf16) vectors,
+// kBdy = G query heads of the GQA group, kBdz groups that take different rows of a
+// tile. A thread holds 8 elements of one head's q (pre-scaled by scale * log2 e, so
+// the softmax runs in the exp2 domain), its own running (m, l) and 8 outputs. Each
+// K/V row is read from global memory once per block (all G heads use the smem copy).
+// A score is a dot product over kBdx lanes, reduced with xor shuffles inside the
+// lane group (aligned, so it never crosses a warp).
+//
+// Pipeline: kStages stages of kTile rows each (K [kTile, D] and V [kTile, D] bf16,
+// positions [kTile], and on an item's first tile its q [G, D] f32), filled with
+// cp.async (16-byte, rows past the item's end zero-filled so no garbage reaches the
+// FMAs), kStages - 1 tiles ahead of the compute. Tiles never cross items; they may
+// cross chunks (each row looks its chunk up, walking forward from the tile's chunk).
+//
+// After the pass: merge_kernel, one block per (query, kv-head), combines the items'
+// partials by log-sum-exp into out and keeps the final (m, l); score_kernel, one
+// block per scored item, turns the raw logits into probabilities summed over the
+// group and adds them to the chunks' score slots (atomicAdd: several scored queries
+// of one sequence may share slots).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "cuda/attention.cuh"
+#include "cuda/check.cuh"
+
+namespace ekva::cuda {
+
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr size_t kAlign = 256;
+
+size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
+
+[[noreturn]] void fail_arg(const std::string& message, const char* file, int line) {
+  fail_argument(message.c_str(), file, line);
+}
+#define EKVA_ATTN_REQUIRE(cond, message)                                                     \
+  do {                                                                                       \
+    if (!(cond)) fail_arg(std::string("cuda::attention: ") + (message), __FILE__, __LINE__); \
+  } while (0)
+
+// What the kernels read: the packed table plus scratch and the call's tensors.
+struct KernelParams {
+  const int4* items;            // [n_items] (query, kv_head, begin, end)
+  const int* task_begin;        // [n_tasks + 1]
+  const int* merge_begin;       // [n_pairs + 1]
+  const long long* raw_offset;  // [n_items] offset in raw of a scored item's [G, len] logits, or -1
+  const int* q_pos;             // [n_queries]
+  const int* q_list;            // [n_queries] seq * n_kv_heads: list of kv-head 0
+  const int* list_begin;        // [n_lists + 1] CSR into the chunk arrays
+  const int* chunk_start;       // [n_chunks] first entry of the chunk, counted within its list
+  const int* chunk_end;         // [n_chunks] one past its last
+  const uint16_t* const* chunk_k;  // [n_chunks] bf16 [n, D]
+  const uint16_t* const* chunk_v;
+  const int* const* chunk_pos;  // [n_chunks] int32 [n]
+  float* const* chunk_scores;   // [n_chunks] f32 [n] or nullptr
+  const float* q;               // [n_queries, n_heads, D]
+  float* out;                   // [n_queries, n_heads, D]
+  float* part_m;
+  float* part_l;
+  float* part_o;
+  float* final_m;
+  float* final_l;
+  float* raw;
+  int n_heads;
+  int n_kv_heads;
+  int head_dim;
+  int group;
+  float scale_log2;  // scale * log2(e)
+  int window;        // 0: none
+};
+
+template <int D, int G>
+struct Config {
+  static constexpr int kVec = 8;  // bf16 per 16-byte load
+  static constexpr int kBdx = D / kVec;
+  static constexpr int kBdy = G;
+  // Row groups: about 128 threads in all, and a whole number of warps so that every
+  // lane of every warp takes part in the shuffles.
+  static constexpr int bdz() {
+    int z = 128 / (kBdx * G);
+    if (z < 1) z = 1;
+    while ((kBdx * G * z) % 32 != 0) ++z;
+    return z;
+  }
+  static constexpr int kBdz = bdz();
+  static constexpr int kThreads = kBdx * kBdy * kBdz;
+  static constexpr int kTile = 32;            // rows per stage
+  static constexpr int kRows = kTile / kBdz;  // rows per thread group and tile
+  // Stages: two or three tiles in flight per block. At D = 128 three stages (~60 KB)
+  // let three blocks share an SM (12 warps, six 16 KB tiles in flight); four would
+  // allow only two blocks with the same bytes in flight and fewer warps to hide latency.
+  static constexpr int kStages = D >= 128 ? 3 : 4;
+  static constexpr int kRowStep = kThreads / kBdx;  // loader: rows apart per thread
+  // Stage layout, bytes: K, V (bf16 [kTile, D]), Q (f32 [G, D]), positions (int [kTile]).
+  static constexpr int kOffV = kTile * D * 2;
+  static constexpr int kOffQ = 2 * kTile * D * 2;
+  static constexpr int kOffPos = kOffQ + G * D * 4;
+  static constexpr int kStageBytes = kOffPos + kTile * 4;
+  // After the stages: merge scratch (o [kBdz, G, D], m and l [kBdz, G]).
+  static constexpr int kMergeBytes = kBdz > 1 ? (kBdz* G* D + 2 * kBdz * G) * 4 : 0;
+  static constexpr int kSmemBytes = kStages * kStageBytes + kMergeBytes;
+  static_assert(kTile % kBdz == 0, "tile rows split evenly over row groups");
+  static_assert(32 % kBdx == 0, "a lane group lies inside one warp");
+  static_assert(kThreads % 32 == 0 && kThreads <= 1024, "whole warps");
+  static_assert(kStageBytes % 16 == 0, "16-byte aligned stages");
+};
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int n = valid ? 16 : 0;  // 0: zero-fill, nothing read
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int n = valid ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(n)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+
+__device__ __forceinline__ float bf16_lo(uint32_t x) { return __uint_as_float(x << 16); }
+__device__ __forceinline__ float bf16_hi(uint32_t x) { return __uint_as_float(x & 0xffff0000u); }
+
+// The first chunk of list `list` whose end is past entry e (e < the list's length).
+__device__ __forceinline__ int find_chunk(const KernelParams& p, int list, int e) {
+  int lo = p.list_begin[list], hi = p.list_begin[list + 1] - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (p.chunk_end[mid] > e)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return lo;
+}
+
+// Position in a task's stream of tiles: item, its entry range, the tile's first entry
+// and (for the loader) the chunk holding it. Every thread of the block holds the same.
+// The chunk a loader is in, kept in registers so that a row's source address costs no
+// memory access unless the row is in a later chunk (rare: chunks are long or few).
+struct ChunkRef {
+  int index;
+  int start;  // entries counted within the list
+  int end;
+  const uint16_t* k;
+  const uint16_t* v;
+  const int* pos;
+};
+
+__device__ __forceinline__ void load_chunk(ChunkRef& c, const KernelParams& p, int index) {
+  c.index = index;
+  c.start = p.chunk_start[index];
+  c.end = p.chunk_end[index];
+  c.k = p.chunk_k[index];
+  c.v = p.chunk_v[index];
+  c.pos = p.chunk_pos[index];
+}
+
+// Moves c forward to the chunk holding entry e (e below the list's length).
+__device__ __forceinline__ void seek_chunk(ChunkRef& c, const KernelParams& p, int e) {
+  while (e >= c.end) load_chunk(c, p, c.index + 1);
+}
+
+struct Cursor {
+  int item;
+  int item_limit;
+  int query;
+  int kv_head;
+  int list;
+  int begin;
+  int end;
+  int tile;
+  ChunkRef chunk;  // the loader's: the chunk holding entry `tile`
+};
+
+template <bool kChunk>
+__device__ __forceinline__ void seek_item(Cursor& c, const KernelParams& p) {
+  for (; c.item < c.item_limit; ++c.item) {
+    const int4 it = p.items[c.item];
+    if (it.z >= it.w) continue;  // empty: the merge skips it, nothing to compute
+    c.query = it.x;
+    c.kv_head = it.y;
+    c.begin = it.z;
+    c.end = it.w;
+    c.tile = it.z;
+    c.list = p.q_list[it.x] + it.y;
+    if constexpr (kChunk) load_chunk(c.chunk, p, find_chunk(p, c.list, it.z));
+    return;
+  }
+}
+
+template <int kTile, bool kChunk>
+__device__ __forceinline__ void advance(Cursor& c, const KernelParams& p) {
+  c.tile += kTile;
+  if (c.tile >= c.end) {
+    ++c.item;
+    seek_item<kChunk>(c, p);
+  } else if constexpr (kChunk) {
+    seek_chunk(c.chunk, p, c.tile);
+  }
+}
+
+template <int D, int G>
+__device__ __forceinline__ void load_tile(const Cursor& c, const KernelParams& p,
+                                          unsigned char* stage) {
+  using C = Config<D, G>;
+  if (c.item >= c.item_limit) return;
+  const int tid = static_cast<int>(threadIdx.x);
+  uint16_t* sk = reinterpret_cast<uint16_t*>(stage);
+  uint16_t* sv = reinterpret_cast<uint16_t*>(stage + C::kOffV);
+  const int col = tid % C::kBdx;
+  ChunkRef chunk = c.chunk;
+  for (int r = tid / C::kBdx; r < C::kTile; r += C::kRowStep) {
+    const int e = c.tile + r;
+    const bool valid = e < c.end;
+    const void* ks = p.q;  // any valid address: nothing is read when !valid
+    const void* vs = p.q;
+    if (valid) {
+      seek_chunk(chunk, p, e);
+      const size_t off = static_cast<size_t>(e - chunk.start) * D + col * C::kVec;
+      ks = chunk.k + off;
+      vs = chunk.v + off;
+    }
+    cp_async16(sk + r * D + col * C::kVec, ks, valid);
+    cp_async16(sv + r * D + col * C::kVec, vs, valid);
+  }
+  int* spos = reinterpret_cast<int*>(stage + C::kOffPos);
+  chunk = c.chunk;
+  for (int r = tid; r < C::kTile; r += C::kThreads) {
+    const int e = c.tile + r;
+    const bool valid = e < c.end;
+    const void* src = p.q;
+    if (valid) {
+      seek_chunk(chunk, p, e);
+      src = chunk.pos + (e - chunk.start);
+    }
+    cp_async4(spos + r, src, valid);
+  }
+  if (c.tile == c.begin) {  // the item's first tile also brings its q
+    float* sq = reinterpret_cast<float*>(stage + C::kOffQ);
+    const float* q =
+        p.q + (static_cast<size_t>(c.query) * p.n_heads + static_cast<size_t>(c.kv_head) * G) * D;
+    for (int i = tid; i < G * D / 4; i += C::kThreads) cp_async16(sq + 4 * i, q + 4 * i, true);
+  }
+}
+
+template <int D, int G>
+__global__ void __launch_bounds__(Config<D, G>::kThreads) attend_kernel(const KernelParams p) {
+  using C = Config<D, G>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int tid = static_cast<int>(threadIdx.x);
+  const int tx = tid % C::kBdx;
+  const int ty = (tid / C::kBdx) % G;
+  const int tz = tid / (C::kBdx * G);
+
+  const int task = static_cast<int>(blockIdx.x);
+  Cursor ld{};
+  ld.item = p.task_begin[task];
+  ld.item_limit = p.task_begin[task + 1];
+  seek_item<true>(ld, p);
+  Cursor cp = ld;  // the compute cursor trails the loader by kStages - 1 tiles
+
+#pragma unroll
+  for (int s = 0; s < C::kStages - 1; ++s) {
+    load_tile<D, G>(ld, p, smem + s * C::kStageBytes);
+    cp_async_commit();
+    if (ld.item < ld.item_limit) advance<C::kTile, true>(ld, p);
+  }
+
+  float q[C::kVec] = {};
+  float o[C::kVec] = {};
+  float m = -INFINITY, l = 0.f;
+  int q_pos = 0;
+  long long raw_base = -1;
+  int stage = 0;
+  while (cp.item < cp.item_limit) {
+    cp_async_wait<C::kStages - 2>();
+    __syncthreads();
+    // Refill the stage computed in the previous iteration (every thread is past it).
+    load_tile<D, G>(ld, p, smem + ((stage + C::kStages - 1) % C::kStages) * C::kStageBytes);
+    cp_async_commit();
+    if (ld.item < ld.item_limit) advance<C::kTile, true>(ld, p);
+
+    const unsigned char* st = smem + stage * C::kStageBytes;
+    if (cp.tile == cp.begin) {  // a new item: its q, fresh softmax state
+      const float* sq = reinterpret_cast<const float*>(st + C::kOffQ) + ty * D + tx * C::kVec;
+      const float4 a = *reinterpret_cast<const float4*>(sq);
+      const float4 b = *reinterpret_cast<const float4*>(sq + 4);
+      q[0] = a.x * p.scale_log2;
+      q[1] = a.y * p.scale_log2;
+      q[2] = a.z * p.scale_log2;
+      q[3] = a.w * p.scale_log2;
+      q[4] = b.x * p.scale_log2;
+      q[5] = b.y * p.scale_log2;
+      q[6] = b.z * p.scale_log2;
+      q[7] = b.w * p.scale_log2;
+#pragma unroll
+      for (int i = 0; i < C::kVec; ++i) o[i] = 0.f;
+      m = -INFINITY;
+      l = 0.f;
+      q_pos = p.q_pos[cp.query];
+      raw_base = p.raw_offset[cp.item];
+    }
+    const uint16_t* sk = reinterpret_cast<const uint16_t*>(st);
+    const uint16_t* sv = reinterpret_cast<const uint16_t*>(st + C::kOffV);
+    const int* spos = reinterpret_cast<const int*>(st + C::kOffPos);
+
+    // Scores of this thread group's rows (log2 domain), -inf where hidden.
+    float s[C::kRows];
+#pragma unroll
+    for (int j = 0; j < C::kRows; ++j) {
+      const int r = tz * C::kRows + j;
+      const uint4 k = *reinterpret_cast<const uint4*>(sk + r * D + tx * C::kVec);
+      float dot = q[0] * bf16_lo(k.x);
+      dot = fmaf(q[1], bf16_hi(k.x), dot);
+      dot = fmaf(q[2], bf16_lo(k.y), dot);
+      dot = fmaf(q[3], bf16_hi(k.y), dot);
+      dot = fmaf(q[4], bf16_lo(k.z), dot);
+      dot = fmaf(q[5], bf16_hi(k.z), dot);
+      dot = fmaf(q[6], bf16_lo(k.w), dot);
+      dot = fmaf(q[7], bf16_hi(k.w), dot);
+#pragma unroll
+      for (int off = C::kBdx / 2; off > 0; off /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+      const int e = cp.tile + r;
+      const int k_pos = spos[r];
+      const bool visible = e < cp.end && k_pos <= q_pos &&
+                           (p.window == 0 || static_cast<long long>(q_pos) - k_pos < p.window);
+      s[j] = visible ? dot : -INFINITY;
+    }
+    if (raw_base >= 0 && tx == 0) {
+      const int len = cp.end - cp.begin;
+      float* raw = p.raw + raw_base + static_cast<long long>(ty) * len;
+#pragma unroll
+      for (int j = 0; j < C::kRows; ++j) {
+        const int e = cp.tile + tz * C::kRows + j;
+        if (e < cp.end) raw[e - cp.begin] = s[j];
+      }
+    }
+    float tile_max = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < C::kRows; ++j) tile_max = fmaxf(tile_max, s[j]);
+    const float m_new = fmaxf(m, tile_max);
+    if (m_new != -INFINITY) {
+      const float correction = exp2f(m - m_new);  // 0 while m is -inf
+      l *= correction;
+#pragma unroll
+      for (int i = 0; i < C::kVec; ++i) o[i] *= correction;
+#pragma unroll
+      for (int j = 0; j < C::kRows; ++j) {
+        const int r = tz * C::kRows + j;
+        const float w =
+            exp2f(s[j] - m_new);  // 0 for hidden rows (their V is finite or zero-filled)
+        l += w;
+        const uint4 v = *reinterpret_cast<const uint4*>(sv + r * D + tx * C::kVec);
+        o[0] = fmaf(w, bf16_lo(v.x), o[0]);
+        o[1] = fmaf(w, bf16_hi(v.x), o[1]);
+        o[2] = fmaf(w, bf16_lo(v.y), o[2]);
+        o[3] = fmaf(w, bf16_hi(v.y), o[3]);
+        o[4] = fmaf(w, bf16_lo(v.z), o[4]);
+        o[5] = fmaf(w, bf16_hi(v.z), o[5]);
+        o[6] = fmaf(w, bf16_lo(v.w), o[6]);
+        o[7] = fmaf(w, bf16_hi(v.w), o[7]);
+      }
+      m = m_new;
+    }
+
+    if (cp.tile + C::kTile >= cp.end) {  // the item's last tile: write its partial
+      const int item = cp.item;
+      if constexpr (C::kBdz == 1) {
+        float* po = p.part_o + (static_cast<size_t>(item) * G + ty) * D + tx * C::kVec;
+        *reinterpret_cast<float4*>(po) = make_float4(o[0], o[1], o[2], o[3]);
+        *reinterpret_cast<float4*>(po + 4) = make_float4(o[4], o[5], o[6], o[7]);
+        if (tx == 0) {
+          p.part_m[item * G + ty] = m;
+          p.part_l[item * G + ty] = l;
+        }
+      } else {
+        // Row groups hold partials over different rows: merge them by log-sum-exp.
+        float* so = reinterpret_cast<float*>(smem + C::kStages * C::kStageBytes);  // [kBdz, G, D]
+        float* sm = so + C::kBdz * G * D;                                          // [kBdz, G]
+        float* sl = sm + C::kBdz * G;
+#pragma unroll
+        for (int i = 0; i < C::kVec; ++i) so[(tz * G + ty) * D + tx * C::kVec + i] = o[i];
+        if (tx == 0) {
+          sm[tz * G + ty] = m;
+          sl[tz * G + ty] = l;
+        }
+        __syncthreads();
+        // (The next write to this scratch comes after the next loop-top barrier.)
+        for (int idx = tid; idx < G * D; idx += C::kThreads) {
+          const int g = idx / D;
+          const int d = idx % D;
+          float mm = -INFINITY;
+#pragma unroll
+          for (int z = 0; z < C::kBdz; ++z) mm = fmaxf(mm, sm[z * G + g]);
+          float ll = 0.f, oo = 0.f;
+          if (mm != -INFINITY) {
+#pragma unroll
+            for (int z = 0; z < C::kBdz; ++z) {
+              const float w = exp2f(sm[z * G + g] - mm);
+              ll = fmaf(sl[z * G + g], w, ll);
+              oo = fmaf(so[(z * G + g) * D + d], w, oo);
+            }
+          }
+          p.part_o[(static_cast<size_t>(item) * G + g) * D + d] = oo;
+          if (d == 0) {
+            p.part_m[item * G + g] = mm;
+            p.part_l[item * G + g] = ll;
+          }
+        }
+      }
+    }
+    advance<C::kTile, false>(cp, p);
+    stage = (stage + 1) % C::kStages;
+  }
+  cp_async_wait_all();
+}
+
+// out of one (query, kv-head): the log-sum-exp merge of its non-empty items.
+__global__ void merge_kernel(const KernelParams p) {
+  const int pair = static_cast<int>(blockIdx.x);
+  const int t = pair / p.n_kv_heads;
+  const int h = pair % p.n_kv_heads;
+  const int G = p.group;
+  const int D = p.head_dim;
+  const int i0 = p.merge_begin[pair];
+  const int i1 = p.merge_begin[pair + 1];
+  for (int idx = static_cast<int>(threadIdx.x); idx < G * D; idx += static_cast<int>(blockDim.x)) {
+    const int g = idx / D;
+    const int d = idx % D;
+    float mm = -INFINITY;
+    for (int i = i0; i < i1; ++i) {
+      const int4 it = p.items[i];
+      if (it.z < it.w) mm = fmaxf(mm, p.part_m[i * G + g]);
+    }
+    float ll = 0.f, oo = 0.f;
+    if (mm != -INFINITY) {
+      for (int i = i0; i < i1; ++i) {
+        const int4 it = p.items[i];
+        if (it.z >= it.w) continue;
+        const float w = exp2f(p.part_m[i * G + g] - mm);
+        ll = fmaf(p.part_l[i * G + g], w, ll);
+        oo = fmaf(p.part_o[(static_cast<size_t>(i) * G + g) * D + d], w, oo);
+      }
+    }
+    p.out[(static_cast<size_t>(t) * p.n_heads + static_cast<size_t>(h) * G + g) * D + d] =
+        ll > 0.f ? oo / ll : 0.f;
+    if (d == 0 && p.final_m != nullptr) {
+      p.final_m[pair * G + g] = mm;
+      p.final_l[pair * G + g] = ll;
+    }
+  }
+}
+
+// One scored item: every entry's probability, summed over the group's heads, added
+// to its chunk's score slot.
+__global__ void score_kernel(const KernelParams p) {
+  const int item = static_cast<int>(blockIdx.x);
+  const long long raw_base = p.raw_offset[item];
+  if (raw_base < 0) return;  // whole block: not scored (or empty)
+  const int4 it = p.items[item];
+  const int G = p.group;
+  const int pair = it.x * p.n_kv_heads + it.y;
+  const int list = p.q_list[it.x] + it.y;
+  __shared__ float fm[8], fl[8];
+  if (static_cast<int>(threadIdx.x) < G) {
+    fm[threadIdx.x] = p.final_m[pair * G + static_cast<int>(threadIdx.x)];
+    fl[threadIdx.x] = p.final_l[pair * G + static_cast<int>(threadIdx.x)];
+  }
+  __syncthreads();
+  const int len = it.w - it.z;
+  for (int e = it.z + static_cast<int>(threadIdx.x); e < it.w; e += static_cast<int>(blockDim.x)) {
+    const int c = find_chunk(p, list, e);
+    float* slot = p.chunk_scores[c];
+    if (slot == nullptr) continue;
+    float prob = 0.f;
+    for (int g = 0; g < G; ++g) {
+      const float x = p.raw[raw_base + static_cast<long long>(g) * len + (e - it.z)];
+      if (x != -INFINITY && fl[g] > 0.f) prob += exp2f(x - fm[g]) / fl[g];
+    }
+    atomicAdd(slot + (e - p.chunk_start[c]), prob);
+  }
+}
+
+// Byte layout of the workspace: the packed table first, then the scratch.
+struct Layout {
+  size_t items, task_begin, merge_begin, raw_offset, q_pos, q_list, list_begin, chunk_start,
+      chunk_end, chunk_k, chunk_v, chunk_pos, chunk_scores, table_bytes;
+  size_t part_m, part_l, part_o, final_m, final_l, raw, total;
+  int64_t n_chunks, raw_floats;
+};
+
+Layout make_layout(const AttentionParams& p, std::span<const std::vector<KvChunk>> lists,
+                   const AttentionPlan& plan) {
+  const int64_t G = p.n_kv_heads > 0 ? p.n_heads / p.n_kv_heads : 0;
+  const auto n_items = static_cast<int64_t>(plan.items.size());
+  const int64_t n_pairs = p.n_queries * p.n_kv_heads;
+  Layout L{};
+  L.n_chunks = 0;
+  for (const auto& list : lists) L.n_chunks += static_cast<int64_t>(list.size());
+  L.raw_floats = 0;
+  if (p.q_scored != nullptr)
+    for (const AttentionWorkItem& it : plan.items)
+      if (p.q_scored[it.query] != 0) L.raw_floats += G * (it.end - it.begin);
+  size_t at = 0;
+  const auto take = [&](size_t bytes) {
+    const size_t here = at;
+    at = align_up(at + bytes);
+    return here;
+  };
+  const auto u = [](int64_t n) { return static_cast<size_t>(std::max<int64_t>(n, 0)); };
+  L.items = take(u(n_items) * 16);
+  L.task_begin = take(u(plan.n_tasks() + 1) * 4);
+  L.merge_begin = take(u(n_pairs + 1) * 4);
+  L.raw_offset = take(u(n_items) * 8);
+  L.q_pos = take(u(p.n_queries) * 4);
+  L.q_list = take(u(p.n_queries) * 4);
+  L.list_begin = take((lists.size() + 1) * 4);
+  L.chunk_start = take(u(L.n_chunks) * 4);
+  L.chunk_end = take(u(L.n_chunks) * 4);
+  L.chunk_k = take(u(L.n_chunks) * 8);
+  L.chunk_v = take(u(L.n_chunks) * 8);
+  L.chunk_pos = take(u(L.n_chunks) * 8);
+  L.chunk_scores = take(u(L.n_chunks) * 8);
+  L.table_bytes = at;
+  L.part_m = take(u(n_items * G) * 4);
+  L.part_l = take(u(n_items * G) * 4);
+  L.part_o = take(u(n_items * G * p.head_dim) * 4);
+  L.final_m = take(u(n_pairs * G) * 4);
+  L.final_l = take(u(n_pairs * G) * 4);
+  L.raw = take(u(L.raw_floats) * 4);
+  L.total = at;
+  return L;
+}
+
+void check_shapes(const AttentionParams& p, std::span<const std::vector<KvChunk>> lists,
+                  const AttentionPlan& plan) {
+  EKVA_ATTN_REQUIRE(p.n_queries >= 0 && p.n_kv_heads > 0 && p.n_heads > 0 && p.n_seqs > 0,
+                    "n_queries >= 0 and n_heads, n_kv_heads, n_seqs > 0 required");
+  EKVA_ATTN_REQUIRE(p.n_heads % p.n_kv_heads == 0, "n_heads (" + std::to_string(p.n_heads) +
+                                                       ") is not a multiple of n_kv_heads (" +
+                                                       std::to_string(p.n_kv_heads) + ")");
+  const int64_t G = p.n_heads / p.n_kv_heads;
+  EKVA_ATTN_REQUIRE(G >= 1 && G <= 8,
+                    "GQA group of " + std::to_string(G) + " query heads; supported: 1..8");
+  EKVA_ATTN_REQUIRE(p.head_dim == 64 || p.head_dim == 128,
+                    "head_dim " + std::to_string(p.head_dim) + " unsupported; supported: 64, 128");
+  EKVA_ATTN_REQUIRE(p.sliding_window >= 0 && p.sliding_window <= 0x7fffffff,
+                    "sliding_window out of range");
+  EKVA_ATTN_REQUIRE(static_cast<int64_t>(lists.size()) == p.n_seqs * p.n_kv_heads,
+                    std::to_string(lists.size()) + " chunk lists for " + std::to_string(p.n_seqs) +
+                        " sequences x " + std::to_string(p.n_kv_heads) + " kv-heads");
+  EKVA_ATTN_REQUIRE(static_cast<int64_t>(plan.merge_begin.size()) == p.n_queries * p.n_kv_heads + 1,
+                    "the plan is for another problem (merge_begin size)");
+  EKVA_ATTN_REQUIRE(
+      !plan.task_begin.empty() && plan.task_begin.back() == static_cast<int64_t>(plan.items.size()),
+      "the plan's task_begin does not cover its items");
+  EKVA_ATTN_REQUIRE(plan.items.size() < 0x7fffffffu && p.n_queries * p.n_kv_heads < 0x7fffffff,
+                    "too many items or (query, kv-head) pairs for int32 indices");
+  EKVA_ATTN_REQUIRE(p.n_queries == 0 || p.q_positions != nullptr, "q_positions (host) is null");
+  for (size_t li = 0; li < lists.size(); ++li) {
+    int64_t total = 0;
+    for (const KvChunk& c : lists[li]) {
+      EKVA_ATTN_REQUIRE(c.n >= 0, "chunk with negative length in list " + std::to_string(li));
+      total += c.n;
+      if (c.n == 0) continue;
+      EKVA_ATTN_REQUIRE(c.dtype == DType::kBF16,
+                        "list " + std::to_string(li) +
+                            ": K/V dtype must be bf16 (f32 K/V is not supported on CUDA)");
+      EKVA_ATTN_REQUIRE(c.k != nullptr && c.v != nullptr && c.positions != nullptr,
+                        "list " + std::to_string(li) + ": chunk with null k, v or positions");
+      EKVA_ATTN_REQUIRE(
+          reinterpret_cast<uintptr_t>(c.k) % 16 == 0 && reinterpret_cast<uintptr_t>(c.v) % 16 == 0,
+          "list " + std::to_string(li) + ": chunk k/v not 16-byte aligned");
+      EKVA_ATTN_REQUIRE(reinterpret_cast<uintptr_t>(c.positions) % 4 == 0,
+                        "list " + std::to_string(li) + ": chunk positions not 4-byte aligned");
+    }
+    EKVA_ATTN_REQUIRE(total < 0x7fffffff, "list " + std::to_string(li) + " exceeds 2^31 entries");
+  }
+}
+
+}  // namespace
+
+AttentionPlanOptions attention_plan_options(int device) {
+  int sms = 0;
+  EKVA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  // Two or three resident blocks per SM; eight tasks per SM give a few waves, so an
+  // uneven task (masked rows, chunk walks) does not leave SMs idle at the tail.
+  return {.min_tasks = 8 * static_cast<int64_t>(sms), .min_item_entries = 256};
+}
+
+size_t attention_workspace_bytes(const AttentionParams& p,
+                                 std::span<const std::vector<KvChunk>> lists,
+                                 const AttentionPlan& plan) {
+  check_shapes(p, lists, plan);
+  return make_layout(p, lists, plan).total;
+}
+
+AttentionTable attention_prepare(const AttentionParams& p,
+                                 std::span<const std::vector<KvChunk>> lists,
+                                 const AttentionPlan& plan, void* workspace, size_t workspace_bytes,
+                                 cudaStream_t stream) {
+  check_shapes(p, lists, plan);
+  const Layout L = make_layout(p, lists, plan);
+  EKVA_ATTN_REQUIRE(workspace != nullptr && workspace_bytes >= L.total,
+                    "workspace of " + std::to_string(workspace_bytes) + " bytes; this plan needs " +
+                        std::to_string(L.total));
+  EKVA_ATTN_REQUIRE(reinterpret_cast<uintptr_t>(workspace) % kAlign == 0,
+                    "workspace not 256-byte aligned");
+  const int64_t G = p.n_heads / p.n_kv_heads;
+  const int64_t KH = p.n_kv_heads;
+
+  std::vector<unsigned char> host(L.table_bytes, 0);
+  const auto at = [&](size_t off) { return host.data() + off; };
+  const auto put = [&](size_t off, size_t index, auto value) {
+    std::memcpy(at(off) + index * sizeof(value), &value, sizeof(value));
+  };
+  // Entries per list, for the items' bounds check.
+  std::vector<int64_t> list_len(lists.size(), 0);
+  for (size_t li = 0; li < lists.size(); ++li)
+    for (const KvChunk& c : lists[li]) list_len[li] += c.n;
+  bool any_scored = false;
+  int64_t raw_at = 0;
+  for (size_t i = 0; i < plan.items.size(); ++i) {
+    const AttentionWorkItem& it = plan.items[i];
+    EKVA_ATTN_REQUIRE(it.query >= 0 && it.query < p.n_queries && it.kv_head >= 0 && it.kv_head < KH,
+                      "plan item " + std::to_string(i) + " names a query or kv-head out of range");
+    const int64_t seq = p.q_seq != nullptr ? p.q_seq[it.query] : 0;
+    EKVA_ATTN_REQUIRE(seq >= 0 && seq < p.n_seqs, "query " + std::to_string(it.query) +
+                                                      " names sequence " + std::to_string(seq) +
+                                                      " of " + std::to_string(p.n_seqs));
+    EKVA_ATTN_REQUIRE(0 <= it.begin && it.begin <= it.end &&
+                          it.end <= list_len[static_cast<size_t>(seq * KH + it.kv_head)],
+                      "plan item " + std::to_string(i) + " is outside its list");
+    const int4 v{it.query, it.kv_head, static_cast<int>(it.begin), static_cast<int>(it.end)};
+    put(L.items, i, v);
+    long long raw = -1;
+    if (p.q_scored != nullptr && p.q_scored[it.query] != 0 && it.end > it.begin) {
+      raw = raw_at;
+      raw_at += G * (it.end - it.begin);
+      any_scored = true;
+    }
+    put(L.raw_offset, i, raw);
+  }
+  for (size_t k = 0; k < plan.task_begin.size(); ++k)
+    put(L.task_begin, k, static_cast<int>(plan.task_begin[k]));
+  for (size_t k = 0; k < plan.merge_begin.size(); ++k)
+    put(L.merge_begin, k, static_cast<int>(plan.merge_begin[k]));
+  for (int64_t t = 0; t < p.n_queries; ++t) {
+    put(L.q_pos, static_cast<size_t>(t), static_cast<int>(p.q_positions[t]));
+    const int64_t seq = p.q_seq != nullptr ? p.q_seq[t] : 0;
+    put(L.q_list, static_cast<size_t>(t), static_cast<int>(seq * KH));
+  }
+  size_t c = 0;
+  for (size_t li = 0; li < lists.size(); ++li) {
+    put(L.list_begin, li, static_cast<int>(c));
+    int start = 0;
+    for (const KvChunk& ch : lists[li]) {
+      put(L.chunk_start, c, start);
+      start += static_cast<int>(ch.n);
+      put(L.chunk_end, c, start);
+      put(L.chunk_k, c, static_cast<const uint16_t*>(ch.k));
+      put(L.chunk_v, c, static_cast<const uint16_t*>(ch.v));
+      put(L.chunk_pos, c, ch.positions);
+      put(L.chunk_scores, c, ch.scores);
+      ++c;
+    }
+  }
+  put(L.list_begin, lists.size(), static_cast<int>(c));
+  if (L.table_bytes > 0)
+    EKVA_CUDA_CHECK(
+        cudaMemcpyAsync(workspace, host.data(), L.table_bytes, cudaMemcpyHostToDevice, stream));
+  // (A pageable source: the call returns once the bytes are staged, so `host` may go.)
+
+  auto* base = static_cast<unsigned char*>(workspace);
+  AttentionTable t;
+  t.n_queries = static_cast<int32_t>(p.n_queries);
+  t.n_heads = static_cast<int32_t>(p.n_heads);
+  t.n_kv_heads = static_cast<int32_t>(p.n_kv_heads);
+  t.head_dim = static_cast<int32_t>(p.head_dim);
+  t.scale = p.scale;
+  t.sliding_window = static_cast<int32_t>(p.sliding_window);
+  t.n_items = static_cast<int32_t>(plan.items.size());
+  t.n_tasks = static_cast<int32_t>(plan.n_tasks());
+  t.n_pairs = static_cast<int32_t>(p.n_queries * p.n_kv_heads);
+  t.any_scored = any_scored;
+  t.table = workspace;
+  t.part_m = reinterpret_cast<float*>(base + L.part_m);
+  t.part_l = reinterpret_cast<float*>(base + L.part_l);
+  t.part_o = reinterpret_cast<float*>(base + L.part_o);
+  t.final_m = reinterpret_cast<float*>(base + L.final_m);
+  t.final_l = reinterpret_cast<float*>(base + L.final_l);
+  t.raw = reinterpret_cast<float*>(base + L.raw);
+  t.off_items = L.items;
+  t.off_task_begin = L.task_begin;
+  t.off_merge_begin = L.merge_begin;
+  t.off_raw_offset = L.raw_offset;
+  t.off_q_pos = L.q_pos;
+  t.off_list = L.q_list;
+  t.off_list_begin = L.list_begin;
+  t.off_chunk_start = L.chunk_start;
+  t.off_chunk_end = L.chunk_end;
+  t.off_chunk_k = L.chunk_k;
+  t.off_chunk_v = L.chunk_v;
+  t.off_chunk_pos = L.chunk_pos;
+  t.off_chunk_scores = L.chunk_scores;
+  return t;
+}
+
+namespace {
+
+template <int D, int G>
+void launch_attend(const KernelParams& kp, int n_tasks, cudaStream_t stream) {
+  using C = Config<D, G>;
+  // The dynamic shared-memory limit is raised once per device (outside any graph
+  // capture that later calls come from).
+  static std::atomic<uint64_t> raised{0};
+  int device = 0;
+  EKVA_CUDA_CHECK(cudaGetDevice(&device));
+  const uint64_t bit = uint64_t{1} << (device & 63);
+  if ((raised.load(std::memory_order_acquire) & bit) == 0) {
+    EKVA_CUDA_CHECK(cudaFuncSetAttribute(
+        attend_kernel<D, G>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes));
+    raised.fetch_or(bit, std::memory_order_acq_rel);
+  }
+  attend_kernel<D, G><<<static_cast<unsigned>(n_tasks), C::kThreads, C::kSmemBytes, stream>>>(kp);
+  EKVA_CUDA_CHECK_LAUNCH();
+}
+
+// The one dispatch layer: run-time head_dim and group size to compile-time constants.
+template <int D>
+void dispatch_group(const KernelParams& kp, int n_tasks, cudaStream_t stream) {
+  switch (kp.group) {
+    case 1:
+      return launch_attend<D, 1>(kp, n_tasks, stream);
+    case 2:
+      return launch_attend<D, 2>(kp, n_tasks, stream);
+    case 3:
+      return launch_attend<D, 3>(kp, n_tasks, stream);
+    case 4:
+      return launch_attend<D, 4>(kp, n_tasks, stream);
+    case 5:
+      return launch_attend<D, 5>(kp, n_tasks, stream);
+    case 6:
+      return launch_attend<D, 6>(kp, n_tasks, stream);
+    case 7:
+      return launch_attend<D, 7>(kp, n_tasks, stream);
+    case 8:
+      return launch_attend<D, 8>(kp, n_tasks, stream);
+    default:
+      fail_arg("cuda::attention: GQA group of " + std::to_string(kp.group) +
+                   " unsupported; supported: 1..8",
+               __FILE__, __LINE__);
+  }
+}
+
+}  // namespace
+
+void attention_run(const AttentionTable& t, const float* q, float* out, cudaStream_t stream) {
+  EKVA_ATTN_REQUIRE(t.table != nullptr || t.n_items == 0, "table not prepared");
+  if (t.n_pairs == 0) return;
+  EKVA_ATTN_REQUIRE(q != nullptr && out != nullptr, "q or out is null");
+  EKVA_ATTN_REQUIRE(reinterpret_cast<uintptr_t>(q) % 16 == 0, "q not 16-byte aligned");
+  const auto* base = static_cast<const unsigned char*>(t.table);
+  KernelParams kp{};
+  kp.items = reinterpret_cast<const int4*>(base + t.off_items);
+  kp.task_begin = reinterpret_cast<const int*>(base + t.off_task_begin);
+  kp.merge_begin = reinterpret_cast<const int*>(base + t.off_merge_begin);
+  kp.raw_offset = reinterpret_cast<const long long*>(base + t.off_raw_offset);
+  kp.q_pos = reinterpret_cast<const int*>(base + t.off_q_pos);
+  kp.q_list = reinterpret_cast<const int*>(base + t.off_list);
+  kp.list_begin = reinterpret_cast<const int*>(base + t.off_list_begin);
+  kp.chunk_start = reinterpret_cast<const int*>(base + t.off_chunk_start);
+  kp.chunk_end = reinterpret_cast<const int*>(base + t.off_chunk_end);
+  kp.chunk_k = reinterpret_cast<const uint16_t* const*>(base + t.off_chunk_k);
+  kp.chunk_v = reinterpret_cast<const uint16_t* const*>(base + t.off_chunk_v);
+  kp.chunk_pos = reinterpret_cast<const int* const*>(base + t.off_chunk_pos);
+  kp.chunk_scores = reinterpret_cast<float* const*>(base + t.off_chunk_scores);
+  kp.q = q;
+  kp.out = out;
+  kp.part_m = t.part_m;
+  kp.part_l = t.part_l;
+  kp.part_o = t.part_o;
+  kp.final_m = t.any_scored ? t.final_m : nullptr;
+  kp.final_l = t.any_scored ? t.final_l : nullptr;
+  kp.raw = t.raw;
+  kp.n_heads = t.n_heads;
+  kp.n_kv_heads = t.n_kv_heads;
+  kp.head_dim = t.head_dim;
+  kp.group = t.n_heads / t.n_kv_heads;
+  kp.scale_log2 = t.scale * kLog2e;
+  kp.window = t.sliding_window;
+
+  if (t.n_tasks > 0) {
+    switch (t.head_dim) {
+      case 64:
+        dispatch_group<64>(kp, t.n_tasks, stream);
+        break;
+      case 128:
+        dispatch_group<128>(kp, t.n_tasks, stream);
+        break;
+      default:
+        fail_arg("cuda::attention: head_dim " + std::to_string(t.head_dim) +
+                     " unsupported; supported: 64, 128",
+                 __FILE__, __LINE__);
+    }
+  }
+  merge_kernel<<<static_cast<unsigned>(t.n_pairs), 128, 0, stream>>>(kp);
+  EKVA_CUDA_CHECK_LAUNCH();
+  if (t.any_scored && t.n_items > 0) {
+    score_kernel<<<static_cast<unsigned>(t.n_items), 128, 0, stream>>>(kp);
+    EKVA_CUDA_CHECK_LAUNCH();
+  }
+}
+
+void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> lists,
+               const AttentionPlan& plan, void* workspace, size_t workspace_bytes,
+               cudaStream_t stream) {
+  const AttentionTable t = attention_prepare(p, lists, plan, workspace, workspace_bytes, stream);
+  attention_run(t, p.q, p.out, stream);
+}
+
+}  // namespace ekva::cuda
