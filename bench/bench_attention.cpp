@@ -50,6 +50,7 @@ int main(int argc, char** argv) {
     sc.n_experts = experts;
     sc.granularity = ekva::Granularity::kPerHeadExpert;
     sc.max_context = entries * 2 + 1;
+    sc.kv_dtype = ekva::DType::kF32;  // the results say dtype f32
     ekva::PagedKvStore store(sc);
     std::mt19937_64 rng(1);
     std::normal_distribution<float> normal(0.f, 1.f);
@@ -90,7 +91,7 @@ int main(int argc, char** argv) {
         auto& list = chunks[static_cast<size_t>(s)][static_cast<size_t>(h)];
         store.cache(seqs[static_cast<size_t>(s)]).view(0, h, list);
         n_chunks += list.size();
-        for (const auto& c : list) kv_bytes += static_cast<size_t>(c.n * head_dim) * 2 * sizeof(float);
+        for (const auto& c : list) kv_bytes += static_cast<size_t>(c.n) * c.entry_bytes(head_dim);
       }
     }
     const int n_heads = kv_heads * group;

@@ -96,6 +96,7 @@ int main(int argc, char** argv) {
       cc.policy = policy;
       cc.allocator = allocator;
       cc.budget = spec;
+      cc.kv_dtype = ekva::DType::kF32;  // like the full rows: the JSON says kv_dtype f32
       for (const int B : batches) {
         nlohmann::json row = {{"batch", B}, {"budget", budget}, {"context", context},
                               {"method", full ? "full" : allocator + ":" + policy}};

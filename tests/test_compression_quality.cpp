@@ -233,7 +233,7 @@ class Harness {
             for (int64_t i = 0; i < r.n; ++i) {
               if (r.positions[i] > qp) continue;
               double dot = 0;
-              for (int d = 0; d < kDim; ++d) dot += double{qv[d]} * r.k[i * kDim + d];
+              for (int d = 0; d < kDim; ++d) dot += double{qv[d]} * r.k_at(i * kDim + d);
               logits[c].second = dot / std::sqrt(double{kDim});
               m = std::max(m, logits[c++].second);
             }
@@ -405,7 +405,7 @@ TEST(CompressedCacheQuality, ByteBudgetsBoundTheBytesHeld) {
     CompressedKvCache cache(synthetic_shape(), cfg, kMaxContext, test::cpu());
     const double budget = cfg.budget.value;
     const PagedKvStore& store = cache.store();
-    const double slot = static_cast<double>(store.pool().block_bytes()) / store.config().block_size;
+    const double slot = static_cast<double>(store.block_bytes()) / store.config().block_size;
     Harness run(cache, cfg, 13);
     int64_t compressions = 0;
     for (int step = 0; step < 250; ++step) {
@@ -425,7 +425,7 @@ TEST(CompressedCacheQuality, ByteBudgetsBoundTheBytesHeld) {
     // The budget is used, not left to rounding: within a block per (layer, kv-head).
     const CompressionStats st = cache.stats();
     EXPECT_GE(static_cast<double>(st.bytes.reserved),
-              budget - 2.0 * kLayers * kKvHeads * static_cast<double>(store.pool().block_bytes()))
+              budget - 2.0 * kLayers * kKvHeads * static_cast<double>(store.block_bytes()))
         << alloc;
   }
 }

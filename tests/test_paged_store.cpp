@@ -1,8 +1,10 @@
-// The block pool and the ragged paged KV store: attention over the store equals
-// attention over the full cache while nothing is evicted; tags send entries to their
-// expert segments; keep() compacts survivors exactly; a long decode soak with
-// periodic eviction keeps every invariant (protected tokens, budgets, no block lost
-// or shared, exact bytes); bad use fails with a clear message.
+// The K/V arena, the cells and the ragged paged KV store: bf16 storage holds the
+// inputs rounded to nearest even in half the bytes of f32; attention over the store
+// equals the reference attention over a full cache of the same dtype while nothing is
+// evicted; tags send entries to their expert segments; keep() compacts survivors
+// exactly; a long decode soak with periodic eviction keeps every invariant (protected
+// tokens, budgets, no block lost or shared, payloads intact, exact bytes) in bf16 and
+// f32; bad use fails with a clear message.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,11 +14,13 @@
 #include <memory>
 #include <random>
 #include <set>
+#include <ostream>
 #include <string>
 
 #include "core/thread_pool.h"
 #include "ekva/error.h"
-#include "kv/block_pool.h"
+#include "kv/kv_arena.h"
+#include "kv/kv_cells.h"
 #include "kv/kv_cache.h"
 #include "cpu/kernels.h"
 #include "kv/paged_store.h"
@@ -24,6 +28,10 @@
 #include "test_util.h"
 
 namespace ekva {
+
+// Test names say the dtype ("bf16", "f32"), not its byte.
+inline void PrintTo(DType dtype, std::ostream* os) { *os << (dtype == DType::kBF16 ? "bf16" : "f32"); }
+
 namespace {
 
 // Runs fn and expects an ekva::Error whose message contains `what`.
@@ -91,40 +99,65 @@ std::vector<EntryRun> view_runs(PagedKvStore& store, int seq, int layer, int kv_
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-TEST(BlockPool, RecyclesBlocksAndReturnsEmptySlabs) {
-  BlockPool pool({/*block_size=*/4, /*head_dim=*/3, /*slab_blocks=*/3, /*max_empty_slabs=*/0});
+// What a store of `dtype` holds for the f32 value x: x rounded to nearest even in bf16.
+float stored(DType dtype, float x) { return dtype == DType::kBF16 ? bf16_to_f32(f32_to_bf16(x)) : x; }
+
+std::string dtype_label(DType dtype) { return dtype == DType::kBF16 ? "bf16" : "f32"; }
+
+StoreConfig store_config(KvShape kv, int n_experts, int block_size, Granularity granularity, int sinks,
+                         int window, int64_t max_context, DType dtype, int slab_blocks = 0) {
+  StoreConfig c{kv, n_experts, block_size, granularity, sinks, window, max_context, slab_blocks};
+  c.kv_dtype = dtype;
+  return c;
+}
+
+TEST(KvArena, RecyclesBlocksAndReturnsEmptySlabs) {
+  KvArena pool({/*block_size=*/4, /*head_dim=*/3, DType::kF32, /*slab_blocks=*/3, /*max_empty_slabs=*/0});
+  KvCells cells(4, pool.slab_shift());
   EXPECT_EQ(pool.slab_blocks(), 4);  // rounded up to a power of two
   EXPECT_EQ(pool.block_bytes() % 64, 0u);
   std::vector<int32_t> blocks;
-  for (int i = 0; i < 10; ++i) blocks.push_back(pool.allocate());
+  for (int i = 0; i < 10; ++i) {
+    blocks.push_back(pool.allocate());
+    cells.add(blocks.back());
+  }
   EXPECT_EQ(std::set<int32_t>(blocks.begin(), blocks.end()).size(), 10u);
   EXPECT_EQ(pool.blocks_in_use(), 10);
   EXPECT_EQ(pool.blocks_free(), 2);
   EXPECT_EQ(pool.slabs_mapped(), 3);
   EXPECT_EQ(pool.reserved_bytes(), 3 * 4 * pool.block_bytes());
+  EXPECT_EQ(pool.offset(blocks[5]), static_cast<size_t>(blocks[5] & 3) * pool.block_bytes());
+  const auto k_of = [&](int32_t b) { return static_cast<const float*>(pool.k(b)); };
+  const auto v_of = [&](int32_t b) { return static_cast<const float*>(pool.v(b)); };
   // Every array of every block is distinct memory: fill all, then read all back.
   for (int32_t b : blocks) {
     EXPECT_EQ(reinterpret_cast<uintptr_t>(pool.k(b)) % 64, 0u);
-    for (int i = 0; i < 4 * 3; ++i) pool.k(b)[i] = static_cast<float>(b), pool.v(b)[i] = -b;
+    const float kr[3] = {static_cast<float>(b), static_cast<float>(b), static_cast<float>(b)};
+    const float vr[3] = {-kr[0], -kr[0], -kr[0]};
     for (int i = 0; i < 4; ++i) {
-      pool.positions(b)[i] = b;
-      pool.tags(b)[i] = b + 1;
-      pool.scores(b)[i] = static_cast<float>(b + 2);
+      pool.write(b, i, kr, vr);
+      cells.positions(b)[i] = b;
+      cells.tags(b)[i] = b + 1;
+      cells.scores(b)[i] = static_cast<float>(b + 2);
     }
   }
   for (int32_t b : blocks) {
-    for (int i = 0; i < 4 * 3; ++i) ASSERT_TRUE(pool.k(b)[i] == b && pool.v(b)[i] == -b);
+    for (int i = 0; i < 4 * 3; ++i) ASSERT_TRUE(k_of(b)[i] == b && v_of(b)[i] == -b);
     for (int i = 0; i < 4; ++i)
-      ASSERT_TRUE(pool.positions(b)[i] == b && pool.tags(b)[i] == b + 1 &&
-                  pool.scores(b)[i] == b + 2);
+      ASSERT_TRUE(cells.positions(b)[i] == b && cells.tags(b)[i] == b + 1 &&
+                  cells.scores(b)[i] == b + 2);
   }
   // Emptying the middle slab returns it to the OS at once (max_empty_slabs = 0).
-  for (int i = 4; i < 8; ++i) pool.release(blocks[static_cast<size_t>(i)]);
+  for (int i = 4; i < 8; ++i) {
+    pool.release(blocks[static_cast<size_t>(i)]);
+    cells.remove(blocks[static_cast<size_t>(i)]);
+  }
   EXPECT_EQ(pool.slabs_mapped(), 2);
   EXPECT_EQ(pool.blocks_in_use(), 6);
   EXPECT_EQ(pool.blocks_free(), 2);
   EXPECT_FALSE(pool.in_use(blocks[4]));
   expect_error([&] { pool.release(blocks[4]); }, "released but not in use");
+  expect_error([&] { cells.remove(blocks[4]); }, "removed but never added");
   // The lowest slab with room is used first: the free blocks of slab 2, then slab 1
   // is mapped again.
   EXPECT_EQ(pool.allocate() >> 2, 2);
@@ -133,26 +166,28 @@ TEST(BlockPool, RecyclesBlocksAndReturnsEmptySlabs) {
   EXPECT_EQ(pool.slabs_mapped(), 3);
 
   // Draining: with slab 0 emptied (and returned), the live blocks are one in slab 1
-  // and two in slab 2; the one in slab 1 moves to slab 2, with its contents, and
-  // slab 1 goes back to the OS.
+  // and two in slab 2; the one in slab 1 moves to slab 2, with its K/V, and slab 1
+  // goes back to the OS.
   for (int i : {0, 1, 2, 3, 8, 9}) pool.release(blocks[static_cast<size_t>(i)]);
   std::vector<int32_t> live;
   for (int32_t b = 0; b < 12; ++b)
     if (pool.in_use(b)) live.push_back(b);
   ASSERT_EQ(live, (std::vector<int32_t>{4, 10, 11}));
   EXPECT_EQ(pool.slabs_mapped(), 2);
-  for (int32_t b : live) pool.scores(b)[3] = static_cast<float>(b);
+  const float k4[3] = {1.f, 2.f, 3.f}, v4[3] = {-1.f, -2.f, -3.f};
+  pool.write(4, 3, k4, v4);
   EXPECT_EQ(pool.begin_drain(), 1);
   EXPECT_TRUE(pool.draining(4));
   EXPECT_FALSE(pool.draining(10));
   const int32_t moved = pool.move(4);
   EXPECT_EQ(moved >> 2, 2);
-  EXPECT_EQ(pool.scores(moved)[3], 4.f);
+  EXPECT_EQ(k_of(moved)[3 * 3 + 2], 3.f);
+  EXPECT_EQ(v_of(moved)[3 * 3 + 1], -2.f);
   EXPECT_EQ(pool.end_drain(), 1);
   EXPECT_EQ(pool.slabs_mapped(), 1);
   EXPECT_EQ(pool.blocks_in_use(), 3);
 
-  BlockPool lazy({4, 3, 4, /*max_empty_slabs=*/1});
+  KvArena lazy({4, 3, DType::kBF16, 4, /*max_empty_slabs=*/1});
   std::vector<int32_t> more;
   for (int i = 0; i < 12; ++i) more.push_back(lazy.allocate());
   for (int32_t b : more) lazy.release(b);
@@ -161,16 +196,54 @@ TEST(BlockPool, RecyclesBlocksAndReturnsEmptySlabs) {
   EXPECT_EQ(lazy.release_empty_slabs(), 1);
   EXPECT_EQ(lazy.slabs_mapped(), 0);
   EXPECT_EQ(lazy.reserved_bytes(), 0u);
+  expect_error([] { KvArena bad({4, 3, DType::kF16}); }, "K/V are stored in bf16 or f32, not F16");
+}
+
+// bf16 storage: every value written comes back rounded to nearest even (ties to the
+// even mantissa, NaN kept), copies move the 16-bit payloads unchanged, and a block
+// takes exactly half the bytes of an f32 one.
+TEST(KvArena, Bf16RoundTripAndHalfTheBytes) {
+  constexpr int B = 32, D = 64;
+  KvArena bf16({B, D, DType::kBF16, 4});
+  KvArena f32({B, D, DType::kF32, 4});
+  EXPECT_EQ(bf16.row_bytes(), size_t{D} * 2);
+  EXPECT_EQ(2 * bf16.block_bytes(), f32.block_bytes());
+  const int32_t a = bf16.allocate(), b = bf16.allocate();
+  std::vector<float> k = test::random_floats(size_t{B} * D, 7, 3.f), v = test::random_floats(size_t{B} * D, 8);
+  // Exact ties: 1 + 2^-8 rounds down to 1 (even), 1 + 3 * 2^-8 up to 1 + 2^-6.
+  k[0] = 1.00390625f;
+  k[1] = 1.01171875f;
+  k[2] = -1.00390625f;
+  k[3] = std::numeric_limits<float>::quiet_NaN();
+  for (int i = 0; i < B; ++i) bf16.write(a, i, &k[static_cast<size_t>(i) * D], &v[static_cast<size_t>(i) * D]);
+  const auto* ka = static_cast<const uint16_t*>(bf16.k(a));
+  const auto* va = static_cast<const uint16_t*>(bf16.v(a));
+  EXPECT_EQ(bf16_to_f32(ka[0]), 1.f);
+  EXPECT_EQ(bf16_to_f32(ka[1]), 1.015625f);
+  EXPECT_EQ(bf16_to_f32(ka[2]), -1.f);
+  EXPECT_TRUE(std::isnan(bf16_to_f32(ka[3])));
+  for (size_t i = 4; i < k.size(); ++i) {
+    ASSERT_EQ(ka[i], f32_to_bf16(k[i])) << i;
+    ASSERT_EQ(va[i], f32_to_bf16(v[i])) << i;
+    ASSERT_LE(std::abs(bf16_to_f32(ka[i]) - k[i]), std::abs(k[i]) * (1.f / 256)) << i;
+  }
+  // Overlapping and cross-block copies keep the payload bits.
+  bf16.copy_entries(a, 5, b, 0, 10);
+  bf16.copy_entries(a, 1, a, 0, 31);
+  const auto* kb = static_cast<const uint16_t*>(bf16.k(b));
+  for (int i = 0; i < 10 * D; ++i) ASSERT_EQ(kb[i], f32_to_bf16(k[size_t{5} * D + static_cast<size_t>(i)])) << i;
+  for (int i = 0; i < 31 * D; ++i) ASSERT_EQ(va[i], f32_to_bf16(v[size_t{D} + static_cast<size_t>(i)])) << i;
 }
 
 // Without eviction, attention over the chunks of each sequence's store view equals
-// attention over a FullKvCache fed the same appends: several block sizes, GQA
-// shapes, both ends of the granularity range, three sequences appended in turns.
+// the reference attention over a FullKvCache of the same dtype fed the same appends
+// (so the same stored values): both dtypes, several block sizes, GQA shapes, both
+// ends of the granularity range, three sequences appended in turns.
 struct AttentionShape {
   int n_heads, n_kv_heads, head_dim;
 };
 
-using PagedVsFullParam = std::tuple<int /*block_size*/, AttentionShape, Granularity>;
+using PagedVsFullParam = std::tuple<int /*block_size*/, AttentionShape, Granularity, DType>;
 class PagedVsFull : public ::testing::TestWithParam<PagedVsFullParam> {};
 
 TEST_P(PagedVsFull, AttentionMatchesWithoutEviction) {
@@ -178,10 +251,11 @@ TEST_P(PagedVsFull, AttentionMatchesWithoutEviction) {
   const int block_size = std::get<0>(GetParam());
   const AttentionShape shape = std::get<1>(GetParam());
   const Granularity granularity = std::get<2>(GetParam());
+  const DType dtype = std::get<3>(GetParam());
   const KvShape kv{2, shape.n_kv_heads, shape.head_dim};
   const int E = 4;
-  PagedKvStore store({kv, E, block_size, granularity, /*sink_tokens=*/4, /*recent_window=*/8,
-                      /*max_context=*/256});
+  PagedKvStore store(store_config(kv, E, block_size, granularity, /*sinks=*/4, /*window=*/8,
+                                  /*max_context=*/256, dtype));
   ThreadPool pool(2);
   std::mt19937 rng(block_size * 100 + shape.head_dim);
   const int n_seqs = 3;
@@ -189,7 +263,7 @@ TEST_P(PagedVsFull, AttentionMatchesWithoutEviction) {
   std::vector<std::unique_ptr<FullKvCache>> full;
   for (int i = 0; i < n_seqs; ++i) {
     seqs.push_back(store.add_sequence());
-    full.push_back(std::make_unique<FullKvCache>(kv, 256));
+    full.push_back(std::make_unique<FullKvCache>(kv, 256, dtype));
   }
   // One forward-like call: per layer append, attend the new tokens, tag (layer 0 is
   // MoE, layer 1 dense).
@@ -212,6 +286,7 @@ TEST_P(PagedVsFull, AttentionMatchesWithoutEviction) {
         int64_t n = 0;
         for (const KvChunk& c : paged_chunks[static_cast<size_t>(h)]) {
           EXPECT_LE(c.n, block_size);
+          EXPECT_EQ(c.dtype, dtype);
           n += c.n;
         }
         EXPECT_EQ(n, ref.length());
@@ -230,9 +305,9 @@ TEST_P(PagedVsFull, AttentionMatchesWithoutEviction) {
       p.out = out.data();
       cpu::attention(p, paged_chunks, pool);
       p.out = out_ref.data();
-      cpu::attention(p, ref_chunks, pool);
+      ref::attention(p, ref_chunks);
       EXPECT_LT(test::rel_error(out.data(), out_ref.data(), out.size()), 1e-5)
-          << "sequence " << i << " layer " << layer << " at " << positions.front();
+          << dtype_label(dtype) << " sequence " << i << " layer " << layer << " at " << positions.front();
       if (layer == 0) {
         std::vector<int32_t> tags(static_cast<size_t>(n_tokens));
         for (auto& t : tags) t = static_cast<int32_t>(rng() % E);
@@ -255,7 +330,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Combine(::testing::Values(1, 7, 32),
                        ::testing::Values(AttentionShape{4, 2, 16}, AttentionShape{6, 3, 17},
                                          AttentionShape{8, 1, 32}),
-                       ::testing::Values(Granularity::kPerHeadExpert, Granularity::kPerLayer)));
+                       ::testing::Values(Granularity::kPerHeadExpert, Granularity::kPerLayer),
+                       ::testing::Values(DType::kBF16, DType::kF32)));
 
 // Tags: sinks and the recent window stay protected; older entries land in the
 // segment of their expert tag (kNoExpert for a dense layer), in position order.
@@ -310,8 +386,9 @@ TEST(PagedKvStore, TagsGraduateIntoExpertSegments) {
           EXPECT_EQ(r.kv_head, h);
           for (int64_t j = 0; j < r.n; ++j) {
             EXPECT_EQ(r.tags[j], e);
-            EXPECT_EQ(r.k[j * kv.head_dim + 1], k_value(seq, layer, h, r.positions[j], 1));
-            EXPECT_EQ(r.v[j * kv.head_dim + 3], v_value(seq, layer, h, r.positions[j], 3));
+            EXPECT_EQ(r.dtype, DType::kBF16);  // the default
+            EXPECT_EQ(r.k_at(j * kv.head_dim + 1), stored(r.dtype, k_value(seq, layer, h, r.positions[j], 1)));
+            EXPECT_EQ(r.v_at(j * kv.head_dim + 3), stored(r.dtype, v_value(seq, layer, h, r.positions[j], 3)));
           }
         }
       }
@@ -368,13 +445,14 @@ TEST(PagedKvStore, TagsGraduateIntoExpertSegments) {
 // keep() of a random subset: survivors are exactly the kept entries in order, with
 // their K, V, positions, tags and scores; the segment shrinks to the fewest blocks;
 // bytes are exact.
-class KeepTest : public ::testing::TestWithParam<int> {};
+class KeepTest : public ::testing::TestWithParam<std::tuple<int, DType>> {};
 
 TEST_P(KeepTest, CompactsSurvivorsInOrder) {
-  const int B = GetParam();
+  const int B = std::get<0>(GetParam());
+  const DType dtype = std::get<1>(GetParam());
   const KvShape kv{1, 2, 5};
   for (Granularity granularity : {Granularity::kPerHeadExpert, Granularity::kPerLayer}) {
-    PagedKvStore store({kv, 2, B, granularity, /*sink_tokens=*/2, /*recent_window=*/3, 512});
+    PagedKvStore store(store_config(kv, 2, B, granularity, /*sinks=*/2, /*window=*/3, 512, dtype));
     const int seq = store.add_sequence();
     const auto positions = iota_positions(0, 150);
     std::vector<float> k, v;
@@ -415,8 +493,8 @@ TEST_P(KeepTest, CompactsSurvivorsInOrder) {
         EXPECT_EQ(r.tags[j], pos % 5 == 0 ? 0 : 1);
         EXPECT_EQ(r.scores[j], static_cast<float>(pos) * 0.5f + static_cast<float>(head));
         for (int d = 0; d < kv.head_dim; ++d) {
-          EXPECT_EQ(r.k[j * kv.head_dim + d], k_value(seq, 0, head, pos, d));
-          EXPECT_EQ(r.v[j * kv.head_dim + d], v_value(seq, 0, head, pos, d));
+          EXPECT_EQ(r.k_at(j * kv.head_dim + d), stored(dtype, k_value(seq, 0, head, pos, d)));
+          EXPECT_EQ(r.v_at(j * kv.head_dim + d), stored(dtype, v_value(seq, 0, head, pos, d)));
         }
       }
     }
@@ -433,28 +511,29 @@ TEST_P(KeepTest, CompactsSurvivorsInOrder) {
       EXPECT_EQ(s.n_entries, static_cast<int64_t>(keep.size()));
       EXPECT_LE(s.n_blocks, list_blocks(0, 0));
     }
-    EXPECT_EQ(store.pool().blocks_in_use(),
+    EXPECT_EQ(store.arena().blocks_in_use(),
               list_blocks(in_segment_per_head[0] - kept_per_head[0],
                           in_segment_per_head[1] - kept_per_head[1]));
-    EXPECT_EQ(store.blocks_in_use(0), store.pool().blocks_in_use());
+    EXPECT_EQ(store.blocks_in_use(0), store.arena().blocks_in_use());
     // 150 entries per kv-head minus the evicted ones.
     const auto live = static_cast<size_t>(2 * 150) - (entries.size() - keep.size());
     const StoreBytes bytes = store.bytes(seq);
-    EXPECT_EQ(bytes.kv, live * 2 * 5 * sizeof(float));
+    EXPECT_EQ(bytes.kv, live * 2 * 5 * dtype_size(dtype));
     EXPECT_EQ(bytes.metadata, live * 12);
-    EXPECT_EQ(bytes.reserved,
-              static_cast<size_t>(store.pool().blocks_in_use()) * store.pool().block_bytes());
+    EXPECT_EQ(bytes.reserved_kv,
+              static_cast<size_t>(store.arena().blocks_in_use()) * store.arena().block_bytes());
+    EXPECT_EQ(bytes.reserved, static_cast<size_t>(store.arena().blocks_in_use()) * store.block_bytes());
     EXPECT_EQ(store.cache(seq).bytes_used(), bytes.reserved);
 
     // Evicting everything leaves the lists only the entries of other segments.
     store.keep(seq, 0, segment, {});
-    EXPECT_EQ(store.pool().blocks_in_use(), list_blocks(in_segment_per_head[0], in_segment_per_head[1]));
+    EXPECT_EQ(store.arena().blocks_in_use(), list_blocks(in_segment_per_head[0], in_segment_per_head[1]));
     std::vector<SegmentInfo> emptied;
     store.segments(seq, 0, emptied);
     for (const SegmentInfo& s : emptied) EXPECT_NE(s.id, segment);
 
     store.cache(seq).clear();
-    EXPECT_EQ(store.pool().blocks_in_use(), 0);
+    EXPECT_EQ(store.arena().blocks_in_use(), 0);
     EXPECT_EQ(store.cache(seq).length(), 0);
     EXPECT_EQ(store.bytes(seq).kv, 0u);
     store.cache(seq).append(0, std::span(positions).first(3), k.data(), v.data());
@@ -462,21 +541,25 @@ TEST_P(KeepTest, CompactsSurvivorsInOrder) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(BlockSizes, KeepTest, ::testing::Values(1, 7, 32));
+INSTANTIATE_TEST_SUITE_P(BlockSizes, KeepTest,
+                         ::testing::Combine(::testing::Values(1, 7, 32),
+                                            ::testing::Values(DType::kBF16, DType::kF32)));
 
 // 3 sequences x 2 layers x 2 kv-heads x 8 experts, 2000 decode steps with random
 // tags, each segment evicted down to a random budget whenever it passes budget +
 // slack; the store is audited against a mirror of the live positions after every
 // step. Reports the paging waste it measured.
-class SoakTest : public ::testing::TestWithParam<int> {};
+class SoakTest : public ::testing::TestWithParam<std::tuple<int, DType>> {};
 
 TEST_P(SoakTest, DecodeWithPeriodicEviction) {
-  const int B = GetParam();
+  const int B = std::get<0>(GetParam());
+  const DType dtype = std::get<1>(GetParam());
   constexpr int kHeads = 2;
   const KvShape kv{2, kHeads, 16};
   const int E = 8, S = 4, W = 32, kSlack = 8, kSteps = 2000, kSeqs = 3;
   const int64_t kContext = 4096;
-  PagedKvStore store({kv, E, B, Granularity::kPerHeadExpert, S, W, kContext, /*slab_blocks=*/16});
+  PagedKvStore store(store_config(kv, E, B, Granularity::kPerHeadExpert, S, W, kContext, dtype,
+                                  /*slab_blocks=*/16));
   const int n_segments = store.n_segments();
   std::mt19937 rng(1234 + B);
 
@@ -561,8 +644,8 @@ TEST_P(SoakTest, DecodeWithPeriodicEviction) {
               if (r.segment == kProtectedSegment) protected_positions.push_back(p);
               const bool full_row = step % 100 == 0;
               for (int d = 0; d < kv.head_dim; d += full_row ? 1 : kv.head_dim - 1) {
-                ASSERT_EQ(r.k[j * kv.head_dim + d], k_value(m.id, layer, h, p, d)) << p;
-                ASSERT_EQ(r.v[j * kv.head_dim + d], v_value(m.id, layer, h, p, d)) << p;
+                ASSERT_EQ(r.k_at(j * kv.head_dim + d), stored(dtype, k_value(m.id, layer, h, p, d))) << p;
+                ASSERT_EQ(r.v_at(j * kv.head_dim + d), stored(dtype, v_value(m.id, layer, h, p, d))) << p;
               }
             }
           }
@@ -605,21 +688,22 @@ TEST_P(SoakTest, DecodeWithPeriodicEviction) {
       all_blocks.insert(all_blocks.end(), blocks.begin(), blocks.end());
       // Exact bytes.
       const StoreBytes bytes = store.bytes(m.id);
-      ASSERT_EQ(bytes.kv, static_cast<size_t>(live) * 2 * kv.head_dim * sizeof(float));
+      ASSERT_EQ(bytes.kv, static_cast<size_t>(live) * 2 * kv.head_dim * dtype_size(dtype));
       ASSERT_EQ(bytes.metadata, static_cast<size_t>(live) * 12);
-      ASSERT_EQ(bytes.reserved, static_cast<size_t>(n_blocks) * store.pool().block_bytes());
+      ASSERT_EQ(bytes.reserved_kv, static_cast<size_t>(n_blocks) * store.arena().block_bytes());
+      ASSERT_EQ(bytes.reserved, static_cast<size_t>(n_blocks) * store.block_bytes());
       ASSERT_EQ(store.cache(m.id).bytes_used(), bytes.reserved);
       kv_total += bytes.kv;
     }
     // No block leaked or held twice.
     std::sort(all_blocks.begin(), all_blocks.end());
     ASSERT_TRUE(std::adjacent_find(all_blocks.begin(), all_blocks.end()) == all_blocks.end());
-    ASSERT_EQ(static_cast<int64_t>(all_blocks.size()), store.pool().blocks_in_use());
-    for (int32_t b : all_blocks) ASSERT_TRUE(store.pool().in_use(b));
-    ASSERT_EQ(store.blocks_in_use(0) + store.blocks_in_use(1), store.pool().blocks_in_use());
+    ASSERT_EQ(static_cast<int64_t>(all_blocks.size()), store.arena().blocks_in_use());
+    for (int32_t b : all_blocks) ASSERT_TRUE(store.arena().in_use(b));
+    ASSERT_EQ(store.blocks_in_use(0) + store.blocks_in_use(1), store.arena().blocks_in_use());
     const StoreBytes total = store.bytes();
     ASSERT_EQ(total.kv, kv_total);
-    ASSERT_EQ(total.reserved, all_blocks.size() * store.pool().block_bytes());
+    ASSERT_EQ(total.reserved, all_blocks.size() * store.block_bytes());
     sum_reserved += total.reserved;
     sum_kv += total.kv;
   };
@@ -639,8 +723,8 @@ TEST_P(SoakTest, DecodeWithPeriodicEviction) {
     }
     if (step % 250 == 125) {  // pack the survivors of eviction into the fewest slabs
       store.defragment();
-      EXPECT_EQ(store.pool().slabs_mapped(),
-                ceil_div(store.pool().blocks_in_use(), store.pool().slab_blocks()));
+      EXPECT_EQ(store.arena().slabs_mapped(),
+                ceil_div(store.arena().blocks_in_use(), store.arena().slab_blocks()));
     }
     audit(step);
     if (HasFatalFailure()) return;
@@ -650,24 +734,26 @@ TEST_P(SoakTest, DecodeWithPeriodicEviction) {
   const double mean_waste = static_cast<double>(sum_reserved) / static_cast<double>(sum_kv) - 1.0;
   const double metadata_share = static_cast<double>(end.metadata) / static_cast<double>(end.kv);
   std::printf(
-      "[ soak B=%d ] paging waste: mean %.3f, final %.3f (metadata %.3f of it); "
-      "%lld blocks in %lld slabs (pool reserved %zu bytes)\n",
-      B, mean_waste, end.paging_waste(), metadata_share,
-      static_cast<long long>(store.pool().blocks_in_use()),
-      static_cast<long long>(store.pool().slabs_mapped()), store.pool().reserved_bytes());
+      "[ soak B=%d %s ] paging waste: mean %.3f, final %.3f (metadata %.3f of it); "
+      "%lld blocks in %lld slabs (arena reserved %zu bytes)\n",
+      B, dtype_label(dtype).c_str(), mean_waste, end.paging_waste(), metadata_share,
+      static_cast<long long>(store.arena().blocks_in_use()),
+      static_cast<long long>(store.arena().slabs_mapped()), store.arena().reserved_bytes());
   RecordProperty("mean_paging_waste", std::to_string(mean_waste));
 
   for (Mirror& m : mirrors) store.remove_sequence(m.id);
-  EXPECT_EQ(store.pool().blocks_in_use(), 0);
+  EXPECT_EQ(store.arena().blocks_in_use(), 0);
   EXPECT_EQ(store.blocks_in_use(0) + store.blocks_in_use(1), 0);
   EXPECT_EQ(store.bytes().kv, 0u);
   EXPECT_EQ(store.bytes().reserved, 0u);
-  EXPECT_LE(store.pool().slabs_mapped(), 1);  // max_empty_slabs: the rest went back to the OS
+  EXPECT_LE(store.arena().slabs_mapped(), 1);  // max_empty_slabs: the rest went back to the OS
   store.defragment();
-  EXPECT_EQ(store.pool().reserved_bytes(), 0u);
+  EXPECT_EQ(store.arena().reserved_bytes(), 0u);
 }
 
-INSTANTIATE_TEST_SUITE_P(BlockSizes, SoakTest, ::testing::Values(8, 32));
+INSTANTIATE_TEST_SUITE_P(BlockSizes, SoakTest,
+                         ::testing::Combine(::testing::Values(8, 32),
+                                            ::testing::Values(DType::kBF16, DType::kF32)));
 
 TEST(PagedKvStore, BadUseFailsWithClearMessages) {
   const KvShape kv{2, 2, 4};
@@ -725,6 +811,39 @@ TEST(PagedKvStore, BadUseFailsWithClearMessages) {
         make_store({kv, 3, 4, Granularity::kPerLayer, 2, 2, 0});
       },
       "max_context must be in 1..2^31-1");
+  expect_error([&] { make_store(store_config(kv, 3, 4, Granularity::kPerLayer, 2, 2, 16, DType::kF16)); },
+               "K/V are stored in bf16 or f32, not F16");
+}
+
+// The same entries, evicted alike, take exactly half the K/V bytes in bf16, live and
+// held; the cells (metadata) are the same in both.
+TEST(PagedKvStore, Bf16HalvesTheKvBytesOfF32) {
+  const KvShape kv{2, 2, 64};
+  StoreBytes got[2];
+  int i = 0;
+  for (DType dtype : {DType::kBF16, DType::kF32}) {
+    PagedKvStore store(store_config(kv, 4, 16, Granularity::kPerHeadExpert, 4, 8, 1024, dtype));
+    const int seq = store.add_sequence();
+    const auto positions = iota_positions(0, 300);
+    std::vector<float> k, v;
+    std::vector<int32_t> tags;
+    for (int32_t p : positions) tags.push_back(p % 4);
+    for (int layer = 0; layer < 2; ++layer) {
+      labelled_kv(seq, layer, kv, positions, k, v);
+      store.cache(seq).append(layer, positions, k.data(), v.data());
+      store.cache(seq).tag(layer, positions, tags.data());
+    }
+    std::vector<int32_t> keep;
+    for (int32_t e = 0; e < 72; e += 3) keep.push_back(e);
+    store.keep(seq, 0, store.segment_id({0, 1, 2}), keep);
+    got[i++] = store.bytes(seq);
+    EXPECT_EQ(store.cache(seq).bytes_used(), got[i - 1].reserved);
+  }
+  EXPECT_EQ(got[1].kv, (2 * 2 * 300 - 48) * 2 * 64 * sizeof(float));
+  EXPECT_EQ(2 * got[0].kv, got[1].kv);
+  EXPECT_EQ(2 * got[0].reserved_kv, got[1].reserved_kv);
+  EXPECT_EQ(got[0].metadata, got[1].metadata);
+  EXPECT_EQ(got[0].reserved - got[0].reserved_kv, got[1].reserved - got[1].reserved_kv);
 }
 
 }  // namespace

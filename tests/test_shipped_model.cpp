@@ -95,6 +95,71 @@ TEST(ShippedModelEngine, GeneratesDeterministicTextWithStats) {
   EXPECT_GT(a.prefill_tokens_per_second(), 0.0);
 }
 
+// The engine stores K/V in bf16 by default: with the full cache its logits stay
+// within bf16 tolerance of an f32 engine's on the same tokens (teacher-forced), but
+// are not the f32 ones, in exactly half the KV bytes; a compressed cache holds about
+// half the bytes (its logits may differ more: scores from bf16 keys can evict other
+// entries); a bad kv_dtype is a clear error.
+TEST(ShippedModelEngine, Bf16KvStaysWithinBf16ToleranceOfF32) {
+  std::string text;
+  for (int i = 0; i < 12; ++i)
+    text += fmt::format("Section {}: the scheduler hands the kernel {} pages of the cache. ", i, 3 * i + 1);
+  for (const std::string policy : {"full", "snapkv"}) {
+    SCOPED_TRACE(policy);
+    EngineOptions o32{.threads = 0, .context = 1024};
+    o32.kv_dtype = "f32";
+    o32.kv.policy = policy;
+    o32.kv.budget = policy == "full" ? "100%" : "50%";
+    EngineOptions o16 = o32;
+    o16.kv_dtype = EngineOptions{}.kv_dtype;  // the default
+    ASSERT_EQ(o16.kv_dtype, "bf16");
+    const auto e32 = Engine::open(kModel, o32);
+    const auto e16 = Engine::open(kModel, o16);
+    const auto ids = e32->encode(text);
+    ASSERT_GT(ids.size(), 200u);
+    const auto s32 = e32->new_session();
+    const auto s16 = e16->new_session();
+    const auto first = s32->prefill(ids);
+    std::vector<float> l32(first.begin(), first.end());
+    double max_err = 0, min_err = 1;
+    for (int step = 0; step <= 24; ++step) {
+      std::span<const float> l16;
+      if (step == 0) {
+        l16 = s16->prefill(ids);
+      } else {
+        const auto next = static_cast<int32_t>(std::max_element(l32.begin(), l32.end()) - l32.begin());
+        const auto got = s32->decode(next);
+        l32.assign(got.begin(), got.end());
+        l16 = s16->decode(next);
+      }
+      const double err = test::rel_error(l16.data(), l32.data(), l32.size());
+      max_err = std::max(max_err, err);
+      min_err = std::min(min_err, err);
+    }
+    std::printf("[ bf16 KV ] %s: logits rel. error vs f32 %.2e..%.2e; KV %zu vs %zu bytes\n", policy.c_str(),
+                min_err, max_err, s16->kv_bytes(), s32->kv_bytes());
+    if (policy == "full") {
+      EXPECT_LT(max_err, 1e-2);
+    }
+    EXPECT_GT(min_err, 1e-6) << "the bf16 engine computed with f32 K/V";
+    EXPECT_EQ(2 * s16->kv_full_bytes(), s32->kv_full_bytes());
+    if (policy == "full")
+      EXPECT_EQ(2 * s16->kv_bytes(), s32->kv_bytes());
+    else  // whole blocks, and the cells (12 bytes an entry) stay the same
+      EXPECT_LT(static_cast<double>(s16->kv_bytes()), 0.55 * static_cast<double>(s32->kv_bytes()));
+  }
+  EngineOptions bad;
+  bad.kv_dtype = "fp8";
+  try {
+    Engine::open(kModel, bad);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("kv_dtype must be \"bf16\" or \"f32\", got \"fp8\""),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(ShippedModelEngine, OverlongPromptIsAClearError) {
   auto engine = Engine::open(kModel, {.threads = 0, .context = 32});
   std::string prompt;

@@ -41,6 +41,9 @@ struct EngineOptions {
   // Tokens one forward call runs at most: longer prompts are prefilled in chunks
   // of this size (the activations are allocated for it once).
   int64_t max_step_tokens = 512;
+  // Element type of the stored K/V, for the full and the compressed cache alike:
+  // "bf16" (half the bytes; attention and scoring widen to f32) or "f32".
+  std::string kv_dtype = "bf16";
   KvCompressionOptions kv;
 };
 

@@ -23,7 +23,9 @@ void coalesce(std::vector<EntryRun>& runs, int64_t head_dim) {
   for (size_t i = 0; i < runs.size(); ++i) {
     if (out > 0) {
       EntryRun& last = runs[out - 1];
-      if (last.k + last.n * head_dim == runs[i].k && last.positions + last.n == runs[i].positions) {
+      const size_t k_bytes = static_cast<size_t>(last.n * head_dim) * dtype_size(last.dtype);
+      if (static_cast<const std::byte*>(last.k) + k_bytes == runs[i].k &&
+          last.positions + last.n == runs[i].positions) {
         last.n += runs[i].n;
         continue;
       }
@@ -44,6 +46,7 @@ StoreConfig store_config_for(const KvModelShape& model, const CompressionConfig&
   s.sink_tokens = config.sink_tokens;
   s.recent_window = config.recent_window;
   s.max_context = max_context;
+  s.kv_dtype = config.kv_dtype;
   return s;
 }
 
@@ -54,6 +57,9 @@ CompressedKvCache::CompressedKvCache(PagedKvStore& store, const KvModelShape& mo
   if (store.config().granularity != allocator_->granularity())
     fail("compressed cache: allocator '{}' needs a store of another granularity",
          allocator_->name());
+  if (store.config().kv_dtype != config_.kv_dtype)
+    fail("compressed cache: K/V in {} but the store keeps {}", dtype_name(config_.kv_dtype),
+         dtype_name(store.config().kv_dtype));
   seq_ = store_->add_sequence();
 }
 
@@ -84,7 +90,7 @@ void CompressedKvCache::init(const KvModelShape& model, int64_t max_context) {
   // block_size (K, V, position, tag, score), and each (layer, kv-head) list may end
   // in a partly filled block, up to block_size - 1 slots more.
   const int block_size = store_->config().block_size;
-  slot_bytes_ = static_cast<double>(store_->pool().block_bytes()) / block_size;
+  slot_bytes_ = static_cast<double>(store_->block_bytes()) / block_size;
   block_slack_entries_ = int64_t{block_size - 1} * n_layers_ * n_kv_heads_;
   if (allocator_->needs_profile() && config_.profile == nullptr)
     fail("allocator '{}' needs a calibration profile (make one with `ekva calibrate`, pass it with "
@@ -233,7 +239,7 @@ void CompressedKvCache::score(int layer, std::span<const int32_t> positions, con
       logits_.resize(static_cast<size_t>(R * N));
       int64_t offset = 0;
       for (const EntryRun& run : runs_) {  // logits[:, offset:offset+n] = rows · kᵀ
-        const WeightMatrix k{DType::kF32, run.n, D, run.k};
+        const WeightMatrix k{run.dtype, run.n, D, run.k};  // the stored dtype (bf16 by default)
         backend_.matmul({rows_.data(), R, nullptr, k, logits_.data() + offset, N});
         offset += run.n;
       }
@@ -268,7 +274,7 @@ void CompressedKvCache::end_forward() {
   const int64_t length = this->length();
   const int64_t target = total_target(length);
   const int64_t protect = protected_total();
-  const int64_t live = static_cast<int64_t>(store_->bytes(seq_).kv / (2 * static_cast<size_t>(head_dim_) * sizeof(float)));
+  const int64_t live = static_cast<int64_t>(store_->bytes(seq_).kv / store_entry_bytes());
   const int64_t evictable_target = std::max<int64_t>(0, target - protect);
   stats_.target_entries = target;
   if (allocated_target_ < 0) {
@@ -408,7 +414,7 @@ void CompressedKvCache::evict(int layer, int segment, int64_t budget, std::span<
 CompressionStats CompressedKvCache::stats() const {
   CompressionStats s = stats_;
   s.bytes = store_->bytes(seq_);
-  s.live_entries = static_cast<int64_t>(s.bytes.kv / (2 * static_cast<size_t>(head_dim_) * sizeof(float)));
+  s.live_entries = static_cast<int64_t>(s.bytes.kv / store_entry_bytes());
   s.protected_entries = protected_total();
   s.full_entries = length() * n_layers_ * n_kv_heads_;
   return s;

@@ -40,6 +40,7 @@ struct CompressionConfig {
   int recent_window = 32;
   int block_size = 32;
   uint64_t seed = 0;  // the random policy
+  DType kv_dtype = DType::kBF16;  // stored K/V (StoreConfig::kv_dtype): kBF16 or kF32
 };
 
 struct CompressionStats {
@@ -60,7 +61,7 @@ StoreConfig store_config_for(const KvModelShape& model, const CompressionConfig&
 class CompressedKvCache final : public KvCache {
  public:
   // A sequence in an existing store (batch > 1: each sequence has its own budget).
-  // The store's granularity must be the allocator's.
+  // The store's granularity must be the allocator's, its kv_dtype the config's.
   CompressedKvCache(PagedKvStore& store, const KvModelShape& model, CompressionConfig config,
                     Backend& backend);
   // A sequence with a store of its own.
@@ -84,6 +85,8 @@ class CompressedKvCache final : public KvCache {
   const std::vector<std::vector<int64_t>>& budgets() const { return budgets_; }
   int sequence() const { return seq_; }
   PagedKvStore& store() { return *store_; }
+  // K/V bytes of one entry in the store's dtype.
+  size_t store_entry_bytes() const { return 2 * store_->arena().row_bytes(); }
   // Slack a segment may exceed its budget by before it is cut back (amortisation).
   static int64_t slack(int64_t budget) { return std::max<int64_t>(4, budget / 8); }
 

@@ -26,6 +26,8 @@ StoreConfig validated(const StoreConfig& c) {
          c.sink_tokens, c.recent_window);
   if (c.max_context <= 0 || c.max_context > std::numeric_limits<int32_t>::max())
     fail("paged KV store: max_context must be in 1..2^31-1, got {}", c.max_context);
+  if (c.kv_dtype != DType::kBF16 && c.kv_dtype != DType::kF32)
+    fail("paged KV store: K/V are stored in bf16 or f32, not {}", dtype_name(c.kv_dtype));
   return c;
 }
 
@@ -111,7 +113,8 @@ void PagedKvStore::SequenceCache::view(int layer, int kv_head, std::vector<KvChu
   EKVA_DCHECK(layer >= 0 && layer < store_.config_.shape.n_layers, "layer {}", layer);
   EKVA_DCHECK(kv_head >= 0 && kv_head < store_.config_.shape.n_kv_heads, "kv_head {}", kv_head);
   const HeadState& h = s_.layers[static_cast<size_t>(layer)].heads[static_cast<size_t>(kv_head)];
-  const BlockPool& pool = store_.pool_;
+  const KvArena& arena = store_.arena_;
+  const KvCells& cells = store_.cells_;
   // One chunk per block: attention does not care where segments change.
   const int64_t B = store_.config_.block_size;
   for (size_t b = 0; b < h.list.blocks.size(); ++b) {
@@ -119,7 +122,8 @@ void PagedKvStore::SequenceCache::view(int layer, int kv_head, std::vector<KvChu
     const int64_t n = std::min(B, h.list.n - static_cast<int64_t>(b) * B);
     // The score slots go along: attention adds to them for the queries a policy
     // asked to be scored (KvCache::scored_queries), and only then.
-    out.push_back({pool.k(block), pool.v(block), pool.positions(block), n, DType::kF32, pool.scores(block)});
+    out.push_back(
+        {arena.k(block), arena.v(block), cells.positions(block), n, arena.dtype(), cells.scores(block)});
   }
 }
 
@@ -129,7 +133,9 @@ size_t PagedKvStore::SequenceCache::bytes_used() const { return store_.bytes(s_.
 
 PagedKvStore::PagedKvStore(StoreConfig config)
     : config_(validated(config)),
-      pool_({config.block_size, config.shape.head_dim, config.slab_blocks, config.max_empty_slabs}),
+      arena_({config.block_size, config.shape.head_dim, config.kv_dtype, config.slab_blocks,
+              config.max_empty_slabs}),
+      cells_(config.block_size, arena_.slab_shift()),
       heads_apart_(config.granularity == Granularity::kPerHead ||
                    config.granularity == Granularity::kPerHeadExpert),
       experts_apart_(config.granularity == Granularity::kPerExpert ||
@@ -222,11 +228,10 @@ void PagedKvStore::append(Sequence& s, int layer, std::span<const int32_t> posit
       grow(s, layer, hs.list);
       const Slot at = hs.list.at(hs.list.n - 1, B);
       const size_t src = static_cast<size_t>((t * H + h) * D);  // k, v: [n, H, D]
-      std::memcpy(pool_.k(at.block) + at.index * D, k + src, sizeof(float) * D);
-      std::memcpy(pool_.v(at.block) + at.index * D, v + src, sizeof(float) * D);
-      pool_.positions(at.block)[at.index] = positions[static_cast<size_t>(t)];
-      pool_.tags(at.block)[at.index] = kNoExpert;
-      pool_.scores(at.block)[at.index] = 0.f;
+      arena_.write(at.block, at.index, k + src, v + src);  // rounds to the stored dtype
+      cells_.positions(at.block)[at.index] = positions[static_cast<size_t>(t)];
+      cells_.tags(at.block)[at.index] = kNoExpert;
+      cells_.scores(at.block)[at.index] = 0.f;
       ++s.entries;
       ++entries_;
     }
@@ -263,7 +268,7 @@ void PagedKvStore::tag(Sequence& s, int layer, std::span<const int32_t> position
   for (HeadState& hs : L.heads) {
     for (int64_t t = 0; t < n; ++t) {
       const Slot at = hs.list.at(hs.list.n - n + t, B);  // pending entries end the list
-      pool_.tags(at.block)[at.index] = experts[t];
+      cells_.tags(at.block)[at.index] = experts[t];
     }
   }
   L.pending = 0;
@@ -283,7 +288,7 @@ void PagedKvStore::graduate(Sequence& s, int layer) {
     hs.evictable_end = std::max(hs.evictable_end, hs.n_sinks);  // sinks are never evictable
     for (; hs.evictable_end < end; ++hs.evictable_end) {
       const Slot at = hs.list.at(hs.evictable_end, B);
-      ++hs.tag_entries[static_cast<size_t>(storage_tag_of(pool_.tags(at.block)[at.index]))];
+      ++hs.tag_entries[static_cast<size_t>(storage_tag_of(cells_.tags(at.block)[at.index]))];
     }
   }
 }
@@ -323,7 +328,7 @@ void PagedKvStore::keep(int seq, int layer, int segment, std::span<const int32_t
 // destination block: the entries of the segment (of `tag`, or all evictable ones
 // when tag < 0) that `entries` names, and every other entry of the list (sinks,
 // other tags, the recent window); the blocks past the last survivor go back to the
-// pool.
+// arena.
 void PagedKvStore::compact(Sequence& s, int layer, HeadState& h, int tag,
                            std::span<const int32_t> entries, int64_t offset) {
   const int64_t B = config_.block_size;
@@ -333,7 +338,7 @@ void PagedKvStore::compact(Sequence& s, int layer, HeadState& h, int tag,
     if (i < h.n_sinks || i >= h.evictable_end) return false;
     if (tag < 0) return true;
     const Slot at = list.at(i, B);
-    return storage_tag_of(pool_.tags(at.block)[at.index]) == tag;
+    return storage_tag_of(cells_.tags(at.block)[at.index]) == tag;
   };
   // Survives: [n] whether entry i of the list stays.
   std::vector<char> stays(static_cast<size_t>(n), 1);
@@ -380,7 +385,7 @@ void PagedKvStore::compact(Sequence& s, int layer, HeadState& h, int tag,
     std::fill(h.tag_entries.begin(), h.tag_entries.end(), 0);
     for (int64_t i = h.n_sinks; i < h.evictable_end; ++i) {
       const Slot at = list.at(i, B);
-      ++h.tag_entries[static_cast<size_t>(storage_tag_of(pool_.tags(at.block)[at.index]))];
+      ++h.tag_entries[static_cast<size_t>(storage_tag_of(cells_.tags(at.block)[at.index]))];
     }
   }
   s.entries -= removed;
@@ -407,14 +412,16 @@ void PagedKvStore::clear(Sequence& s) {
 }
 
 int32_t PagedKvStore::take_block(Sequence& s, int layer) {
-  const int32_t block = pool_.allocate();
+  const int32_t block = arena_.allocate();
+  cells_.add(block);
   ++layer_blocks_[static_cast<size_t>(layer)];
   ++s.blocks;
   return block;
 }
 
 void PagedKvStore::give_block(Sequence& s, int layer, int32_t block) {
-  pool_.release(block);
+  arena_.release(block);
+  cells_.remove(block);
   --layer_blocks_[static_cast<size_t>(layer)];
   --s.blocks;
 }
@@ -426,15 +433,9 @@ void PagedKvStore::grow(Sequence& s, int layer, BlockList& list) {
 }
 
 void PagedKvStore::move_entries(int32_t src, int64_t src_slot, int32_t dst, int64_t dst_slot,
-                                int64_t n) const {
-  const auto D = static_cast<size_t>(config_.shape.head_dim);
-  const auto rows = static_cast<size_t>(n);
-  const auto s = static_cast<size_t>(src_slot), d = static_cast<size_t>(dst_slot);
-  std::memmove(pool_.k(dst) + d * D, pool_.k(src) + s * D, sizeof(float) * rows * D);
-  std::memmove(pool_.v(dst) + d * D, pool_.v(src) + s * D, sizeof(float) * rows * D);
-  std::memmove(pool_.positions(dst) + d, pool_.positions(src) + s, sizeof(int32_t) * rows);
-  std::memmove(pool_.tags(dst) + d, pool_.tags(src) + s, sizeof(int32_t) * rows);
-  std::memmove(pool_.scores(dst) + d, pool_.scores(src) + s, sizeof(float) * rows);
+                                int64_t n) {
+  arena_.copy_entries(src, src_slot, dst, dst_slot, n);
+  cells_.copy_entries(src, src_slot, dst, dst_slot, n);
 }
 
 template <typename Fn>
@@ -447,7 +448,7 @@ void PagedKvStore::for_each_run(const HeadState& h, int kv_head, Fn&& fn) const 
     if (i < h.n_sinks || i >= h.evictable_end) return kProtectedSegment;
     if (!experts_apart_) return segment_of(kv_head, 0);
     const Slot at = list.at(i, B);
-    return segment_of(kv_head, storage_tag_of(pool_.tags(at.block)[at.index]));
+    return segment_of(kv_head, storage_tag_of(cells_.tags(at.block)[at.index]));
   };
   for (int64_t i = 0; i < list.n;) {
     const int segment = segment_at(i);
@@ -469,15 +470,18 @@ void PagedKvStore::for_each_segment_head(Sequence& s, int layer, int segment, Fn
 }
 
 EntryRun PagedKvStore::run(int segment, int kv_head, int32_t block, int64_t slot, int64_t n) const {
-  const int64_t D = config_.shape.head_dim;
-  return {segment,
-          kv_head,
-          n,
-          pool_.k(block) + slot * D,
-          pool_.v(block) + slot * D,
-          pool_.positions(block) + slot,
-          pool_.tags(block) + slot,
-          pool_.scores(block) + slot};
+  const size_t row = static_cast<size_t>(slot) * arena_.row_bytes();
+  EntryRun r;
+  r.segment = segment;
+  r.kv_head = kv_head;
+  r.n = n;
+  r.k = static_cast<const std::byte*>(arena_.k(block)) + row;
+  r.v = static_cast<const std::byte*>(arena_.v(block)) + row;
+  r.dtype = arena_.dtype();
+  r.positions = cells_.positions(block) + slot;
+  r.tags = cells_.tags(block) + slot;
+  r.scores = cells_.scores(block) + slot;
+  return r;
 }
 
 void PagedKvStore::segments(int seq, int layer, std::vector<SegmentInfo>& out) const {
@@ -500,7 +504,7 @@ void PagedKvStore::segments(int seq, int layer, std::vector<SegmentInfo>& out) c
       int64_t last_block = -1;
       for (int64_t i = h.n_sinks; i < h.evictable_end; ++i) {
         const Slot at = h.list.at(i, B);
-        if (i / B != last_block && storage_tag_of(pool_.tags(at.block)[at.index]) == tag) {
+        if (i / B != last_block && storage_tag_of(cells_.tags(at.block)[at.index]) == tag) {
           ++info.n_blocks;
           last_block = i / B;
         }
@@ -551,10 +555,16 @@ void PagedKvStore::blocks(int seq, std::vector<int32_t>& out) const {
 }
 
 int PagedKvStore::defragment() {
-  if (pool_.begin_drain() > 0) {
+  if (arena_.begin_drain() > 0) {
     const auto move_out = [&](std::vector<int32_t>& blocks) {
-      for (int32_t& b : blocks)
-        if (pool_.draining(b)) b = pool_.move(b);
+      for (int32_t& b : blocks) {
+        if (!arena_.draining(b)) continue;
+        const int32_t to = arena_.move(b);
+        cells_.add(to);
+        cells_.copy_entries(b, 0, to, 0, config_.block_size);
+        cells_.remove(b);
+        b = to;
+      }
     };
     for (const auto& s : sequences_) {
       if (!s) continue;
@@ -563,16 +573,20 @@ int PagedKvStore::defragment() {
       }
     }
   }
-  return pool_.end_drain();
+  return arena_.end_drain();
 }
 
 namespace {
 
-StoreBytes entry_bytes(int64_t entries, int64_t blocks, int64_t head_dim, size_t block_bytes) {
+StoreBytes entry_bytes(int64_t entries, int64_t blocks, const KvArena& arena, const KvCells& cells) {
   const auto n = static_cast<size_t>(entries);
-  return {n * 2 * static_cast<size_t>(head_dim) * sizeof(float),
-          n * (sizeof(int32_t) + sizeof(int32_t) + sizeof(float)),
-          static_cast<size_t>(blocks) * block_bytes};
+  const auto b = static_cast<size_t>(blocks);
+  StoreBytes bytes;
+  bytes.kv = n * 2 * arena.row_bytes();  // counts the stored dtype
+  bytes.metadata = n * KvCells::kEntryBytes;
+  bytes.reserved_kv = b * arena.block_bytes();
+  bytes.reserved = bytes.reserved_kv + b * cells.block_bytes();
+  return bytes;
 }
 
 }  // namespace
@@ -584,11 +598,11 @@ int64_t PagedKvStore::blocks_in_use(int layer) const {
 
 StoreBytes PagedKvStore::bytes(int seq) const {
   const Sequence& s = sequence(seq);
-  return entry_bytes(s.entries, s.blocks, config_.shape.head_dim, pool_.block_bytes());
+  return entry_bytes(s.entries, s.blocks, arena_, cells_);
 }
 
 StoreBytes PagedKvStore::bytes() const {
-  return entry_bytes(entries_, pool_.blocks_in_use(), config_.shape.head_dim, pool_.block_bytes());
+  return entry_bytes(entries_, arena_.blocks_in_use(), arena_, cells_);
 }
 
 }  // namespace ekva

@@ -1,8 +1,9 @@
 // The ragged paged KV store: the KV entries of many sequences in blocks of one
-// BlockPool, grouped into segments that policies compress to their budgets. Each
+// KvArena (K/V storage, bf16 by default) with their cells (KvCells: positions, tags,
+// scores, host metadata) under the same block id, grouped into segments that policies compress to their budgets. Each
 // sequence gets a KvCache (append, tag, view) so the forward pass runs on the store
 // unchanged; eviction goes through one call per segment (keep) that compacts the
-// survivors and returns the emptied blocks to the pool.
+// survivors and returns the emptied blocks to the arena.
 //
 // Per (sequence, layer, kv-head) all entries live in one block list in position
 // order, every block full except the last:
@@ -24,7 +25,7 @@
 // an eviction compacts the rest of the list (the entries after the first evicted
 // one), which the amortised eviction (in chunks, not every step) pays for.
 //
-// Not thread-safe: the sequences share one pool, so calls (forward passes of
+// Not thread-safe: the sequences share one arena, so calls (forward passes of
 // different sequences included) must not overlap.
 #pragma once
 
@@ -34,7 +35,9 @@
 #include <span>
 #include <vector>
 
-#include "kv/block_pool.h"
+#include "core/dtype.h"
+#include "kv/kv_arena.h"
+#include "kv/kv_cells.h"
 #include "kv/kv_cache.h"
 
 namespace ekva {
@@ -60,8 +63,10 @@ struct StoreConfig {
   int sink_tokens = 4;
   int recent_window = 32;
   int64_t max_context = 0;  // positions must stay below it
-  int slab_blocks = 0;      // BlockPoolConfig::slab_blocks
-  int max_empty_slabs = 1;  // BlockPoolConfig::max_empty_slabs
+  int slab_blocks = 0;      // KvArenaConfig::slab_blocks
+  int max_empty_slabs = 1;  // KvArenaConfig::max_empty_slabs
+  // Stored K/V element type (kBF16 or kF32); appends round f32 to it (nearest even).
+  DType kv_dtype = DType::kBF16;
 };
 
 struct SegmentKey {
@@ -86,17 +91,32 @@ struct EntryRun {
   int segment = kProtectedSegment;  // segment id, or kProtectedSegment
   int kv_head = 0;
   int64_t n = 0;
-  const float* k = nullptr;            // [n, head_dim]
-  const float* v = nullptr;            // [n, head_dim]
+  const void* k = nullptr;             // [n, head_dim] of dtype, in the arena's memory
+  const void* v = nullptr;             // [n, head_dim] of dtype
+  DType dtype = DType::kBF16;          // the store's kv_dtype
   const int32_t* positions = nullptr;  // [n] strictly increasing within a segment's list
   const int32_t* tags = nullptr;       // [n] expert tags; kNoExpert until tagged
   float* scores = nullptr;             // [n] the policy's score per entry; 0 at append
+
+  // Element i of K or V (i counts over [n, head_dim]), widened to f32: for host
+  // readers of a host arena.
+  float k_at(int64_t i) const { return load(k, i); }
+  float v_at(int64_t i) const { return load(v, i); }
+
+ private:
+  float load(const void* p, int64_t i) const {
+    return dtype == DType::kBF16 ? bf16_to_f32(static_cast<const uint16_t*>(p)[i])
+                                 : static_cast<const float*>(p)[i];
+  }
 };
 
 struct StoreBytes {
-  size_t kv = 0;        // live entries x 2 x head_dim x sizeof(float)
+  size_t kv = 0;        // live entries x 2 x head_dim x size of the stored dtype
   size_t metadata = 0;  // live entries x (position + tag + score)
-  size_t reserved = 0;  // blocks in use x block bytes: what the sequence holds (KvCache::bytes_used)
+  // Blocks in use x (arena block bytes + cell block bytes): what the sequence holds
+  // (KvCache::bytes_used), K/V storage and cells together.
+  size_t reserved = 0;
+  size_t reserved_kv = 0;  // blocks in use x arena block bytes: the K/V storage part
   // Reserved over K/V bytes, minus one: the slack of partly filled blocks plus the
   // metadata.
   double paging_waste() const {
@@ -113,7 +133,7 @@ class PagedKvStore {
 
   // A new empty sequence; ids of removed sequences are reused.
   int add_sequence();
-  // Returns all blocks of the sequence to the pool and forgets its id.
+  // Returns all blocks of the sequence to the arena and forgets its id.
   void remove_sequence(int seq);
   // The sequence's KvCache; stays valid until the sequence is removed.
   KvCache& cache(int seq);
@@ -134,7 +154,7 @@ class PagedKvStore {
   // Commits an eviction: the segment keeps exactly the entries at `entries`
   // (strictly increasing indices into its entry order); each list it spans is
   // compacted into the fewest blocks, every entry in its original order with its
-  // metadata; the emptied blocks go back to the pool. A bad index changes nothing
+  // metadata; the emptied blocks go back to the arena. A bad index changes nothing
   // and throws.
   void keep(int seq, int layer, int segment, std::span<const int32_t> entries);
   // Sinks plus recent entries of (seq, layer, kv_head).
@@ -151,7 +171,10 @@ class PagedKvStore {
   // partly used); copies at most the live blocks, for after a large eviction such as
   // compressing a prefill. Invalidates views. The number of slabs returned.
   int defragment();
-  const BlockPool& pool() const { return pool_; }
+  const KvArena& arena() const { return arena_; }
+  const KvCells& cells() const { return cells_; }
+  // Bytes one block holds: K/V storage plus cells.
+  size_t block_bytes() const { return arena_.block_bytes() + cells_.block_bytes(); }
   const StoreConfig& config() const { return config_; }
 
  private:
@@ -185,7 +208,7 @@ class PagedKvStore {
   // Room for one more entry at the tail: a new block when the last one is full.
   void grow(Sequence& s, int layer, BlockList& list);
   // Copies n entries with their metadata; src and dst may overlap within a block.
-  void move_entries(int32_t src, int64_t src_slot, int32_t dst, int64_t dst_slot, int64_t n) const;
+  void move_entries(int32_t src, int64_t src_slot, int32_t dst, int64_t dst_slot, int64_t n);
   // fn(segment, block, first slot, n) for the runs of one (layer, kv-head), in view order.
   template <typename Fn>
   void for_each_run(const HeadState& h, int kv_head, Fn&& fn) const;
@@ -196,7 +219,8 @@ class PagedKvStore {
   EntryRun run(int segment, int kv_head, int32_t block, int64_t slot, int64_t n) const;
 
   StoreConfig config_;
-  BlockPool pool_;
+  KvArena arena_;  // K/V storage, [block] -> [B, D] K and V
+  KvCells cells_;  // host metadata, [block] -> [B] positions, tags, scores
   bool heads_apart_;    // segments keep kv-heads apart
   bool experts_apart_;  // segments (and evictable lists) keep expert tags apart
   int n_storage_tags_;  // segments per (layer, kv-head): n_experts + 1 tags, or 1

@@ -220,7 +220,7 @@ void Model::attention_block(int layer, const Step& s, Activations& a, Backend& b
       auto& list = a.chunks[static_cast<size_t>(i * c.n_kv_heads + h)];
       list.clear();
       st.cache->view(layer, h, list);
-      for (const KvChunk& ch : list) counters.kv_bytes += static_cast<size_t>(ch.n * c.head_dim) * 2 * sizeof(float);
+      for (const KvChunk& ch : list) counters.kv_bytes += static_cast<size_t>(ch.n) * ch.entry_bytes(c.head_dim);
     }
   }
   AttentionParams p;

@@ -89,6 +89,13 @@ class EngineImpl final : public Engine {
       fail("{}: tokenizer has {} tokens but config.json vocab_size is {}", dir.string(),
            rt_.tokenizer->vocab_size(), c.vocab_size);
 
+    if (options.kv_dtype == "bf16")
+      rt_.kv_dtype = DType::kBF16;
+    else if (options.kv_dtype == "f32")
+      rt_.kv_dtype = DType::kF32;
+    else
+      fail("engine: kv_dtype must be \"bf16\" or \"f32\", got \"{}\"", options.kv_dtype);
+
     const KvCompressionOptions& kv = options.kv;
     const BudgetSpec budget = BudgetSpec::parse(kv.budget);
     const bool everything = budget.unit == BudgetSpec::Unit::kFraction && budget.value == 1.0;
@@ -99,6 +106,7 @@ class EngineImpl final : public Engine {
       rt_.compression->allocator = kv.allocator;
       rt_.compression->budget = budget;
       rt_.compression->profile = kv.profile.empty() ? nullptr : &*rt_.profile;
+      rt_.compression->kv_dtype = rt_.kv_dtype;
       // Validates the combination now (unknown names, missing profile, impossible
       // budgets) rather than at the first prompt.
       rt_.make_cache(rt_.context, nullptr);

@@ -23,6 +23,8 @@ struct Runtime {
   int64_t max_step_tokens = 0;  // tokens per forward call
   std::optional<CalibrationProfile> profile;
   std::optional<CompressionConfig> compression;  // none: the full cache
+  // K/V element type of every cache, full or compressed (compression->kv_dtype too).
+  DType kv_dtype = DType::kBF16;
 
   // A KV cache for one sequence of at most `capacity` tokens: the full cache, or
   // a compressed one in `store` (shared by a scheduler's sequences) or in a store
@@ -30,7 +32,7 @@ struct Runtime {
   std::unique_ptr<KvCache> make_cache(int64_t capacity, PagedKvStore* store) const;
   // The store layout the compression config needs, for sequences of the context.
   StoreConfig store_config() const;
-  // K/V bytes an uncompressed f32 cache of n tokens holds.
+  // K/V bytes an uncompressed cache of n tokens holds, in kv_dtype.
   size_t full_kv_bytes(int64_t n_tokens) const;
   // Checks a prompt before it joins anything: not empty, ids in the vocabulary,
   // room for at least one more token in the context.

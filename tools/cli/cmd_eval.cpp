@@ -48,6 +48,9 @@ struct EvalArgs {
   int ppl_continuation = 512;
   int max_ppl = 0;        // 0: all documents of ppl_context
   int threads = 0;
+  // Stored K/V of every method, the full reference included: the methods then differ
+  // from the reference only by what they evict, not by rounding.
+  std::string kv_dtype = "bf16";
   std::string json_out, markdown_out;
 };
 
@@ -77,10 +80,10 @@ struct Tally {
 
   // The KV bytes a cache holds right after a prompt of `tokens` tokens, and what the
   // full cache would hold.
-  void add_prompt(const KvCache& cache, int64_t tokens, const KvModelShape& shape) {
+  void add_prompt(const KvCache& cache, int64_t tokens, const KvModelShape& shape, DType kv_dtype) {
     kv_bytes_sum += static_cast<double>(cache.bytes_used());
     full_bytes_sum += static_cast<double>(tokens) * shape.n_layers * shape.n_kv_heads * 2 *
-                      shape.head_dim * sizeof(float);
+                      shape.head_dim * dtype_size(kv_dtype);
     ++prompts;
   }
 };
@@ -105,9 +108,10 @@ std::vector<json> read_jsonl(const std::string& path) {
 
 // One cache for a method: the full cache, or a compressed one.
 std::unique_ptr<KvCache> make_cache(const Method& m, const KvModelShape& shape, int64_t context,
-                                    Backend& backend) {
+                                    DType kv_dtype, Backend& backend) {
   if (!m.config)
-    return std::make_unique<FullKvCache>(KvShape{shape.n_layers, shape.n_kv_heads, shape.head_dim}, context);
+    return std::make_unique<FullKvCache>(KvShape{shape.n_layers, shape.n_kv_heads, shape.head_dim}, context,
+                                         kv_dtype);
   return std::make_unique<CompressedKvCache>(shape, *m.config, context, backend);
 }
 
@@ -124,6 +128,7 @@ void run_eval(const EvalArgs& a) {
   const Tokenizer tokenizer = Tokenizer::from_model_dir(a.model_dir);
   const ModelConfig& c = model->config();
   const KvModelShape shape = kv_shape_of(c);
+  const DType kv_dtype = a.kv_dtype == "f32" ? DType::kF32 : DType::kBF16;  // checked by the option
   std::optional<CalibrationProfile> profile;
   if (!a.profile.empty()) profile = CalibrationProfile::load(a.profile, shape);
   // The shortest context a method will run with: budgets are validated there now,
@@ -147,6 +152,7 @@ void run_eval(const EvalArgs& a) {
       cfg.policy = m.substr(colon + 1);
       cfg.budget = BudgetSpec::parse(budget);
       cfg.profile = profile ? &*profile : nullptr;
+      cfg.kv_dtype = kv_dtype;
       CompressedKvCache probe(shape, cfg, probe_context, backend);  // validates names, profile, budget now
       methods.push_back({fmt::format("{}@{}", m, budget), cfg});
     }
@@ -173,13 +179,13 @@ void run_eval(const EvalArgs& a) {
     const auto tokens = tokenizer.encode(p.at("prompt").get<std::string>());
     const auto answer = p.at("answer_tokens").get<std::vector<int32_t>>();
     const int64_t context = static_cast<int64_t>(tokens.size() + answer.size()) + 1;
-    const PrefillRecording rec = PrefillRecording::record(*model, tokens, backend);
+    const PrefillRecording rec = PrefillRecording::record(*model, tokens, backend, kv_dtype);
     for (size_t mi = 0; mi < methods.size(); ++mi) {
       const auto t0 = std::chrono::steady_clock::now();
-      auto cache = make_cache(methods[mi], shape, context, backend);
+      auto cache = make_cache(methods[mi], shape, context, kv_dtype, backend);
       rec.replay(*cache);
       Tally& t = tally[mi];
-      t.add_prompt(*cache, static_cast<int64_t>(tokens.size()), shape);
+      t.add_prompt(*cache, static_cast<int64_t>(tokens.size()), shape, kv_dtype);
       std::vector<float> logits = rec.last_logits;
       bool correct = true;
       for (size_t j = 0; j < answer.size(); ++j) {
@@ -215,14 +221,14 @@ void run_eval(const EvalArgs& a) {
       fail("--ppl-continuation {} leaves no context in a {}-token document", a.ppl_continuation, tokens.size());
     const auto prefix = static_cast<int64_t>(tokens.size()) - a.ppl_continuation;
     const PrefillRecording rec =
-        PrefillRecording::record(*model, std::span(tokens).first(static_cast<size_t>(prefix)), backend);
+        PrefillRecording::record(*model, std::span(tokens).first(static_cast<size_t>(prefix)), backend, kv_dtype);
     for (size_t mi = 0; mi < methods.size(); ++mi) {
       const auto t0 = std::chrono::steady_clock::now();
-      auto cache = make_cache(methods[mi], shape, static_cast<int64_t>(tokens.size()), backend);
+      auto cache = make_cache(methods[mi], shape, static_cast<int64_t>(tokens.size()), kv_dtype, backend);
       rec.replay(*cache);
       std::vector<float> logits = rec.last_logits;
       Tally& t = tally[mi];
-      t.add_prompt(*cache, prefix, shape);  // the compressed context is a prompt too
+      t.add_prompt(*cache, prefix, shape, kv_dtype);  // the compressed context is a prompt too
       for (int64_t pos = prefix; pos < static_cast<int64_t>(tokens.size()); ++pos) {
         t.nll_sum += nll(logits, tokens[static_cast<size_t>(pos)]);
         ++t.nll_count;
@@ -276,6 +282,7 @@ void run_eval(const EvalArgs& a) {
   if (!a.json_out.empty()) {
     json j = {{"model", a.model_dir},
               {"profile", a.profile},
+              {"kv_dtype", a.kv_dtype},
               {"retrieval_prompts_per_context", a.max_retrieval},
               {"retrieval_contexts", a.contexts},
               {"ppl_context", a.ppl_context},
@@ -305,6 +312,9 @@ void add_eval_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--max-ppl", args->max_ppl, "Documents (0: all)");
   cmd->add_option("-t,--threads", args->threads, "Threads (0 = one per core)");
+  cmd->add_option("--kv-dtype", args->kv_dtype, "Stored K/V of every method and the full reference: bf16 or f32")
+      ->check(CLI::IsMember({"bf16", "f32"}))
+      ->capture_default_str();
   cmd->add_option("--json-out", args->json_out, "Write the results as JSON");
   cmd->add_option("--markdown-out", args->markdown_out, "Write the table as markdown");
   cmd->callback([args] { run_eval(*args); });

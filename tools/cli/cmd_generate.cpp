@@ -1,7 +1,8 @@
 // `ekva generate`: streams the text a model generates from a prompt, or prints one JSON object
 // with the text and the run's figures (tokens/s, bytes read, KV sizes).
 //   ekva generate -m DIR -p TEXT -n N [--temperature T --top-k K --top-p P --seed S] [--json]
-//                 [--policy P --allocator A --budget B --profile FILE] [-t N] [-c N] [--ignore-eos]
+//                 [--policy P --allocator A --budget B --profile FILE] [--kv-dtype bf16|f32]
+//                 [-t N] [-c N] [--ignore-eos]
 //   ekva generate -m DIR --prompts FILE.jsonl [--max-batch B --step-tokens T] [...]
 #include <cstdio>
 #include <fstream>
@@ -34,6 +35,7 @@ struct GenerateArgs {
   bool json = false;
   bool ignore_eos = false;
   ekva::KvCompressionOptions kv;
+  std::string kv_dtype = "bf16";  // stored K/V, full and compressed cache alike
   std::string prompts_file;  // JSONL: many prompts through the scheduler
   int max_batch = 16;
   int64_t step_tokens = 512;
@@ -44,6 +46,7 @@ ekva::EngineOptions engine_options(const GenerateArgs& a) {
   eo.threads = a.threads;
   eo.context = a.context;
   eo.kv = a.kv;
+  eo.kv_dtype = a.kv_dtype;
   eo.max_step_tokens = a.step_tokens;
   return eo;
 }
@@ -192,7 +195,8 @@ void run_generate(const GenerateArgs& a) {
     j["kv"] = {{"policy", a.kv.policy},
                {"allocator", a.kv.allocator},
                {"budget", a.kv.budget},
-               {"profile", a.kv.profile.string()}};
+               {"profile", a.kv.profile.string()},
+               {"dtype", a.kv_dtype}};
     j["decode_bytes_read"] = stats.decode_bytes_read;
     std::cout << j.dump(2) << "\n";
   } else {
@@ -263,6 +267,9 @@ void add_generate_command(CLI::App& app) {
       ->capture_default_str();
   gen->add_option("--profile", g.kv.profile,
                   "Calibration profile (ekva calibrate), for the EKVA allocators");
+  gen->add_option("--kv-dtype", g.kv_dtype, "Stored K/V element type: bf16 or f32")
+      ->check(CLI::IsMember({"bf16", "f32"}))
+      ->capture_default_str();
   gen->callback([args] {
     if (!args->prompts_file.empty()) return run_prompts(*args);
     if (args->prompt.empty() && args->prompt_file.empty()) {

@@ -17,7 +17,10 @@ class KNormPolicy final : public Policy {
     for (const EntryRun& r : input.runs) {
       for (int64_t i = 0; i < r.n; ++i) {
         double sq = 0;
-        for (int64_t d = 0; d < D; ++d) sq += double{r.k[i * D + d]} * r.k[i * D + d];
+        for (int64_t d = 0; d < D; ++d) {
+          const double x = r.k_at(i * D + d);  // the stored key (bf16 by default), widened
+          sq += x * x;
+        }
         rank.push_back(-static_cast<float>(std::sqrt(sq)));
       }
     }

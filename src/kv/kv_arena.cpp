@@ -1,4 +1,4 @@
-#include "kv/block_pool.h"
+#include "kv/kv_arena.h"
 
 #include <sys/mman.h>
 
@@ -39,31 +39,31 @@ size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
 }  // namespace
 
-BlockPool::BlockPool(BlockPoolConfig config)
+KvArena::KvArena(KvArenaConfig config)
     : block_size_(config.block_size),
       head_dim_(config.head_dim),
+      dtype_(config.dtype),
       max_empty_slabs_(config.max_empty_slabs) {
-  if (block_size_ <= 0) fail("block pool: block_size must be positive, got {}", block_size_);
-  if (head_dim_ <= 0) fail("block pool: head_dim must be positive, got {}", head_dim_);
+  if (block_size_ <= 0) fail("KV arena: block_size must be positive, got {}", block_size_);
+  if (head_dim_ <= 0) fail("KV arena: head_dim must be positive, got {}", head_dim_);
+  if (dtype_ != DType::kBF16 && dtype_ != DType::kF32)
+    fail("KV arena: K/V are stored in bf16 or f32, not {}", dtype_name(dtype_));
   if (config.slab_blocks < 0 || max_empty_slabs_ < 0)
-    fail("block pool: slab_blocks ({}) and max_empty_slabs ({}) must not be negative",
+    fail("KV arena: slab_blocks ({}) and max_empty_slabs ({}) must not be negative",
          config.slab_blocks, max_empty_slabs_);
   const auto B = static_cast<size_t>(block_size_);
-  const size_t row_bytes = static_cast<size_t>(head_dim_) * sizeof(float);
-  v_offset_ = align_up(B * row_bytes);
-  positions_offset_ = v_offset_ + align_up(B * row_bytes);
-  tags_offset_ = positions_offset_ + B * sizeof(int32_t);
-  scores_offset_ = tags_offset_ + B * sizeof(int32_t);
-  block_bytes_ = align_up(scores_offset_ + B * sizeof(float));
+  row_bytes_ = static_cast<size_t>(head_dim_) * dtype_size(dtype_);
+  v_offset_ = align_up(B * row_bytes_);
+  block_bytes_ = v_offset_ + align_up(B * row_bytes_);
   const size_t wanted = config.slab_blocks > 0
                             ? static_cast<size_t>(config.slab_blocks)
                             : std::max<size_t>(1, kDefaultSlabBytes / block_bytes_);
   slab_shift_ = std::bit_width(std::bit_ceil(wanted)) - 1;
-  if (slab_shift_ > 20) fail("block pool: {} blocks per slab is too many (at most 2^20)", wanted);
+  if (slab_shift_ > 20) fail("KV arena: {} blocks per slab is too many (at most 2^20)", wanted);
   slab_mask_ = (int32_t{1} << slab_shift_) - 1;
 }
 
-BlockPool::~BlockPool() {
+KvArena::~KvArena() {
   const size_t slab_bytes = static_cast<size_t>(slab_blocks()) * block_bytes_;
   for (const Slab& s : slabs_) {
     if (!s.base) continue;
@@ -72,7 +72,7 @@ BlockPool::~BlockPool() {
   }
 }
 
-int32_t BlockPool::allocate() {
+int32_t KvArena::allocate() {
   int slab = -1;
   for (size_t w = 0; w < has_free_.size(); ++w) {
     if (has_free_[w]) {
@@ -93,8 +93,8 @@ int32_t BlockPool::allocate() {
   return block;
 }
 
-void BlockPool::release(int32_t block) {
-  EKVA_CHECK(in_use(block), "block pool: block {} released but not in use", block);
+void KvArena::release(int32_t block) {
+  EKVA_CHECK(in_use(block), "KV arena: block {} released but not in use", block);
   EKVA_POISON(base(block), block_bytes_);
   const int slab = block >> slab_shift_;
   Slab& s = slabs_[static_cast<size_t>(slab)];
@@ -109,7 +109,7 @@ void BlockPool::release(int32_t block) {
   }
 }
 
-int BlockPool::release_empty_slabs() {
+int KvArena::release_empty_slabs() {
   int released = 0;
   for (size_t s = 0; s < slabs_.size(); ++s) {
     if (slabs_[s].base && slabs_[s].free.size() == static_cast<size_t>(slab_blocks())) {
@@ -120,8 +120,8 @@ int BlockPool::release_empty_slabs() {
   return released;
 }
 
-int BlockPool::begin_drain() {
-  EKVA_CHECK(draining_.empty(), "block pool: a drain is already under way");
+int KvArena::begin_drain() {
+  EKVA_CHECK(draining_.empty(), "KV arena: a drain is already under way");
   const int64_t per_slab = slab_blocks();
   const auto keep = static_cast<size_t>((blocks_in_use_ + per_slab - 1) / per_slab);
   std::vector<int> mapped;  // fullest first
@@ -138,7 +138,7 @@ int BlockPool::begin_drain() {
   return static_cast<int>(draining_.size());
 }
 
-int32_t BlockPool::move(int32_t block) {
+int32_t KvArena::move(int32_t block) {
   // The slabs kept by begin_drain() have room for every block in use, so this never
   // maps a slab.
   const int32_t to = allocate();
@@ -147,7 +147,33 @@ int32_t BlockPool::move(int32_t block) {
   return to;
 }
 
-int BlockPool::end_drain() {
+void KvArena::write(int32_t block, int64_t slot, const float* k, const float* v) {
+  EKVA_DCHECK(in_use(block) && slot >= 0 && slot < block_size_, "block {} slot {}", block, slot);
+  std::byte* const kd = base(block) + static_cast<size_t>(slot) * row_bytes_;
+  std::byte* const vd = kd + v_offset_;
+  if (dtype_ == DType::kF32) {
+    std::memcpy(kd, k, row_bytes_);
+    std::memcpy(vd, v, row_bytes_);
+    return;
+  }
+  auto* kb = reinterpret_cast<uint16_t*>(kd);
+  auto* vb = reinterpret_cast<uint16_t*>(vd);
+  for (int d = 0; d < head_dim_; ++d) {
+    kb[d] = f32_to_bf16(k[d]);
+    vb[d] = f32_to_bf16(v[d]);
+  }
+}
+
+void KvArena::copy_entries(int32_t src, int64_t src_slot, int32_t dst, int64_t dst_slot,
+                           int64_t n) {
+  const size_t bytes = static_cast<size_t>(n) * row_bytes_;
+  std::byte* const from = base(src) + static_cast<size_t>(src_slot) * row_bytes_;
+  std::byte* const to = base(dst) + static_cast<size_t>(dst_slot) * row_bytes_;
+  std::memmove(to, from, bytes);
+  std::memmove(to + v_offset_, from + v_offset_, bytes);
+}
+
+int KvArena::end_drain() {
   int returned = 0;
   for (int slab : draining_) {
     Slab& s = slabs_[static_cast<size_t>(slab)];
@@ -167,27 +193,27 @@ int BlockPool::end_drain() {
   return returned;
 }
 
-bool BlockPool::in_use(int32_t block) const {
+bool KvArena::in_use(int32_t block) const {
   if (block < 0) return false;
   const auto slab = static_cast<size_t>(block >> slab_shift_);
   return slab < slabs_.size() && slabs_[slab].base &&
          slabs_[slab].used[static_cast<size_t>(block & slab_mask_)];
 }
 
-int BlockPool::map_slab() {
+int KvArena::map_slab() {
   // Anonymous mmap rather than operator new: munmap really returns the pages, where
   // malloc may keep large freed chunks in its arenas.
   const size_t bytes = static_cast<size_t>(slab_blocks()) * block_bytes_;
   void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED)
-    fail("block pool: cannot map a slab of {} bytes ({} blocks in use): {}", bytes, blocks_in_use_,
+    fail("KV arena: cannot map a slab of {} bytes ({} blocks in use): {}", bytes, blocks_in_use_,
          std::strerror(errno));
   size_t slab = 0;
   while (slab < slabs_.size() && slabs_[slab].base) ++slab;  // reuse a returned slab's id
   if (slab == slabs_.size()) {
     if (static_cast<int64_t>(slab + 1) << slab_shift_ > (int64_t{1} << 31)) {
       munmap(p, bytes);
-      fail("block pool: more than 2^31 blocks");
+      fail("KV arena: more than 2^31 blocks");
     }
     slabs_.emplace_back();
     has_free_.resize(slabs_.size() / 64 + 1, 0);
@@ -208,7 +234,7 @@ int BlockPool::map_slab() {
 }
 
 // Only for empty slabs.
-void BlockPool::unmap_slab(int slab) {
+void KvArena::unmap_slab(int slab) {
   Slab& s = slabs_[static_cast<size_t>(slab)];
   EKVA_UNPOISON(s.base, static_cast<size_t>(slab_blocks()) * block_bytes_);
   munmap(s.base, static_cast<size_t>(slab_blocks()) * block_bytes_);
@@ -221,7 +247,7 @@ void BlockPool::unmap_slab(int slab) {
   --slabs_empty_;
 }
 
-void BlockPool::set_has_free(int slab, bool value) {
+void KvArena::set_has_free(int slab, bool value) {
   const uint64_t bit = uint64_t{1} << (slab % 64);
   uint64_t& word = has_free_[static_cast<size_t>(slab / 64)];
   word = value ? word | bit : word & ~bit;
