@@ -12,8 +12,8 @@
 #include <fstream>
 #include <random>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -66,7 +66,8 @@ int main(int argc, char** argv) {
     for (int s = 0; s < batch; ++s) {
       const int seq = store.add_sequence();
       seqs.push_back(seq);
-      const auto n = static_cast<int64_t>(entries * (0.5 + static_cast<double>(rng() % 1000) / 1000.0));
+      const auto n =
+          static_cast<int64_t>(entries * (0.5 + static_cast<double>(rng() % 1000) / 1000.0));
       lengths.push_back(n);
       for (int64_t p0 = 0; p0 < n; p0 += chunk) {
         const int64_t m = std::min(chunk, n - p0);
@@ -97,14 +98,17 @@ int main(int argc, char** argv) {
     const int n_heads = kv_heads * group;
     std::vector<float> q(static_cast<size_t>(n_heads * head_dim)), out(q.size());
     for (auto& x : q) x = normal(rng) * 0.1f;
-    fmt::print("ragged store     {} sequences, {} kv-heads x {} query heads, dim {}, {} chunks, {:.1f} MB of K/V\n",
-               batch, kv_heads, group, head_dim, n_chunks, static_cast<double>(kv_bytes) / 1e6);
+    fmt::print(
+        "ragged store     {} sequences, {} kv-heads x {} query heads, dim {}, {} chunks, {:.1f} MB "
+        "of K/V\n",
+        batch, kv_heads, group, head_dim, n_chunks, static_cast<double>(kv_bytes) / 1e6);
 
     const auto step = [&] {
       for (int s = 0; s < batch; ++s) {
         const int32_t qp = static_cast<int32_t>(lengths[static_cast<size_t>(s)]);
-        ekva::AttentionParams p{1, n_heads, kv_heads, head_dim, 1.f / std::sqrt(static_cast<float>(head_dim)),
-                                0, q.data(), &qp, out.data()};
+        ekva::AttentionParams p{
+            1, n_heads,  kv_heads, head_dim,  1.f / std::sqrt(static_cast<float>(head_dim)),
+            0, q.data(), &qp,      out.data()};
         backend.attention(p, chunks[static_cast<size_t>(s)]);
       }
     };
@@ -117,30 +121,41 @@ int main(int argc, char** argv) {
       for (int i = 0; i < steps; ++i) {
         const auto t0 = std::chrono::steady_clock::now();
         step();
-        const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        const double dt =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         step_rates.push_back(static_cast<double>(kv_bytes) / dt / 1e9);
       }
       const double rate = median(step_rates);
       const double fraction = rate / bw.best_gb_per_s;
-      fmt::print("round {:2d}         read ceiling {:6.2f} GB/s | attention {:6.2f} GB/s = {:5.1f}%\n", r,
-                 bw.best_gb_per_s, rate, 100 * fraction);
+      fmt::print(
+          "round {:2d}         read ceiling {:6.2f} GB/s | attention {:6.2f} GB/s = {:5.1f}%\n", r,
+          bw.best_gb_per_s, rate, 100 * fraction);
       fractions.push_back(fraction);
       rates.push_back(rate);
       ceilings.push_back(bw.best_gb_per_s);
-      rounds_json.push_back({{"read_ceiling_gb_per_s", bw.best_gb_per_s}, {"attention_gb_per_s", rate},
+      rounds_json.push_back({{"read_ceiling_gb_per_s", bw.best_gb_per_s},
+                             {"attention_gb_per_s", rate},
                              {"fraction", fraction}});
     }
     const double fraction = median(fractions);
-    fmt::print("attention        {:.2f} GB/s median = {:.1f}% of the measured read bandwidth (target 70%)\n",
-               median(rates), 100 * fraction);
+    fmt::print(
+        "attention        {:.2f} GB/s median = {:.1f}% of the measured read bandwidth (target "
+        "70%)\n",
+        median(rates), 100 * fraction);
     if (!json_out.empty()) {
       nlohmann::json j = {{"benchmark", "cpu_ragged_decode_attention_vs_read_bandwidth"},
                           {"commit", commit},
                           {"date", ekva::utc_timestamp()},
                           {"device", ekva::cpu_description(pool.size())},
-                          {"problem", {{"batch", batch}, {"kv_heads", kv_heads}, {"group", group},
-                                       {"head_dim", head_dim}, {"mean_entries_per_seq_head", entries},
-                                       {"chunks", n_chunks}, {"kv_bytes", kv_bytes}, {"dtype", "f32"}}},
+                          {"problem",
+                           {{"batch", batch},
+                            {"kv_heads", kv_heads},
+                            {"group", group},
+                            {"head_dim", head_dim},
+                            {"mean_entries_per_seq_head", entries},
+                            {"chunks", n_chunks},
+                            {"kv_bytes", kv_bytes},
+                            {"dtype", "f32"}}},
                           {"attention_gb_per_s_median", median(rates)},
                           {"read_ceiling_gb_per_s_median", median(ceilings)},
                           {"fraction_of_read_bandwidth", fraction},

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs the whole test suite, then runs it again under
 # AddressSanitizer + UndefinedBehaviorSanitizer, then gives each libFuzzer target a
-# short run. This is what CI runs (EKVA_SKIP_SANITIZERS=1 / EKVA_SKIP_FUZZ=1 skip steps).
+# short run, after checking the sources' format. This is what CI runs (EKVA_SKIP_SANITIZERS=1 / EKVA_SKIP_FUZZ=1 skip steps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 jobs=$(nproc)
+# Every C++/CUDA source matches the committed .clang-format (Debian's clang-format 14).
+./scripts/check_format.sh
 
 cmake --preset release >/dev/null
 cmake --build --preset release -j "$jobs"

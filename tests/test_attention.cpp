@@ -35,13 +35,15 @@ TEST_P(AttentionTest, MatchesReference) {
     v.push_back(test::random_floats(static_cast<size_t>(c.entries * D), 200 + h));
     for (int64_t i = 0; i < c.n_chunks; ++i) {
       const int64_t b = c.entries * i / c.n_chunks, e = c.entries * (i + 1) / c.n_chunks;
-      chunks[static_cast<size_t>(h)].push_back(
-          {&k.back()[static_cast<size_t>(b * D)], &v.back()[static_cast<size_t>(b * D)], &positions[static_cast<size_t>(b)], e - b});
+      chunks[static_cast<size_t>(h)].push_back({&k.back()[static_cast<size_t>(b * D)],
+                                                &v.back()[static_cast<size_t>(b * D)],
+                                                &positions[static_cast<size_t>(b)], e - b});
     }
   }
   const auto q = test::random_floats(static_cast<size_t>(c.n_queries * c.n_heads * D), 5);
   std::vector<int32_t> q_pos(static_cast<size_t>(c.n_queries));
-  for (int64_t t = 0; t < c.n_queries; ++t) q_pos[static_cast<size_t>(t)] = static_cast<int32_t>(c.entries - c.n_queries + t);
+  for (int64_t t = 0; t < c.n_queries; ++t)
+    q_pos[static_cast<size_t>(t)] = static_cast<int32_t>(c.entries - c.n_queries + t);
 
   AttentionParams p;
   p.n_queries = c.n_queries;
@@ -62,13 +64,13 @@ TEST_P(AttentionTest, MatchesReference) {
 
 INSTANTIATE_TEST_SUITE_P(
     Cases, AttentionTest,
-    ::testing::Combine(::testing::Values(Case{1, 8, 2, 64, 1, 1, 0},        // a single entry
-                                         Case{1, 8, 2, 64, 3000, 1, 0},     // decode, split-K
-                                         Case{1, 28, 4, 80, 2049, 5, 0},    // G = 7, odd chunks
-                                         Case{1, 4, 4, 17, 997, 3, 0},      // no GQA, odd dim
-                                         Case{1, 32, 8, 128, 4097, 8, 512}, // window
-                                         Case{13, 8, 2, 16, 97, 2, 0},      // prefill, causal
-                                         Case{17, 12, 3, 32, 300, 4, 9}),   // prefill + window
+    ::testing::Combine(::testing::Values(Case{1, 8, 2, 64, 1, 1, 0},         // a single entry
+                                         Case{1, 8, 2, 64, 3000, 1, 0},      // decode, split-K
+                                         Case{1, 28, 4, 80, 2049, 5, 0},     // G = 7, odd chunks
+                                         Case{1, 4, 4, 17, 997, 3, 0},       // no GQA, odd dim
+                                         Case{1, 32, 8, 128, 4097, 8, 512},  // window
+                                         Case{13, 8, 2, 16, 97, 2, 0},       // prefill, causal
+                                         Case{17, 12, 3, 32, 300, 4, 9}),    // prefill + window
                        ::testing::Values(1, 2, 4)));
 
 TEST(Attention, SplittingChunksDoesNotChangeTheResult) {
@@ -85,7 +87,8 @@ TEST(Attention, SplittingChunksDoesNotChangeTheResult) {
   std::vector<std::vector<KvChunk>> one{{{k.data(), v.data(), pos.data(), n}}};
   std::vector<std::vector<KvChunk>> many(1);
   for (int64_t b = 0; b < n; b += 7)
-    many[0].push_back({&k[static_cast<size_t>(b * D)], &v[static_cast<size_t>(b * D)], &pos[static_cast<size_t>(b)], std::min<int64_t>(7, n - b)});
+    many[0].push_back({&k[static_cast<size_t>(b * D)], &v[static_cast<size_t>(b * D)],
+                       &pos[static_cast<size_t>(b)], std::min<int64_t>(7, n - b)});
   std::vector<float> a(static_cast<size_t>(4 * D)), b(a.size());
   p.out = a.data();
   cpu::attention(p, one, pool);

@@ -26,7 +26,8 @@ Problem problem(const std::vector<int64_t>& lengths, int64_t kv_heads, int64_t q
   const auto S = static_cast<int64_t>(lengths.size()) / kv_heads;
   for (const int64_t n : lengths) {
     pr.lists.emplace_back();
-    for (int64_t b = 0; b < n; b += 97) pr.lists.back().push_back({nullptr, nullptr, nullptr, std::min<int64_t>(97, n - b)});
+    for (int64_t b = 0; b < n; b += 97)
+      pr.lists.back().push_back({nullptr, nullptr, nullptr, std::min<int64_t>(97, n - b)});
   }
   for (int64_t s = 0; s < S; ++s)
     for (int64_t t = 0; t < queries_per_seq; ++t) pr.q_seq.push_back(static_cast<int32_t>(s));
@@ -46,7 +47,9 @@ void check_invariants(const Problem& pr, const AttentionPlan& plan, const Attent
   for (int64_t t = 0; t < pr.p.n_queries; ++t) {
     for (int64_t h = 0; h < KH; ++h) {
       int64_t n = 0;
-      for (const KvChunk& c : pr.lists[static_cast<size_t>(pr.q_seq[static_cast<size_t>(t)] * KH + h)]) n += c.n;
+      for (const KvChunk& c :
+           pr.lists[static_cast<size_t>(pr.q_seq[static_cast<size_t>(t)] * KH + h)])
+        n += c.n;
       const int64_t i0 = plan.merge_begin[static_cast<size_t>(t * KH + h)];
       const int64_t i1 = plan.merge_begin[static_cast<size_t>(t * KH + h) + 1];
       ASSERT_GE(i1 - i0, 1) << "every (query, kv-head) has an item";
@@ -66,10 +69,12 @@ void check_invariants(const Problem& pr, const AttentionPlan& plan, const Attent
   EXPECT_EQ(plan.task_begin.front(), 0);
   EXPECT_EQ(plan.task_begin.back(), static_cast<int64_t>(plan.items.size()));
   for (int64_t k = 0; k < plan.n_tasks(); ++k) {
-    const int64_t a = plan.task_begin[static_cast<size_t>(k)], b = plan.task_begin[static_cast<size_t>(k) + 1];
+    const int64_t a = plan.task_begin[static_cast<size_t>(k)],
+                  b = plan.task_begin[static_cast<size_t>(k) + 1];
     ASSERT_LT(a, b);
     int64_t work = 0;
-    for (int64_t i = a; i < b; ++i) work += plan.items[static_cast<size_t>(i)].end - plan.items[static_cast<size_t>(i)].begin;
+    for (int64_t i = a; i < b; ++i)
+      work += plan.items[static_cast<size_t>(i)].end - plan.items[static_cast<size_t>(i)].begin;
     if (b - a > 1) {
       EXPECT_LE(work, plan.item_entries) << "packed tasks stay within the bound";
     }
@@ -81,7 +86,8 @@ TEST(AttentionPlan, CoversSkewedEmptyAndHugeListsWithBoundedItems) {
   const AttentionPlanOptions o{.min_tasks = 16, .min_item_entries = 64};
   // Zipf over 8 experts x 8 kv-heads x 6 sequences, some empty, one huge.
   std::vector<int64_t> lengths;
-  for (int i = 0; i < 6 * 8; ++i) lengths.push_back(static_cast<int64_t>(4000.0 / (1 + rng() % 8)) * (rng() % 5 != 0));
+  for (int i = 0; i < 6 * 8; ++i)
+    lengths.push_back(static_cast<int64_t>(4000.0 / (1 + rng() % 8)) * (rng() % 5 != 0));
   lengths[7] = 100000;
   const Problem pr = problem(lengths, 8, 1);
   const AttentionPlan plan = plan_attention(pr.p, pr.lists, o);
@@ -95,7 +101,9 @@ TEST(AttentionPlan, CoversSkewedEmptyAndHugeListsWithBoundedItems) {
 
 TEST(AttentionPlan, DecodeOfOneShortSequenceAndPrefillRows) {
   for (const auto& [lengths, kv_heads, queries] :
-       {std::tuple<std::vector<int64_t>, int64_t, int64_t>{{5, 0}, 2, 1}, {{0}, 1, 3}, {{300, 301, 0, 7}, 2, 13}}) {
+       {std::tuple<std::vector<int64_t>, int64_t, int64_t>{{5, 0}, 2, 1},
+        {{0}, 1, 3},
+        {{300, 301, 0, 7}, 2, 13}}) {
     const Problem pr = problem(lengths, kv_heads, queries);
     const AttentionPlanOptions o{};
     check_invariants(pr, plan_attention(pr.p, pr.lists, o), o);
@@ -117,21 +125,32 @@ TEST(AttentionPlan, AnyPlanGivesTheReferenceOutput) {
     std::iota(pos.back().begin(), pos.back().end(), 0);
     lists.emplace_back();
     for (int64_t b = 0; b < n[i]; b += 50)
-      lists.back().push_back({&k.back()[static_cast<size_t>(b * D)], &v.back()[static_cast<size_t>(b * D)],
-                              &pos.back()[static_cast<size_t>(b)], std::min<int64_t>(50, n[i] - b)});
+      lists.back().push_back(
+          {&k.back()[static_cast<size_t>(b * D)], &v.back()[static_cast<size_t>(b * D)],
+           &pos.back()[static_cast<size_t>(b)], std::min<int64_t>(50, n[i] - b)});
   }
   const std::vector<int32_t> q_seq = {0, 1, 2, 2};
   const std::vector<int32_t> q_pos = {699, 1499, 258, 259};
   const auto q = test::random_floats(q_seq.size() * KH * G * D, 3);
-  AttentionParams p{static_cast<int64_t>(q_seq.size()), KH * G, KH, D, 0.2f, 0, q.data(), q_pos.data(), nullptr,
-                    q_seq.data(), S};
+  AttentionParams p{static_cast<int64_t>(q_seq.size()),
+                    KH * G,
+                    KH,
+                    D,
+                    0.2f,
+                    0,
+                    q.data(),
+                    q_pos.data(),
+                    nullptr,
+                    q_seq.data(),
+                    S};
   std::vector<float> want(q.size());
   p.out = want.data();
   ref::attention(p, lists);
   ThreadPool pool(3);
-  for (const AttentionPlanOptions& o : {AttentionPlanOptions{.min_tasks = 1, .min_item_entries = 100000},
-                                        AttentionPlanOptions{.min_tasks = 64, .min_item_entries = 64},
-                                        AttentionPlanOptions{.min_tasks = 100000, .min_item_entries = 1}}) {
+  for (const AttentionPlanOptions& o :
+       {AttentionPlanOptions{.min_tasks = 1, .min_item_entries = 100000},
+        AttentionPlanOptions{.min_tasks = 64, .min_item_entries = 64},
+        AttentionPlanOptions{.min_tasks = 100000, .min_item_entries = 1}}) {
     std::vector<float> got(q.size(), NAN);
     p.out = got.data();
     cpu::attention(p, lists, plan_attention(p, lists, o), pool);
@@ -146,7 +165,8 @@ TEST(AttentionPlan, RejectsAPlanForAnotherProblem) {
   std::vector<float> out(static_cast<size_t>(b.p.n_queries * b.p.n_heads * b.p.head_dim));
   AttentionParams p = b.p;
   p.out = out.data();
-  test::expect_error([&] { cpu::attention(p, b.lists, plan, pool); }, {"the plan is for another problem"});
+  test::expect_error([&] { cpu::attention(p, b.lists, plan, pool); },
+                     {"the plan is for another problem"});
 }
 
 }  // namespace

@@ -18,8 +18,8 @@
 namespace ekva {
 namespace {
 
-using ::testing::HasSubstr;
 using nlohmann::json;
+using ::testing::HasSubstr;
 
 std::string with_header(const std::string& header, const std::string& data) {
   std::string out(8, '\0');
@@ -47,10 +47,12 @@ TEST_F(BadSafetensors, TooShortForTheHeaderLength) {
 }
 
 TEST_F(BadSafetensors, HeaderLengthPastTheEnd) {
-  std::string bytes = with_header(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", "1234");
+  std::string bytes =
+      with_header(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", "1234");
   bytes.resize(20);  // cut inside the header
   const auto p = write(bytes);
-  expect_error([&] { SafetensorsFile::open(p); }, {"model.safetensors", "header length", "past the end"});
+  expect_error([&] { SafetensorsFile::open(p); },
+               {"model.safetensors", "header length", "past the end"});
 }
 
 TEST_F(BadSafetensors, ImplausibleHeaderLength) {
@@ -65,17 +67,20 @@ TEST_F(BadSafetensors, HeaderIsNotJson) {
 }
 
 TEST_F(BadSafetensors, UnknownDtype) {
-  const auto p = write(with_header(R"({"w":{"dtype":"F8_E9","shape":[2],"data_offsets":[0,2]}})", "xx"));
+  const auto p =
+      write(with_header(R"({"w":{"dtype":"F8_E9","shape":[2],"data_offsets":[0,2]}})", "xx"));
   expect_error([&] { SafetensorsFile::open(p); }, {"tensor 'w'", "unknown dtype 'F8_E9'"});
 }
 
 TEST_F(BadSafetensors, OffsetsOutOfRange) {
-  const auto p = write(with_header(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", "12345678"));
+  const auto p =
+      write(with_header(R"({"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", "12345678"));
   expect_error([&] { SafetensorsFile::open(p); }, {"tensor 'w'", "out of range", "8 bytes"});
 }
 
 TEST_F(BadSafetensors, OffsetsDisagreeWithShape) {
-  const auto p = write(with_header(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", "12345678"));
+  const auto p =
+      write(with_header(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", "12345678"));
   expect_error([&] { SafetensorsFile::open(p); }, {"tensor 'w'", "span 8 bytes", "needs 12"});
 }
 
@@ -87,7 +92,8 @@ TEST_F(BadSafetensors, OverlappingTensors) {
 }
 
 TEST_F(BadSafetensors, NegativeShape) {
-  const auto p = write(with_header(R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}})", ""));
+  const auto p =
+      write(with_header(R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}})", ""));
   expect_error([&] { SafetensorsFile::open(p); }, {"tensor 'w'", "non-negative"});
 }
 
@@ -128,7 +134,8 @@ TEST_F(BadModelDir, ValidCopyLoads) { EXPECT_NO_THROW(Model::load(dir_)); }
 
 TEST_F(BadModelDir, MissingTensor) {
   rewrite_weights([](json& h, std::string&) { h.erase("model.layers.1.self_attn.k_proj.weight"); });
-  expect_error([&] { Model::load(dir_); }, {"missing tensor 'model.layers.1.self_attn.k_proj.weight'"});
+  expect_error([&] { Model::load(dir_); },
+               {"missing tensor 'model.layers.1.self_attn.k_proj.weight'"});
 }
 
 TEST_F(BadModelDir, MisShapedTensor) {
@@ -137,7 +144,8 @@ TEST_F(BadModelDir, MisShapedTensor) {
     const int64_t n = t["shape"][0].get<int64_t>();
     t["shape"] = {n / 2, 2};
   });
-  expect_error([&] { Model::load(dir_); }, {"model.safetensors", "'model.norm.weight'", "has shape", "config implies [64]"});
+  expect_error([&] { Model::load(dir_); },
+               {"model.safetensors", "'model.norm.weight'", "has shape", "config implies [64]"});
 }
 
 TEST_F(BadModelDir, IntegerWeights) {
@@ -151,19 +159,22 @@ TEST_F(BadModelDir, IntegerWeights) {
 TEST_F(BadModelDir, ConfigMissingField) {
   config_.erase("num_hidden_layers");
   write_config();
-  expect_error([&] { Model::load(dir_); }, {"config.json", "missing required field 'num_hidden_layers'"});
+  expect_error([&] { Model::load(dir_); },
+               {"config.json", "missing required field 'num_hidden_layers'"});
 }
 
 TEST_F(BadModelDir, ConfigContradictoryHeads) {
   config_["num_key_value_heads"] = 3;
   write_config();
-  expect_error([&] { Model::load(dir_); }, {"config.json", "num_attention_heads (4)", "num_key_value_heads (3)"});
+  expect_error([&] { Model::load(dir_); },
+               {"config.json", "num_attention_heads (4)", "num_key_value_heads (3)"});
 }
 
 TEST_F(BadModelDir, ConfigTopKAboveExperts) {
   config_["num_experts_per_tok"] = 9;
   write_config();
-  expect_error([&] { Model::load(dir_); }, {"config.json", "num_experts_per_tok (9)", "experts (8)"});
+  expect_error([&] { Model::load(dir_); },
+               {"config.json", "num_experts_per_tok (9)", "experts (8)"});
 }
 
 TEST_F(BadModelDir, ConfigWrongType) {
@@ -186,14 +197,16 @@ TEST_F(BadModelDir, UnsupportedArchitecture) {
 TEST_F(BadModelDir, ConfigDisagreesWithWeights) {
   config_["hidden_size"] = 96;
   write_config();
-  expect_error([&] { Model::load(dir_); }, {"'model.embed_tokens.weight'", "has shape [384, 64]", "[384, 96]"});
+  expect_error([&] { Model::load(dir_); },
+               {"'model.embed_tokens.weight'", "has shape [384, 64]", "[384, 96]"});
 }
 
 TEST_F(BadModelDir, ExtraTensorsMeanWrongArchitecture) {
   config_["architectures"] = {"MistralForCausalLM"};
   config_["model_type"] = "mistral";
   write_config();
-  expect_error([&] { Model::load(dir_); }, {"missing tensor 'model.layers.0.mlp.gate_proj.weight'"});
+  expect_error([&] { Model::load(dir_); },
+               {"missing tensor 'model.layers.0.mlp.gate_proj.weight'"});
 }
 
 TEST_F(BadModelDir, UnsupportedRopeScaling) {
@@ -241,7 +254,8 @@ TEST(BadShardedDir, IndexEscapingTheDirectory) {
   json index = json::parse(test::read_file(dir / "model.safetensors.index.json"));
   index["weight_map"]["model.norm.weight"] = "../../etc/passwd";
   test::write_file(dir / "model.safetensors.index.json", index.dump());
-  expect_error([&] { Model::load(dir); }, {"model.safetensors.index.json", "not a file in the model directory"});
+  expect_error([&] { Model::load(dir); },
+               {"model.safetensors.index.json", "not a file in the model directory"});
 }
 
 }  // namespace

@@ -26,7 +26,8 @@
 namespace ekva {
 namespace {
 
-const std::filesystem::path kModel = std::filesystem::path(EKVA_SOURCE_DIR) / "models/ekva-moe-tiny";
+const std::filesystem::path kModel =
+    std::filesystem::path(EKVA_SOURCE_DIR) / "models/ekva-moe-tiny";
 
 const Model& model() {
   static const auto m = Model::load(kModel);
@@ -41,7 +42,8 @@ std::vector<int32_t> random_tokens(int n, uint64_t seed) {
   return t;
 }
 
-CompressionConfig config(const std::string& allocator, const std::string& policy, const std::string& budget) {
+CompressionConfig config(const std::string& allocator, const std::string& policy,
+                         const std::string& budget) {
   CompressionConfig c;
   c.allocator = allocator;
   c.policy = policy;
@@ -56,7 +58,8 @@ std::vector<std::vector<float>> run(KvCache& cache, const std::vector<int32_t>& 
   model().forward(prompt, cache, logits, false, test::cpu());
   out.push_back(logits);
   for (int s = 0; s < steps; ++s) {
-    const auto next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    const auto next =
+        static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
     model().forward({&next, 1}, cache, logits, false, test::cpu());
     out.push_back(logits);
   }
@@ -73,8 +76,11 @@ TEST(CompressedCache, FullBudgetReproducesTheFullCache) {
     const auto want = run(full, prompt, 20);
     for (const auto& [alloc, policy, budget] :
          std::vector<std::tuple<std::string, std::string, std::string>>{
-             {"uniform", "full", "10%"}, {"uniform", "snapkv", "100%"}, {"adakv", "h2o", "100%"},
-             {"pyramidkv", "knorm", "100%"}, {"uniform", "random", "4096"}}) {
+             {"uniform", "full", "10%"},
+             {"uniform", "snapkv", "100%"},
+             {"adakv", "h2o", "100%"},
+             {"pyramidkv", "knorm", "100%"},
+             {"uniform", "random", "4096"}}) {
       CompressionConfig cfg = config(alloc, policy, budget);
       cfg.kv_dtype = dtype;
       CompressedKvCache cache(c, cfg, 256, test::cpu());
@@ -90,7 +96,8 @@ TEST(CompressedCache, FullBudgetReproducesTheFullCache) {
 
 // After every step: each segment within budget + slack, the protected tokens all
 // present, and the bytes exact.
-void check_invariants(CompressedKvCache& cache, const ModelConfig& c, int64_t length, const StoreConfig& sc) {
+void check_invariants(CompressedKvCache& cache, const ModelConfig& c, int64_t length,
+                      const StoreConfig& sc) {
   PagedKvStore& store = cache.store();
   std::vector<SegmentInfo> segs;
   for (int layer = 0; layer < c.n_layers; ++layer) {
@@ -100,14 +107,16 @@ void check_invariants(CompressedKvCache& cache, const ModelConfig& c, int64_t le
     if (budgets.empty()) continue;  // not compressed yet
     for (const SegmentInfo& s : segs) {
       const int64_t b = std::max<int64_t>(0, budgets[static_cast<size_t>(s.id)]);
-      EXPECT_LE(s.n_entries, b + CompressedKvCache::slack(b)) << "layer " << layer << " segment " << s.id;
+      EXPECT_LE(s.n_entries, b + CompressedKvCache::slack(b))
+          << "layer " << layer << " segment " << s.id;
     }
     for (int h = 0; h < c.n_kv_heads; ++h) {
       std::vector<KvChunk> chunks;
       cache.view(layer, h, chunks);
       std::set<int32_t> present;
       for (const KvChunk& ch : chunks)
-        for (int64_t i = 0; i < ch.n; ++i) EXPECT_TRUE(present.insert(ch.positions[i]).second) << "duplicate";
+        for (int64_t i = 0; i < ch.n; ++i)
+          EXPECT_TRUE(present.insert(ch.positions[i]).second) << "duplicate";
       for (int32_t p = 0; p < std::min<int64_t>(sc.sink_tokens, length); ++p)
         EXPECT_TRUE(present.count(p)) << "sink " << p << " evicted";
       for (int64_t p = std::max<int64_t>(0, length - sc.recent_window); p < length; ++p)
@@ -115,16 +124,21 @@ void check_invariants(CompressedKvCache& cache, const ModelConfig& c, int64_t le
     }
   }
   const CompressionStats st = cache.stats();
-  EXPECT_EQ(st.bytes.kv, static_cast<size_t>(st.live_entries) * 2 * c.head_dim * dtype_size(sc.kv_dtype));
+  EXPECT_EQ(st.bytes.kv,
+            static_cast<size_t>(st.live_entries) * 2 * c.head_dim * dtype_size(sc.kv_dtype));
   EXPECT_EQ(cache.bytes_used(), st.bytes.reserved);  // the blocks held, not only live K/V
 }
 
 TEST(CompressedCache, BudgetsHoldDuringDecode) {
   const ModelConfig& c = model().config();
   const auto prompt = random_tokens(400, 2);
-  for (const auto& [alloc, policy] : std::vector<std::pair<std::string, std::string>>{
-           {"uniform", "snapkv"}, {"pyramidkv", "h2o"}, {"adakv", "snapkv"}, {"uniform", "knorm"},
-           {"uniform", "streamingllm"}, {"uniform", "random"}}) {
+  for (const auto& [alloc, policy] :
+       std::vector<std::pair<std::string, std::string>>{{"uniform", "snapkv"},
+                                                        {"pyramidkv", "h2o"},
+                                                        {"adakv", "snapkv"},
+                                                        {"uniform", "knorm"},
+                                                        {"uniform", "streamingllm"},
+                                                        {"uniform", "random"}}) {
     const CompressionConfig cfg = config(alloc, policy, "15%");
     const StoreConfig sc = store_config_for(c, cfg, 1024);
     CompressedKvCache cache(c, cfg, 1024, test::cpu());
@@ -134,15 +148,18 @@ TEST(CompressedCache, BudgetsHoldDuringDecode) {
     const CompressionStats after_prompt = cache.stats();
     EXPECT_EQ(after_prompt.compressions, 1) << alloc << ":" << policy;
     // 15% of the full cache, but never below the protected entries.
-    EXPECT_LE(after_prompt.live_entries, std::max(after_prompt.target_entries, after_prompt.protected_entries))
+    EXPECT_LE(after_prompt.live_entries,
+              std::max(after_prompt.target_entries, after_prompt.protected_entries))
         << alloc << ":" << policy;
     for (int s = 0; s < 120; ++s) {
-      const auto next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+      const auto next =
+          static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
       model().forward({&next, 1}, cache, logits, false, test::cpu());
       check_invariants(cache, c, 401 + s, sc);
       if (::testing::Test::HasFailure()) return;
     }
-    EXPECT_GT(cache.stats().evicted_entries, after_prompt.evicted_entries) << "no eviction during decode";
+    EXPECT_GT(cache.stats().evicted_entries, after_prompt.evicted_entries)
+        << "no eviction during decode";
   }
 }
 
@@ -157,13 +174,15 @@ TEST(CompressedCache, BatchSharesOneStoreWithPerSequenceBudgets) {
   PagedKvStore store(store_config_for(c, cfg("100%", dtype), 1024));
   std::vector<std::unique_ptr<CompressedKvCache>> seqs;
   const std::vector<std::string> budgets = {"100%", "20%", "10%"};
-  for (const auto& b : budgets) seqs.push_back(std::make_unique<CompressedKvCache>(store, c, cfg(b, dtype), test::cpu()));
+  for (const auto& b : budgets)
+    seqs.push_back(std::make_unique<CompressedKvCache>(store, c, cfg(b, dtype), test::cpu()));
   std::vector<std::vector<float>> logits(seqs.size());
   for (size_t i = 0; i < seqs.size(); ++i)
     model().forward(random_tokens(300, 10 + i), *seqs[i], logits[i], false, test::cpu());
   for (int s = 0; s < 150; ++s) {
     for (size_t i = 0; i < seqs.size(); ++i) {  // interleaved decode steps
-      const auto next = static_cast<int32_t>(std::max_element(logits[i].begin(), logits[i].end()) - logits[i].begin());
+      const auto next = static_cast<int32_t>(std::max_element(logits[i].begin(), logits[i].end()) -
+                                             logits[i].begin());
       model().forward({&next, 1}, *seqs[i], logits[i], false, test::cpu());
     }
     // No block held twice, none lost: the sequences' blocks are exactly the pool's.
@@ -202,9 +221,10 @@ TEST(CompressedCache, ImpossibleBudgetsAndUnknownNamesAreClearErrors) {
   expect_error(config("uniform", "snapkv", "150%"), "150");
   // A fraction is checked at the longest sequence the cache takes: 1% of 1024 tokens
   // is 10 entries per (layer, kv-head), below the 36 sinks + recent window.
-  expect_error(config("uniform", "snapkv", "1%"),
-               "budget 1%: 163 entries of the full cache at the context of 1024 tokens is below the 576 "
-               "protected entries");
+  expect_error(
+      config("uniform", "snapkv", "1%"),
+      "budget 1%: 163 entries of the full cache at the context of 1024 tokens is below the 576 "
+      "protected entries");
   expect_error(config("adakv", "h2o", "0%"), "protected");
   expect_error(config("uniform", "lru", "10%"), "unknown policy 'lru'");
   expect_error(config("fancy", "snapkv", "10%"), "fancy");
@@ -228,14 +248,18 @@ TEST(CompressedCache, ReplayedPrefillEqualsARealForward) {
     CompressedKvCache replayed(c, cfg, 512, test::cpu());
     const auto want = run(real, prompt, 10);
     // Recorded through a full cache of the store's dtype: what the real prefill's attention read.
-    const PrefillRecording rec = PrefillRecording::record(model(), prompt, test::cpu(), cfg.kv_dtype);
+    const PrefillRecording rec =
+        PrefillRecording::record(model(), prompt, test::cpu(), cfg.kv_dtype);
     rec.replay(replayed);
     EXPECT_LT(test::rel_error(rec.last_logits.data(), want[0].data(), want[0].size()), 1e-6);
     std::vector<float> logits = rec.last_logits;
     for (int s = 0; s < 10; ++s) {
-      const auto next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+      const auto next =
+          static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
       model().forward({&next, 1}, replayed, logits, false, test::cpu());
-      EXPECT_LT(test::rel_error(logits.data(), want[static_cast<size_t>(s + 1)].data(), logits.size()), 1e-5)
+      EXPECT_LT(
+          test::rel_error(logits.data(), want[static_cast<size_t>(s + 1)].data(), logits.size()),
+          1e-5)
           << policy << " step " << s;
     }
     EXPECT_EQ(replayed.stats().live_entries, real.stats().live_entries) << policy;
@@ -276,17 +300,25 @@ TEST(CompressedCache, HeldBytesStayWithinATenthOfLiveAtTenPercent) {
       CompressedKvCache cache(c, cfg, static_cast<int64_t>(tokens.size()) + 1, test::cpu());
       rec.replay(cache);
       const CompressionStats st = cache.stats();
-      const double held_over_live = static_cast<double>(st.bytes.reserved) / static_cast<double>(st.bytes.kv);
+      const double held_over_live =
+          static_cast<double>(st.bytes.reserved) / static_cast<double>(st.bytes.kv);
       EXPECT_EQ(cache.bytes_used(), st.bytes.reserved) << "the cache reports the bytes it holds";
-      std::printf("[ store memory ] %-12s B=%2d: %lld live entries, K/V %zu bytes, held %zu bytes (%.3fx)\n",
-                  alloc.c_str(), block, static_cast<long long>(st.live_entries), st.bytes.kv,
-                  st.bytes.reserved, held_over_live);
+      std::printf(
+          "[ store memory ] %-12s B=%2d: %lld live entries, K/V %zu bytes, held %zu bytes "
+          "(%.3fx)\n",
+          alloc.c_str(), block, static_cast<long long>(st.live_entries), st.bytes.kv,
+          st.bytes.reserved, held_over_live);
       if (block == 32) {
         EXPECT_LE(held_over_live, 1.10) << alloc << " at the default block size";
       }
-      rows.push_back({{"allocator", alloc}, {"policy", "snapkv"}, {"budget", "10%"}, {"block_size", block},
-                      {"live_entries", st.live_entries}, {"kv_bytes", st.bytes.kv},
-                      {"metadata_bytes", st.bytes.metadata}, {"reserved_bytes", st.bytes.reserved},
+      rows.push_back({{"allocator", alloc},
+                      {"policy", "snapkv"},
+                      {"budget", "10%"},
+                      {"block_size", block},
+                      {"live_entries", st.live_entries},
+                      {"kv_bytes", st.bytes.kv},
+                      {"metadata_bytes", st.bytes.metadata},
+                      {"reserved_bytes", st.bytes.reserved},
                       {"reserved_over_kv", held_over_live}});
     }
   }

@@ -140,13 +140,15 @@ class Harness {
       for (int h = 0; h < kKvHeads; ++h) {
         const std::vector<Entry>& b = before[static_cast<size_t>(layer * kKvHeads + h)];
         std::set<int32_t> kept;
-        for (const Entry& e : after[static_cast<size_t>(layer * kKvHeads + h)]) kept.insert(e.position);
+        for (const Entry& e : after[static_cast<size_t>(layer * kKvHeads + h)])
+          kept.insert(e.position);
         for (const Entry& e : b) {
           if (kept.count(e.position)) continue;
           dropped_[{layer, e.segment}].push_back(rank(layer, h, e.position, b));
         }
         for (const Entry& e : b)
-          if (kept.count(e.position)) kept_[{layer, e.segment}].push_back(rank(layer, h, e.position, b));
+          if (kept.count(e.position))
+            kept_[{layer, e.segment}].push_back(rank(layer, h, e.position, b));
       }
     }
     for (const auto& [key, dropped] : dropped_) {
@@ -188,7 +190,8 @@ class Harness {
     if (cfg_.policy == "h2o") return sum(layer, h, position);
     double best = -1;
     for (const Entry& e : pool)
-      if (std::abs(e.position - position) <= kPoolRadius) best = std::max(best, mean(layer, h, e.position));
+      if (std::abs(e.position - position) <= kPoolRadius)
+        best = std::max(best, mean(layer, h, e.position));
     return best;
   }
 
@@ -264,9 +267,14 @@ int random_tag(int32_t p) { return static_cast<int>((p * 2654435761u) >> 7) % kE
 // kv-heads, per layer) and allocator.
 TEST(CompressedCacheQuality, EvictionsKeepTheBestRankedEntriesOfEachSegment) {
   const CalibrationProfile profile = synthetic_profile();
-  for (const auto& [alloc, policy] : std::vector<std::pair<std::string, std::string>>{
-           {"uniform", "snapkv"}, {"ekva-entropy", "snapkv"}, {"ekva-mass", "snapkv"},
-           {"pyramidkv", "snapkv"}, {"adakv", "snapkv"}, {"uniform", "h2o"}, {"ekva-mass", "h2o"}}) {
+  for (const auto& [alloc, policy] :
+       std::vector<std::pair<std::string, std::string>>{{"uniform", "snapkv"},
+                                                        {"ekva-entropy", "snapkv"},
+                                                        {"ekva-mass", "snapkv"},
+                                                        {"pyramidkv", "snapkv"},
+                                                        {"adakv", "snapkv"},
+                                                        {"uniform", "h2o"},
+                                                        {"ekva-mass", "h2o"}}) {
     const CompressionConfig cfg = config(alloc, policy, "20%", &profile);
     CompressedKvCache cache(synthetic_shape(), cfg, kMaxContext, test::cpu());
     Harness run(cache, cfg, 7);
@@ -307,7 +315,8 @@ TEST(CompressedCacheQuality, AdaKvAllocatesFromTheScoresSnapKvSelectsOn) {
   pooled.n_experts = raw.n_experts = kExperts;
   int64_t protect = 0;
   for (int l = 0; l < kLayers; ++l)
-    for (int h = 0; h < kKvHeads; ++h) protect += cache.store().protected_entries(cache.sequence(), l, h);
+    for (int h = 0; h < kKvHeads; ++h)
+      protect += cache.store().protected_entries(cache.sequence(), l, h);
   const auto target = static_cast<int64_t>(std::floor(0.2 * run.length() * kLayers * kKvHeads));
   pooled.evictable_budget = raw.evictable_budget = target - protect;
   pooled.segments.resize(kLayers);
@@ -337,9 +346,9 @@ TEST(CompressedCacheQuality, AdaKvAllocatesFromTheScoresSnapKvSelectsOn) {
       const int64_t got = cache.budgets()[static_cast<size_t>(l)][static_cast<size_t>(segs[i].id)];
       const int64_t w = want[static_cast<size_t>(l)][i];
       // Near-ties between the f32 scores and the f64 reference may move one entry.
-      EXPECT_LE(std::abs(got - w), 1) << "layer " << l << " kv-head " << segs[i].key.kv_head
-                                      << ": budget " << got << ", pooled scores give " << w
-                                      << ", raw scores " << from_raw[static_cast<size_t>(l)][i];
+      EXPECT_LE(std::abs(got - w), 1)
+          << "layer " << l << " kv-head " << segs[i].key.kv_head << ": budget " << got
+          << ", pooled scores give " << w << ", raw scores " << from_raw[static_cast<size_t>(l)][i];
       raw_differs = std::max(raw_differs, std::abs(from_raw[static_cast<size_t>(l)][i] - w));
     }
   }
@@ -374,9 +383,12 @@ TEST(CompressedCacheQuality, FixedBudgetsReallocateForExpertsThatAppearInDecode)
     const CompressionConfig cfg = config(alloc, "snapkv", "96", &profile);
     CompressedKvCache cache(synthetic_shape(), cfg, kMaxContext, test::cpu());
     Harness run(cache, cfg, 9);
-    run.forward(300, [](int32_t p) { return p % 2; }, 2.f);  // experts 0 and 1
+    run.forward(
+        300, [](int32_t p) { return p % 2; }, 2.f);  // experts 0 and 1
     const int64_t compressions = cache.stats().compressions;
-    for (int s = 0; s < 200; ++s) run.forward(1, [](int32_t) { return 2; }, 2.f);
+    for (int s = 0; s < 200; ++s)
+      run.forward(
+          1, [](int32_t) { return 2; }, 2.f);
     EXPECT_GT(cache.stats().compressions, compressions) << alloc << ": never re-allocated";
     for (int l = 0; l < kLayers; ++l) {
       const int id = cache.store().segment_id({l, kAllHeads, 2});
@@ -414,7 +426,8 @@ TEST(CompressedCacheQuality, ByteBudgetsBoundTheBytesHeld) {
       EXPECT_EQ(cache.bytes_used(), st.bytes.reserved) << alloc << ": report the bytes held";
       double slack = 0;
       for (const auto& layer : cache.budgets())
-        for (int64_t b : layer) slack += static_cast<double>(CompressedKvCache::slack(std::max<int64_t>(0, b))) * slot;
+        for (int64_t b : layer)
+          slack += static_cast<double>(CompressedKvCache::slack(std::max<int64_t>(0, b))) * slot;
       const bool reallocated = st.compressions > compressions;
       compressions = st.compressions;
       EXPECT_LE(static_cast<double>(st.bytes.reserved), budget + (reallocated ? 0.0 : slack))

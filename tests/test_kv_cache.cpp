@@ -16,7 +16,8 @@ TEST(FullKvCache, AppendsAndViewsPerLayerAndHead) {
   for (int step = 0; step < 3; ++step) {
     const int n = step == 0 ? 5 : 1;  // prefill of 5, then two decode steps
     std::vector<int32_t> pos(static_cast<size_t>(n));
-    for (int i = 0; i < n; ++i) pos[static_cast<size_t>(i)] = static_cast<int32_t>(cache.length() + i);
+    for (int i = 0; i < n; ++i)
+      pos[static_cast<size_t>(i)] = static_cast<int32_t>(cache.length() + i);
     for (int layer = 0; layer < shape.n_layers; ++layer) {
       const auto k = test::random_floats(static_cast<size_t>(n * 3 * 8), 10 * step + layer);
       const auto v = test::random_floats(k.size(), 100 + 10 * step + layer);
@@ -36,7 +37,8 @@ TEST(FullKvCache, AppendsAndViewsPerLayerAndHead) {
     }
   }
   EXPECT_EQ(cache.length(), 7);
-  EXPECT_EQ(cache.bytes_used(), size_t{7} * 2 /*layers*/ * 3 /*heads*/ * 2 /*K,V*/ * 8 * sizeof(float));
+  EXPECT_EQ(cache.bytes_used(),
+            size_t{7} * 2 /*layers*/ * 3 /*heads*/ * 2 /*K,V*/ * 8 * sizeof(float));
   cache.clear();
   EXPECT_EQ(cache.length(), 0);
   EXPECT_EQ(cache.bytes_used(), 0u);

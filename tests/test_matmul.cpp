@@ -39,15 +39,18 @@ TEST_P(MatmulTest, MatchesReference) {
     const size_t off = static_cast<size_t>(t * ldy);
     EXPECT_LT(test::rel_error(&y[off], &y_ref[off], static_cast<size_t>(shape.rows)), 1e-6)
         << "token " << t;
-    for (int64_t r = shape.rows; r < ldy; ++r) EXPECT_TRUE(std::isnan(y[off + static_cast<size_t>(r)]));
+    for (int64_t r = shape.rows; r < ldy; ++r)
+      EXPECT_TRUE(std::isnan(y[off + static_cast<size_t>(r)]));
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, MatmulTest,
-    ::testing::Combine(::testing::Values(Shape{1, 17, 97}, Shape{1, 1023, 64}, Shape{3, 97, 17},
-                                         Shape{5, 64, 1023}, Shape{17, 33, 129}, Shape{8, 256, 512}),
-                       ::testing::Values(DType::kBF16, DType::kF32), ::testing::Values(1, 2, 3)));
+INSTANTIATE_TEST_SUITE_P(Shapes, MatmulTest,
+                         ::testing::Combine(::testing::Values(Shape{1, 17, 97}, Shape{1, 1023, 64},
+                                                              Shape{3, 97, 17}, Shape{5, 64, 1023},
+                                                              Shape{17, 33, 129},
+                                                              Shape{8, 256, 512}),
+                                            ::testing::Values(DType::kBF16, DType::kF32),
+                                            ::testing::Values(1, 2, 3)));
 
 TEST(MatmulRows, GathersTheNamedRows) {
   ThreadPool pool(2);

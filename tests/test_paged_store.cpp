@@ -12,17 +12,17 @@
 #include <cstdio>
 #include <iterator>
 #include <memory>
+#include <ostream>
 #include <random>
 #include <set>
-#include <ostream>
 #include <string>
 
 #include "core/thread_pool.h"
+#include "cpu/kernels.h"
 #include "ekva/error.h"
 #include "kv/kv_arena.h"
-#include "kv/kv_cells.h"
 #include "kv/kv_cache.h"
-#include "cpu/kernels.h"
+#include "kv/kv_cells.h"
 #include "kv/paged_store.h"
 #include "ops/ops.h"
 #include "test_util.h"
@@ -30,7 +30,9 @@
 namespace ekva {
 
 // Test names say the dtype ("bf16", "f32"), not its byte.
-inline void PrintTo(DType dtype, std::ostream* os) { *os << (dtype == DType::kBF16 ? "bf16" : "f32"); }
+inline void PrintTo(DType dtype, std::ostream* os) {
+  *os << (dtype == DType::kBF16 ? "bf16" : "f32");
+}
 
 namespace {
 
@@ -100,19 +102,23 @@ std::vector<EntryRun> view_runs(PagedKvStore& store, int seq, int layer, int kv_
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // What a store of `dtype` holds for the f32 value x: x rounded to nearest even in bf16.
-float stored(DType dtype, float x) { return dtype == DType::kBF16 ? bf16_to_f32(f32_to_bf16(x)) : x; }
+float stored(DType dtype, float x) {
+  return dtype == DType::kBF16 ? bf16_to_f32(f32_to_bf16(x)) : x;
+}
 
 std::string dtype_label(DType dtype) { return dtype == DType::kBF16 ? "bf16" : "f32"; }
 
-StoreConfig store_config(KvShape kv, int n_experts, int block_size, Granularity granularity, int sinks,
-                         int window, int64_t max_context, DType dtype, int slab_blocks = 0) {
+StoreConfig store_config(KvShape kv, int n_experts, int block_size, Granularity granularity,
+                         int sinks, int window, int64_t max_context, DType dtype,
+                         int slab_blocks = 0) {
   StoreConfig c{kv, n_experts, block_size, granularity, sinks, window, max_context, slab_blocks};
   c.kv_dtype = dtype;
   return c;
 }
 
 TEST(KvArena, RecyclesBlocksAndReturnsEmptySlabs) {
-  KvArena pool({/*block_size=*/4, /*head_dim=*/3, DType::kF32, /*slab_blocks=*/3, /*max_empty_slabs=*/0});
+  KvArena pool(
+      {/*block_size=*/4, /*head_dim=*/3, DType::kF32, /*slab_blocks=*/3, /*max_empty_slabs=*/0});
   KvCells cells(4, pool.slab_shift());
   EXPECT_EQ(pool.slab_blocks(), 4);  // rounded up to a power of two
   EXPECT_EQ(pool.block_bytes() % 64, 0u);
@@ -209,13 +215,15 @@ TEST(KvArena, Bf16RoundTripAndHalfTheBytes) {
   EXPECT_EQ(bf16.row_bytes(), size_t{D} * 2);
   EXPECT_EQ(2 * bf16.block_bytes(), f32.block_bytes());
   const int32_t a = bf16.allocate(), b = bf16.allocate();
-  std::vector<float> k = test::random_floats(size_t{B} * D, 7, 3.f), v = test::random_floats(size_t{B} * D, 8);
+  std::vector<float> k = test::random_floats(size_t{B} * D, 7, 3.f),
+                     v = test::random_floats(size_t{B} * D, 8);
   // Exact ties: 1 + 2^-8 rounds down to 1 (even), 1 + 3 * 2^-8 up to 1 + 2^-6.
   k[0] = 1.00390625f;
   k[1] = 1.01171875f;
   k[2] = -1.00390625f;
   k[3] = std::numeric_limits<float>::quiet_NaN();
-  for (int i = 0; i < B; ++i) bf16.write(a, i, &k[static_cast<size_t>(i) * D], &v[static_cast<size_t>(i) * D]);
+  for (int i = 0; i < B; ++i)
+    bf16.write(a, i, &k[static_cast<size_t>(i) * D], &v[static_cast<size_t>(i) * D]);
   const auto* ka = static_cast<const uint16_t*>(bf16.k(a));
   const auto* va = static_cast<const uint16_t*>(bf16.v(a));
   EXPECT_EQ(bf16_to_f32(ka[0]), 1.f);
@@ -231,8 +239,10 @@ TEST(KvArena, Bf16RoundTripAndHalfTheBytes) {
   bf16.copy_entries(a, 5, b, 0, 10);
   bf16.copy_entries(a, 1, a, 0, 31);
   const auto* kb = static_cast<const uint16_t*>(bf16.k(b));
-  for (int i = 0; i < 10 * D; ++i) ASSERT_EQ(kb[i], f32_to_bf16(k[size_t{5} * D + static_cast<size_t>(i)])) << i;
-  for (int i = 0; i < 31 * D; ++i) ASSERT_EQ(va[i], f32_to_bf16(v[size_t{D} + static_cast<size_t>(i)])) << i;
+  for (int i = 0; i < 10 * D; ++i)
+    ASSERT_EQ(kb[i], f32_to_bf16(k[size_t{5} * D + static_cast<size_t>(i)])) << i;
+  for (int i = 0; i < 31 * D; ++i)
+    ASSERT_EQ(va[i], f32_to_bf16(v[size_t{D} + static_cast<size_t>(i)])) << i;
 }
 
 // Without eviction, attention over the chunks of each sequence's store view equals
@@ -307,7 +317,8 @@ TEST_P(PagedVsFull, AttentionMatchesWithoutEviction) {
       p.out = out_ref.data();
       ref::attention(p, ref_chunks);
       EXPECT_LT(test::rel_error(out.data(), out_ref.data(), out.size()), 1e-5)
-          << dtype_label(dtype) << " sequence " << i << " layer " << layer << " at " << positions.front();
+          << dtype_label(dtype) << " sequence " << i << " layer " << layer << " at "
+          << positions.front();
       if (layer == 0) {
         std::vector<int32_t> tags(static_cast<size_t>(n_tokens));
         for (auto& t : tags) t = static_cast<int32_t>(rng() % E);
@@ -387,8 +398,10 @@ TEST(PagedKvStore, TagsGraduateIntoExpertSegments) {
           for (int64_t j = 0; j < r.n; ++j) {
             EXPECT_EQ(r.tags[j], e);
             EXPECT_EQ(r.dtype, DType::kBF16);  // the default
-            EXPECT_EQ(r.k_at(j * kv.head_dim + 1), stored(r.dtype, k_value(seq, layer, h, r.positions[j], 1)));
-            EXPECT_EQ(r.v_at(j * kv.head_dim + 3), stored(r.dtype, v_value(seq, layer, h, r.positions[j], 3)));
+            EXPECT_EQ(r.k_at(j * kv.head_dim + 1),
+                      stored(r.dtype, k_value(seq, layer, h, r.positions[j], 1)));
+            EXPECT_EQ(r.v_at(j * kv.head_dim + 3),
+                      stored(r.dtype, v_value(seq, layer, h, r.positions[j], 3)));
           }
         }
       }
@@ -522,12 +535,14 @@ TEST_P(KeepTest, CompactsSurvivorsInOrder) {
     EXPECT_EQ(bytes.metadata, live * 12);
     EXPECT_EQ(bytes.reserved_kv,
               static_cast<size_t>(store.arena().blocks_in_use()) * store.arena().block_bytes());
-    EXPECT_EQ(bytes.reserved, static_cast<size_t>(store.arena().blocks_in_use()) * store.block_bytes());
+    EXPECT_EQ(bytes.reserved,
+              static_cast<size_t>(store.arena().blocks_in_use()) * store.block_bytes());
     EXPECT_EQ(store.cache(seq).bytes_used(), bytes.reserved);
 
     // Evicting everything leaves the lists only the entries of other segments.
     store.keep(seq, 0, segment, {});
-    EXPECT_EQ(store.arena().blocks_in_use(), list_blocks(in_segment_per_head[0], in_segment_per_head[1]));
+    EXPECT_EQ(store.arena().blocks_in_use(),
+              list_blocks(in_segment_per_head[0], in_segment_per_head[1]));
     std::vector<SegmentInfo> emptied;
     store.segments(seq, 0, emptied);
     for (const SegmentInfo& s : emptied) EXPECT_NE(s.id, segment);
@@ -644,8 +659,10 @@ TEST_P(SoakTest, DecodeWithPeriodicEviction) {
               if (r.segment == kProtectedSegment) protected_positions.push_back(p);
               const bool full_row = step % 100 == 0;
               for (int d = 0; d < kv.head_dim; d += full_row ? 1 : kv.head_dim - 1) {
-                ASSERT_EQ(r.k_at(j * kv.head_dim + d), stored(dtype, k_value(m.id, layer, h, p, d))) << p;
-                ASSERT_EQ(r.v_at(j * kv.head_dim + d), stored(dtype, v_value(m.id, layer, h, p, d))) << p;
+                ASSERT_EQ(r.k_at(j * kv.head_dim + d), stored(dtype, k_value(m.id, layer, h, p, d)))
+                    << p;
+                ASSERT_EQ(r.v_at(j * kv.head_dim + d), stored(dtype, v_value(m.id, layer, h, p, d)))
+                    << p;
               }
             }
           }
@@ -811,8 +828,9 @@ TEST(PagedKvStore, BadUseFailsWithClearMessages) {
         make_store({kv, 3, 4, Granularity::kPerLayer, 2, 2, 0});
       },
       "max_context must be in 1..2^31-1");
-  expect_error([&] { make_store(store_config(kv, 3, 4, Granularity::kPerLayer, 2, 2, 16, DType::kF16)); },
-               "K/V are stored in bf16 or f32, not F16");
+  expect_error(
+      [&] { make_store(store_config(kv, 3, 4, Granularity::kPerLayer, 2, 2, 16, DType::kF16)); },
+      "K/V are stored in bf16 or f32, not F16");
 }
 
 // The same entries, evicted alike, take exactly half the K/V bytes in bf16, live and

@@ -4,8 +4,8 @@
 // choices in every MoE layer.
 #include <gtest/gtest.h>
 
-#include <cstring>
 #include <array>
+#include <cstring>
 #include <map>
 #include <random>
 
@@ -40,7 +40,8 @@ Reference load_reference(const std::filesystem::path& dir) {
   r.logits.resize(static_cast<size_t>(logits.numel()));
   std::memcpy(r.logits.data(), logits.data, logits.nbytes);
   r.prefill_len = std::stoll(file->metadata().at("prefill_len"));
-  if (file->metadata().count("router_topk")) r.router_topk = nlohmann::json::parse(file->metadata().at("router_topk"));
+  if (file->metadata().count("router_topk"))
+    r.router_topk = nlohmann::json::parse(file->metadata().at("router_topk"));
   return r;
 }
 
@@ -48,7 +49,8 @@ class ReferenceLogits : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ReferenceLogits, PrefillThenDecodeMatch) {
   const auto dir = test::reference_dir() / GetParam();
-  ASSERT_TRUE(std::filesystem::exists(dir)) << dir << " missing: run the make_reference test fixture";
+  ASSERT_TRUE(std::filesystem::exists(dir))
+      << dir << " missing: run the make_reference test fixture";
   const auto model = Model::load(dir);
   const Reference ref = load_reference(dir);
   const ModelConfig& c = model->config();
@@ -60,7 +62,8 @@ TEST_P(ReferenceLogits, PrefillThenDecodeMatch) {
   std::map<int, std::vector<std::vector<int32_t>>> routed;
   ForwardObserver observer;
   observer.routing = [&](int layer, const int32_t* experts, const float*, int64_t n, int k) {
-    for (int64_t t = 0; t < n; ++t) routed[layer].emplace_back(experts + t * k, experts + (t + 1) * k);
+    for (int64_t t = 0; t < n; ++t)
+      routed[layer].emplace_back(experts + t * k, experts + (t + 1) * k);
   };
 
   FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, N);
@@ -69,13 +72,17 @@ TEST_P(ReferenceLogits, PrefillThenDecodeMatch) {
                  /*all_logits=*/true, pool, &observer);
   ASSERT_EQ(logits.size(), static_cast<size_t>(ref.prefill_len) * V);
   for (int64_t t = 0; t < ref.prefill_len; ++t) {
-    EXPECT_LT(test::rel_error(&logits[static_cast<size_t>(t) * V], &ref.logits[static_cast<size_t>(t) * V], V), kTolerance)
+    EXPECT_LT(test::rel_error(&logits[static_cast<size_t>(t) * V],
+                              &ref.logits[static_cast<size_t>(t) * V], V),
+              kTolerance)
         << "prefill position " << t;
   }
   for (int64_t t = ref.prefill_len; t < N; ++t) {
-    model->forward(std::span(ref.tokens).subspan(static_cast<size_t>(t), 1), cache, logits, false, pool, &observer);
+    model->forward(std::span(ref.tokens).subspan(static_cast<size_t>(t), 1), cache, logits, false,
+                   pool, &observer);
     ASSERT_EQ(logits.size(), V);
-    EXPECT_LT(test::rel_error(logits.data(), &ref.logits[static_cast<size_t>(t) * V], V), kTolerance)
+    EXPECT_LT(test::rel_error(logits.data(), &ref.logits[static_cast<size_t>(t) * V], V),
+              kTolerance)
         << "decode position " << t;
   }
   EXPECT_EQ(cache.length(), N);
@@ -84,7 +91,8 @@ TEST_P(ReferenceLogits, PrefillThenDecodeMatch) {
     const auto& mine = routed[std::stoi(layer)];
     ASSERT_EQ(mine.size(), per_token.size()) << "layer " << layer;
     for (size_t t = 0; t < mine.size(); ++t)
-      EXPECT_EQ(mine[t], per_token[t].get<std::vector<int32_t>>()) << "layer " << layer << " token " << t;
+      EXPECT_EQ(mine[t], per_token[t].get<std::vector<int32_t>>())
+          << "layer " << layer << " token " << t;
   }
 }
 
@@ -112,10 +120,12 @@ TEST_P(ReferenceLogits, ChunkedPrefillMatchesWhole) {
   const auto V = static_cast<size_t>(c.vocab_size);
   FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, 64);
   std::vector<float> logits;
-  model->forward(ref.tokens, cache, logits, /*all_logits=*/true, test::cpu(), nullptr, /*max_step=*/5);
+  model->forward(ref.tokens, cache, logits, /*all_logits=*/true, test::cpu(), nullptr,
+                 /*max_step=*/5);
   ASSERT_EQ(logits.size(), ref.tokens.size() * V);
   for (size_t t = 0; t < ref.tokens.size(); ++t)
-    EXPECT_LT(test::rel_error(&logits[t * V], &ref.logits[t * V], V), kTolerance) << "position " << t;
+    EXPECT_LT(test::rel_error(&logits[t * V], &ref.logits[t * V], V), kTolerance)
+        << "position " << t;
 }
 
 TEST_P(ReferenceLogits, BatchMatchesEachSequenceAlone) {
@@ -131,7 +141,8 @@ TEST_P(ReferenceLogits, BatchMatchesEachSequenceAlone) {
   std::vector<std::vector<int32_t>> seqs = {ref.tokens, {}, {}};
   for (const size_t n : {ref.tokens.size() - 5, size_t{9}}) {
     auto& s = seqs[seqs[1].empty() ? 1 : 2];
-    for (size_t i = 0; i < n; ++i) s.push_back(static_cast<int32_t>(rng() % static_cast<uint32_t>(c.vocab_size)));
+    for (size_t i = 0; i < n; ++i)
+      s.push_back(static_cast<int32_t>(rng() % static_cast<uint32_t>(c.vocab_size)));
   }
   std::vector<std::vector<float>> alone(3);
   for (size_t i = 0; i < 3; ++i) {
@@ -144,9 +155,13 @@ TEST_P(ReferenceLogits, BatchMatchesEachSequenceAlone) {
   // Call 3: A and C decode their last tokens.
   const auto nA = seqs[0].size(), nB = seqs[1].size(), nC = seqs[2].size();
   const std::vector<std::vector<std::array<size_t, 2>>> plan = {
-      {{0, 6}, {0, nB - 1}, {0, 4}}, {{6, nA - 1}, {nB - 1, nB}, {4, nC - 1}}, {{nA - 1, nA}, {}, {nC - 1, nC}}};
+      {{0, 6}, {0, nB - 1}, {0, 4}},
+      {{6, nA - 1}, {nB - 1, nB}, {4, nC - 1}},
+      {{nA - 1, nA}, {}, {nC - 1, nC}}};
   std::vector<std::unique_ptr<FullKvCache>> caches;
-  for (int i = 0; i < 3; ++i) caches.push_back(std::make_unique<FullKvCache>(KvShape{c.n_layers, c.n_kv_heads, c.head_dim}, 64));
+  for (int i = 0; i < 3; ++i)
+    caches.push_back(
+        std::make_unique<FullKvCache>(KvShape{c.n_layers, c.n_kv_heads, c.head_dim}, 64));
   Activations act(c, test::cpu(), {.max_sequences = 3, .max_tokens = 64, .max_logit_rows = 64});
   for (const auto& call : plan) {
     std::vector<SequenceStep> batch;
@@ -163,14 +178,17 @@ TEST_P(ReferenceLogits, BatchMatchesEachSequenceAlone) {
       const size_t i = who[j], b = call[i][0];
       for (int64_t r = act.logit_begin[j]; r < act.logit_begin[j + 1]; ++r) {
         const size_t pos = b + static_cast<size_t>(r - act.logit_begin[j]);
-        EXPECT_LT(test::rel_error(act.logits.data() + r * static_cast<int64_t>(V), &alone[i][pos * V], V), kTolerance)
+        EXPECT_LT(
+            test::rel_error(act.logits.data() + r * static_cast<int64_t>(V), &alone[i][pos * V], V),
+            kTolerance)
             << "sequence " << i << " position " << pos;
       }
     }
   }
   // Sequence A is the reference's own: check it against numpy too.
   EXPECT_LT(test::rel_error(&alone[0][(nA - 1) * V], &ref.logits[(nA - 1) * V], V), kTolerance);
-  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(caches[i]->length(), static_cast<int64_t>(seqs[i].size()));
+  for (size_t i = 0; i < 3; ++i)
+    EXPECT_EQ(caches[i]->length(), static_cast<int64_t>(seqs[i].size()));
 }
 
 TEST_P(ReferenceLogits, ReferenceBackendMatchesNumpy) {
@@ -186,13 +204,14 @@ TEST_P(ReferenceLogits, ReferenceBackendMatchesNumpy) {
   std::vector<float> logits;
   model->forward(ref.tokens, cache, logits, /*all_logits=*/true, *backend);
   for (size_t t = 0; t < ref.tokens.size(); ++t)
-    EXPECT_LT(test::rel_error(&logits[t * V], &ref.logits[t * V], V), kTolerance) << "position " << t;
+    EXPECT_LT(test::rel_error(&logits[t * V], &ref.logits[t * V], V), kTolerance)
+        << "position " << t;
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, ReferenceLogits,
-                         ::testing::Values("mixtral", "mixtral_sharded", "mixtral_f32", "mixtral_f16",
-                                           "qwen2_moe", "qwen2_moe_norm", "olmoe", "olmoe_clip",
-                                           "mistral", "mistral_swa", "llama"));
+                         ::testing::Values("mixtral", "mixtral_sharded", "mixtral_f32",
+                                           "mixtral_f16", "qwen2_moe", "qwen2_moe_norm", "olmoe",
+                                           "olmoe_clip", "mistral", "mistral_swa", "llama"));
 
 }  // namespace
 }  // namespace ekva

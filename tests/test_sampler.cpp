@@ -31,7 +31,8 @@ TEST(Sampler, TopKKeepsOnlyTheKBest) {
 
 TEST(Sampler, TopPKeepsTheNucleus) {
   // probabilities ~ 0.64, 0.24, 0.09, 0.03: top-p 0.8 keeps the first two.
-  const std::vector<float> logits = {std::log(0.64f), std::log(0.24f), std::log(0.09f), std::log(0.03f)};
+  const std::vector<float> logits = {std::log(0.64f), std::log(0.24f), std::log(0.09f),
+                                     std::log(0.03f)};
   Sampler s({1.f, 0, 0.8f, 3});
   for (int i = 0; i < 1000; ++i) EXPECT_LT(s.sample(logits), 2);
 }
@@ -43,7 +44,8 @@ TEST(Sampler, FrequenciesFollowTheSoftmax) {
   const int n = 60000;
   for (int i = 0; i < n; ++i) ++counts[s.sample(logits)];
   const double z = 1 + std::exp(1.0) + std::exp(2.0);
-  for (int t = 0; t < 3; ++t) EXPECT_NEAR(counts[t] / double{n}, std::exp(double(t)) / z, 0.01) << t;
+  for (int t = 0; t < 3; ++t)
+    EXPECT_NEAR(counts[t] / double{n}, std::exp(double(t)) / z, 0.01) << t;
 }
 
 TEST(Sampler, RejectsBadOptions) {

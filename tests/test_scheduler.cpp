@@ -16,12 +16,14 @@ namespace {
 
 using test::expect_error;
 
-const std::filesystem::path kModel = std::filesystem::path(EKVA_SOURCE_DIR) / "models/ekva-moe-tiny";
+const std::filesystem::path kModel =
+    std::filesystem::path(EKVA_SOURCE_DIR) / "models/ekva-moe-tiny";
 
 const std::vector<std::string> kPrompts = {
     "The kernel",
     "Debian is a free operating system that",
-    "In the beginning the Universe was created. This has made a lot of people very angry and been widely "
+    "In the beginning the Universe was created. This has made a lot of people very angry and been "
+    "widely "
     "regarded as a bad move. The package manager",
     "#include <stdio.h>\nint main(void) {",
     "Mr. Speaker, Mr. Vice President, Members of Congress, my fellow Americans:",
@@ -65,7 +67,8 @@ class SchedulerTest : public ::testing::Test {
     eo.max_step_tokens = 16;  // long prompts take several steps
     engine_ = Engine::open(kModel, eo).release();
     for (size_t i = 0; i < kPrompts.size(); ++i) {
-      const GenerateStats st = engine_->generate(kPrompts[i], options(static_cast<int>(6 + 3 * i)), nullptr);
+      const GenerateStats st =
+          engine_->generate(kPrompts[i], options(static_cast<int>(6 + 3 * i)), nullptr);
       alone_.push_back(st.tokens);
     }
   }
@@ -85,7 +88,8 @@ TEST_F(SchedulerTest, SequencesJoiningAndLeavingMatchTheirSoloRuns) {
   auto s = engine_->new_scheduler({.max_sequences = 3, .max_step_tokens = 24});
   std::map<int64_t, Outcome> out;
   std::vector<int64_t> ids;
-  for (size_t i = 0; i < 3; ++i) ids.push_back(s->add(kPrompts[i], options(static_cast<int>(6 + 3 * i))));
+  for (size_t i = 0; i < 3; ++i)
+    ids.push_back(s->add(kPrompts[i], options(static_cast<int>(6 + 3 * i))));
   for (int i = 0; i < 3; ++i) {
     for (const SequenceUpdate& u : s->step()) {
       out[u.id].tokens.insert(out[u.id].tokens.end(), u.tokens.begin(), u.tokens.end());
@@ -93,7 +97,8 @@ TEST_F(SchedulerTest, SequencesJoiningAndLeavingMatchTheirSoloRuns) {
     }
   }
   EXPECT_EQ(s->n_running(), 3);
-  for (size_t i = 3; i < kPrompts.size(); ++i) ids.push_back(s->add(kPrompts[i], options(static_cast<int>(6 + 3 * i))));
+  for (size_t i = 3; i < kPrompts.size(); ++i)
+    ids.push_back(s->add(kPrompts[i], options(static_cast<int>(6 + 3 * i))));
   EXPECT_EQ(s->n_waiting(), 2);
   drain(*s, out);
   for (size_t i = 0; i < kPrompts.size(); ++i) {
@@ -114,7 +119,8 @@ TEST_F(SchedulerTest, CancelFreesASequenceAndTheOthersGoOn) {
   s->cancel(b);
   EXPECT_EQ(s->n_running(), 2);
   const auto updates = s->step();
-  const auto it = std::find_if(updates.begin(), updates.end(), [&](const auto& u) { return u.id == b; });
+  const auto it =
+      std::find_if(updates.begin(), updates.end(), [&](const auto& u) { return u.id == b; });
   ASSERT_NE(it, updates.end());
   EXPECT_TRUE(it->finished);
   EXPECT_EQ(it->stats.stop_reason, "cancelled");
@@ -136,9 +142,13 @@ TEST_F(SchedulerTest, BadInputIsRefusedAndTheOthersAreKept) {
   const int64_t a = s->add(kPrompts[0], options(6));
   for (const SequenceUpdate& u : s->step()) out[u.id].tokens = u.tokens;
   expect_error([&] { s->add("", options(4)); }, {"empty prompt"});
-  expect_error([&] { s->add_tokens(std::vector<int32_t>{}, options(4)); }, {"encodes to no tokens"});
-  expect_error([&] { s->add_tokens(std::vector<int32_t>{1, engine_->vocab_size()}, options(4)); },
-               {"outside the vocabulary"});
+  expect_error([&] { s->add_tokens(std::vector<int32_t>{}, options(4)); },
+               {"encodes to no tokens"});
+  expect_error(
+      [&] {
+        s->add_tokens(std::vector<int32_t>{1, engine_->vocab_size()}, options(4));
+      },
+      {"outside the vocabulary"});
   const std::vector<int32_t> overlong(static_cast<size_t>(engine_->context()), 5);
   expect_error([&] { s->add_tokens(overlong, options(4)); }, {"does not fit the context"});
   expect_error([&] { s->add(kPrompts[1], options(-1)); }, {"max_new_tokens must be >= 0"});
@@ -149,7 +159,8 @@ TEST_F(SchedulerTest, BadInputIsRefusedAndTheOthersAreKept) {
   drain(*s, out);
   EXPECT_EQ(out[a].tokens, alone_[0]);
 
-  expect_error([&] { engine_->new_scheduler({.max_sequences = 0}); }, {"max_sequences must be >= 1"});
+  expect_error([&] { engine_->new_scheduler({.max_sequences = 0}); },
+               {"max_sequences must be >= 1"});
   expect_error([&] { engine_->new_scheduler({.max_sequences = 8, .max_step_tokens = 4}); },
                {"max_step_tokens (4) must be at least max_sequences (8)"});
 }
@@ -191,7 +202,8 @@ TEST_F(SchedulerTest, StopsAtTheContext) {
   drain(*s, out);
   EXPECT_EQ(out[id].stop_reason, "context");
   // The last token is sampled from the logits of the context's last position.
-  EXPECT_EQ(static_cast<int64_t>(small->encode(kPrompts[1]).size() + out[id].tokens.size()), 24 + 1);
+  EXPECT_EQ(static_cast<int64_t>(small->encode(kPrompts[1]).size() + out[id].tokens.size()),
+            24 + 1);
 }
 
 TEST(ForwardLimits, BatchesBeyondTheLimitsAreErrors) {
@@ -199,19 +211,27 @@ TEST(ForwardLimits, BatchesBeyondTheLimitsAreErrors) {
   const ModelConfig& c = model->config();
   Activations act(c, test::cpu(), {.max_sequences = 2, .max_tokens = 8});
   std::vector<std::unique_ptr<FullKvCache>> caches;
-  for (int i = 0; i < 3; ++i) caches.push_back(std::make_unique<FullKvCache>(KvShape{c.n_layers, c.n_kv_heads, c.head_dim}, 64));
+  for (int i = 0; i < 3; ++i)
+    caches.push_back(
+        std::make_unique<FullKvCache>(KvShape{c.n_layers, c.n_kv_heads, c.head_dim}, 64));
   const std::vector<int32_t> tokens = {1, 2, 3, 4, 5};
   std::vector<SequenceStep> batch;
-  for (int i = 0; i < 3; ++i) batch.push_back({caches[static_cast<size_t>(i)].get(), std::span(tokens).first(1)});
-  expect_error([&] { model->forward(batch, act, test::cpu()); }, {"batch of 3 sequences exceeds the maximum of 2"});
+  for (int i = 0; i < 3; ++i)
+    batch.push_back({caches[static_cast<size_t>(i)].get(), std::span(tokens).first(1)});
+  expect_error([&] { model->forward(batch, act, test::cpu()); },
+               {"batch of 3 sequences exceeds the maximum of 2"});
   batch = {{caches[0].get(), tokens}, {caches[1].get(), tokens}};
-  expect_error([&] { model->forward(batch, act, test::cpu()); }, {"10 tokens in one call exceed the maximum of 8"});
+  expect_error([&] { model->forward(batch, act, test::cpu()); },
+               {"10 tokens in one call exceed the maximum of 8"});
   batch = {{caches[0].get(), {}}};
   expect_error([&] { model->forward(batch, act, test::cpu()); }, {"batch entry 0 has no tokens"});
-  expect_error([&] { model->forward(std::span<const SequenceStep>{}, act, test::cpu()); }, {"empty batch"});
+  expect_error([&] { model->forward(std::span<const SequenceStep>{}, act, test::cpu()); },
+               {"empty batch"});
   batch = {{caches[0].get(), tokens, /*all_logits=*/true}};
-  expect_error([&] { model->forward(batch, act, test::cpu()); }, {"rows of logits in one call exceed"});
-  expect_error([&] { Activations bad(c, test::cpu(), {.max_sequences = 0}); }, {"max_sequences must be >= 1"});
+  expect_error([&] { model->forward(batch, act, test::cpu()); },
+               {"rows of logits in one call exceed"});
+  expect_error([&] { Activations bad(c, test::cpu(), {.max_sequences = 0}); },
+               {"max_sequences must be >= 1"});
 }
 
 }  // namespace

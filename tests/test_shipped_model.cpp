@@ -18,7 +18,8 @@
 namespace ekva {
 namespace {
 
-const std::filesystem::path kModel = std::filesystem::path(EKVA_SOURCE_DIR) / "models/ekva-moe-tiny";
+const std::filesystem::path kModel =
+    std::filesystem::path(EKVA_SOURCE_DIR) / "models/ekva-moe-tiny";
 const std::filesystem::path kReference =
     std::filesystem::path(EKVA_SOURCE_DIR) / "tests/data/ekva_moe_tiny_reference.safetensors";
 
@@ -72,7 +73,8 @@ TEST_P(ShippedModel, LogitsAndRoutingMatchTransformers) {
   size_t mismatches = 0;
   for (size_t j = 0; j < top1.size(); ++j) mismatches += top1[j] != top1_ref[j];
   // Near-ties in router logits may flip between GPU and CPU summation orders.
-  EXPECT_LE(mismatches, top1.size() / 500) << mismatches << " of " << top1.size() << " top-1 choices differ";
+  EXPECT_LE(mismatches, top1.size() / 500)
+      << mismatches << " of " << top1.size() << " top-1 choices differ";
 }
 
 INSTANTIATE_TEST_SUITE_P(Sequences, ShippedModel, ::testing::Values(0, 1, 2));
@@ -103,7 +105,8 @@ TEST(ShippedModelEngine, GeneratesDeterministicTextWithStats) {
 TEST(ShippedModelEngine, Bf16KvStaysWithinBf16ToleranceOfF32) {
   std::string text;
   for (int i = 0; i < 12; ++i)
-    text += fmt::format("Section {}: the scheduler hands the kernel {} pages of the cache. ", i, 3 * i + 1);
+    text += fmt::format("Section {}: the scheduler hands the kernel {} pages of the cache. ", i,
+                        3 * i + 1);
   for (const std::string policy : {"full", "snapkv"}) {
     SCOPED_TRACE(policy);
     EngineOptions o32{.threads = 0, .context = 1024};
@@ -127,7 +130,8 @@ TEST(ShippedModelEngine, Bf16KvStaysWithinBf16ToleranceOfF32) {
       if (step == 0) {
         l16 = s16->prefill(ids);
       } else {
-        const auto next = static_cast<int32_t>(std::max_element(l32.begin(), l32.end()) - l32.begin());
+        const auto next =
+            static_cast<int32_t>(std::max_element(l32.begin(), l32.end()) - l32.begin());
         const auto got = s32->decode(next);
         l32.assign(got.begin(), got.end());
         l16 = s16->decode(next);
@@ -136,8 +140,8 @@ TEST(ShippedModelEngine, Bf16KvStaysWithinBf16ToleranceOfF32) {
       max_err = std::max(max_err, err);
       min_err = std::min(min_err, err);
     }
-    std::printf("[ bf16 KV ] %s: logits rel. error vs f32 %.2e..%.2e; KV %zu vs %zu bytes\n", policy.c_str(),
-                min_err, max_err, s16->kv_bytes(), s32->kv_bytes());
+    std::printf("[ bf16 KV ] %s: logits rel. error vs f32 %.2e..%.2e; KV %zu vs %zu bytes\n",
+                policy.c_str(), min_err, max_err, s16->kv_bytes(), s32->kv_bytes());
     if (policy == "full") {
       EXPECT_LT(max_err, 1e-2);
     }
@@ -168,7 +172,9 @@ TEST(ShippedModelEngine, OverlongPromptIsAClearError) {
     engine->generate(prompt, {}, nullptr);
     FAIL() << "no error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("does not fit the context of 32 tokens"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("does not fit the context of 32 tokens"),
+              std::string::npos)
+        << e.what();
   }
 }
 

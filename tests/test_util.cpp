@@ -55,7 +55,9 @@ std::string read_file(const std::filesystem::path& path) {
   return ss.str();
 }
 
-std::filesystem::path reference_dir() { return std::filesystem::path(EKVA_TEST_DATA) / "reference"; }
+std::filesystem::path reference_dir() {
+  return std::filesystem::path(EKVA_TEST_DATA) / "reference";
+}
 
 CpuBackend& cpu() {
   static CpuBackend backend;

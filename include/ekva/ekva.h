@@ -31,13 +31,14 @@ namespace ekva {
 struct KvCompressionOptions {
   std::string policy = "full";        // full, streamingllm, h2o, snapkv, knorm, random
   std::string allocator = "uniform";  // uniform, pyramidkv, adakv, ekva-entropy, ekva-mass
-  std::string budget = "100%";        // tokens per sequence ("2048"), bytes ("64MiB"), or a fraction ("10%")
-  std::filesystem::path profile;      // calibration profile from `ekva calibrate` (EKVA allocators)
+  std::string budget =
+      "100%";  // tokens per sequence ("2048"), bytes ("64MiB"), or a fraction ("10%")
+  std::filesystem::path profile;  // calibration profile from `ekva calibrate` (EKVA allocators)
 };
 
 struct EngineOptions {
-  int threads = 0;       // 0: EKVA_THREADS or one per core
-  int64_t context = 0;   // tokens per sequence; 0: the model's max_position_embeddings
+  int threads = 0;      // 0: EKVA_THREADS or one per core
+  int64_t context = 0;  // tokens per sequence; 0: the model's max_position_embeddings
   // Tokens one forward call runs at most: longer prompts are prefilled in chunks
   // of this size (the activations are allocated for it once).
   int64_t max_step_tokens = 512;
@@ -63,14 +64,14 @@ struct GenerateOptions {
 struct GenerateStats {
   int64_t prompt_tokens = 0;
   int64_t generated_tokens = 0;
-  int64_t decode_steps = 0;          // forward passes of one token
+  int64_t decode_steps = 0;  // forward passes of one token
   double prefill_seconds = 0;
   double decode_seconds = 0;
-  size_t kv_bytes = 0;               // KV storage of the sequence at the end
-  size_t kv_full_bytes = 0;          // what the full cache would hold for the same tokens
-  size_t decode_bytes_read = 0;      // weights + KV read by all decode steps
-  std::string stop_reason;           // "eos", "length" or "context"
-  std::vector<int32_t> tokens;       // generated ids
+  size_t kv_bytes = 0;           // KV storage of the sequence at the end
+  size_t kv_full_bytes = 0;      // what the full cache would hold for the same tokens
+  size_t decode_bytes_read = 0;  // weights + KV read by all decode steps
+  std::string stop_reason;       // "eos", "length" or "context"
+  std::vector<int32_t> tokens;   // generated ids
 
   double prefill_tokens_per_second() const;
   double decode_tokens_per_second() const;
@@ -93,8 +94,9 @@ class Session {
 };
 
 struct SchedulerOptions {
-  int max_sequences = 16;         // sequences in one step (the batch); more wait their turn
-  int64_t max_step_tokens = 512;  // tokens in one step: one per decoding sequence, plus prefill chunks
+  int max_sequences = 16;  // sequences in one step (the batch); more wait their turn
+  int64_t max_step_tokens =
+      512;  // tokens in one step: one per decoding sequence, plus prefill chunks
 };
 
 // What one step did to one sequence.
@@ -103,16 +105,16 @@ struct SequenceUpdate {
   std::vector<int32_t> tokens;  // generated in this step (none while prefilling)
   std::string text;             // their text, complete UTF-8 only
   bool finished = false;
-  GenerateStats stats;          // the whole sequence's, once finished
+  GenerateStats stats;  // the whole sequence's, once finished
 };
 
 struct SchedulerStats {
   int64_t steps = 0;
-  int64_t prompt_tokens = 0;     // prefilled
+  int64_t prompt_tokens = 0;  // prefilled
   int64_t generated_tokens = 0;
-  double step_seconds = 0;       // in forward passes and sampling
-  int max_batch = 0;             // most sequences in one step
-  size_t kv_bytes = 0;           // K/V held by the running sequences after the last step
+  double step_seconds = 0;  // in forward passes and sampling
+  int max_batch = 0;        // most sequences in one step
+  size_t kv_bytes = 0;      // K/V held by the running sequences after the last step
   double generated_tokens_per_second() const {
     return step_seconds > 0 ? static_cast<double>(generated_tokens) / step_seconds : 0.0;
   }
@@ -149,7 +151,8 @@ class Engine {
                                       const EngineOptions& options = {});
   virtual ~Engine() = default;
 
-  virtual std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = true) const = 0;
+  virtual std::vector<int32_t> encode(std::string_view text,
+                                      bool add_special_tokens = true) const = 0;
   virtual std::string decode(std::span<const int32_t> ids) const = 0;
   virtual std::unique_ptr<Session> new_session() const = 0;
   // A scheduler of its own (its own KV store and activations) over this engine's

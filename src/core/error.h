@@ -19,11 +19,11 @@ template <typename... Args>
 
 }  // namespace ekva
 
-#define EKVA_CHECK(cond, ...)                                                          \
-  do {                                                                                 \
-    if (!(cond)) [[unlikely]]                                                          \
-      throw ::ekva::Error(fmt::format("{}:{}: check '{}' failed: {}", __FILE__, __LINE__, \
-                                      #cond, fmt::format(__VA_ARGS__)));               \
+#define EKVA_CHECK(cond, ...)                                                                    \
+  do {                                                                                           \
+    if (!(cond)) [[unlikely]]                                                                    \
+      throw ::ekva::Error(fmt::format("{}:{}: check '{}' failed: {}", __FILE__, __LINE__, #cond, \
+                                      fmt::format(__VA_ARGS__)));                                \
   } while (0)
 
 #ifdef NDEBUG

@@ -10,6 +10,7 @@
 #define HWY_TARGET_INCLUDE "cpu/attention.cpp"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 #include <hwy/highway.h>
+// After highway.h, in every target pass.
 #include <hwy/contrib/math/math-inl.h>
 
 #include <algorithm>
@@ -171,16 +172,21 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32
     const KvChunk& ch = chunks[c];
     const int64_t lo = std::max(begin, chunk_start) - chunk_start;
     const int64_t hi = std::min(end, chunk_start + ch.n) - chunk_start;
-    const int64_t raw_offset = chunk_start - begin;  // entry j of the chunk is raw column raw_offset + j
+    const int64_t raw_offset =
+        chunk_start - begin;  // entry j of the chunk is raw column raw_offset + j
     chunk_start += ch.n;
     // Scores of query heads against entry j of this chunk, in its stored dtype.
     const auto key_dots4 = [&](const float* const* qs, int64_t j, float* out) {
-      if (ch.dtype == DType::kBF16) dots<4>(qs, static_cast<const uint16_t*>(ch.k) + j * D, D, out);
-      else dots<4>(qs, static_cast<const float*>(ch.k) + j * D, D, out);
+      if (ch.dtype == DType::kBF16)
+        dots<4>(qs, static_cast<const uint16_t*>(ch.k) + j * D, D, out);
+      else
+        dots<4>(qs, static_cast<const float*>(ch.k) + j * D, D, out);
     };
     const auto key_dots1 = [&](const float* const* qs, int64_t j, float* out) {
-      if (ch.dtype == DType::kBF16) dots<1>(qs, static_cast<const uint16_t*>(ch.k) + j * D, D, out);
-      else dots<1>(qs, static_cast<const float*>(ch.k) + j * D, D, out);
+      if (ch.dtype == DType::kBF16)
+        dots<1>(qs, static_cast<const uint16_t*>(ch.k) + j * D, D, out);
+      else
+        dots<1>(qs, static_cast<const float*>(ch.k) + j * D, D, out);
     };
     for (int64_t j0 = lo; j0 < hi; j0 += kBlock) {
       const int64_t nb = std::min(kBlock, hi - j0);
@@ -191,7 +197,8 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32
         int64_t g = 0;
         for (; g + 4 <= G; g += 4) {
           if (visible) key_dots4(qh + g, j0 + j, s);
-          for (int i = 0; i < 4; ++i) scores[(g + i) * kBlock + j] = visible ? s[i] * scale_factor : kMasked;
+          for (int i = 0; i < 4; ++i)
+            scores[(g + i) * kBlock + j] = visible ? s[i] * scale_factor : kMasked;
         }
         for (; g < G; ++g) {
           if (visible) key_dots1(qh + g, j0 + j, s);
@@ -211,8 +218,10 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32
         float* og = o + g * D;
         if (correction != 1.f) scale(og, correction, D);
         l[g] = l[g] * correction + exp_shifted(sg, nb, m_new);
-        if (ch.dtype == DType::kBF16) accumulate_rows(og, sg, static_cast<const uint16_t*>(ch.v) + j0 * D, nb, D);
-        else accumulate_rows(og, sg, static_cast<const float*>(ch.v) + j0 * D, nb, D);
+        if (ch.dtype == DType::kBF16)
+          accumulate_rows(og, sg, static_cast<const uint16_t*>(ch.v) + j0 * D, nb, D);
+        else
+          accumulate_rows(og, sg, static_cast<const float*>(ch.v) + j0 * D, nb, D);
         m[g] = m_new;
       }
     }
@@ -254,7 +263,8 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
   const int64_t KH = p.n_kv_heads;
   EKVA_CHECK(G <= 64, "attention: GQA group of {} query heads exceeds 64", G);
   EKVA_CHECK(static_cast<int64_t>(chunks.size()) == p.n_seqs * KH,
-             "attention: {} chunk lists for {} sequences x {} kv-heads", chunks.size(), p.n_seqs, KH);
+             "attention: {} chunk lists for {} sequences x {} kv-heads", chunks.size(), p.n_seqs,
+             KH);
   EKVA_CHECK(static_cast<int64_t>(plan.merge_begin.size()) == p.n_queries * KH + 1,
              "attention: the plan is for another problem ({} (query, kv-head) pairs, not {})",
              plan.merge_begin.size() - 1, p.n_queries * KH);
@@ -281,22 +291,24 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
   }
 
   pool.parallel_for(plan.n_tasks(), [&](int64_t k0, int64_t k1, int) {
-    for (int64_t i = plan.task_begin[static_cast<size_t>(k0)]; i < plan.task_begin[static_cast<size_t>(k1)]; ++i) {
+    for (int64_t i = plan.task_begin[static_cast<size_t>(k0)];
+         i < plan.task_begin[static_cast<size_t>(k1)]; ++i) {
       const AttentionWorkItem& it = plan.items[static_cast<size_t>(i)];
       const auto& list = chunks[static_cast<size_t>(seq_of(it.query) * KH + it.kv_head)];
-      HWY_DYNAMIC_DISPATCH(AttendPiece)(
-          p.q + (it.query * p.n_heads + it.kv_head * G) * D, G, D, p.scale, p.q_positions[it.query],
-          p.sliding_window, list.data(), static_cast<int64_t>(list.size()), it.begin, it.end,
-          &part_m[static_cast<size_t>(i * G)], &part_l[static_cast<size_t>(i * G)],
-          &part_o[static_cast<size_t>(i * G * D)],
-          scored(it.query) ? raw.data() + raw_begin[static_cast<size_t>(i)] : nullptr);
+      HWY_DYNAMIC_DISPATCH(AttendPiece)
+      (p.q + (it.query * p.n_heads + it.kv_head * G) * D, G, D, p.scale, p.q_positions[it.query],
+       p.sliding_window, list.data(), static_cast<int64_t>(list.size()), it.begin, it.end,
+       &part_m[static_cast<size_t>(i * G)], &part_l[static_cast<size_t>(i * G)],
+       &part_o[static_cast<size_t>(i * G * D)],
+       scored(it.query) ? raw.data() + raw_begin[static_cast<size_t>(i)] : nullptr);
     }
   });
 
   // Merge the items of each (query, kv-head, head) by log-sum-exp.
   std::vector<float> final_m, final_l;  // [n_queries, KH, G], for the entry scores
   if (p.q_scored != nullptr) {
-    final_m.assign(static_cast<size_t>(p.n_queries * KH * G), -std::numeric_limits<float>::infinity());
+    final_m.assign(static_cast<size_t>(p.n_queries * KH * G),
+                   -std::numeric_limits<float>::infinity());
     final_l.assign(final_m.size(), 0.f);
   }
   for (int64_t t = 0; t < p.n_queries; ++t) {

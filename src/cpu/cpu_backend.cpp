@@ -70,7 +70,9 @@ void CpuBackend::silu_mul(const SiluMulParams& p) { cpu::silu_mul(p); }
 void CpuBackend::route(const RouteParams& p) { cpu::route(p); }
 void CpuBackend::scatter_add(const ScatterAddParams& p) { cpu::scatter_add(p); }
 void CpuBackend::gated_add(const GatedAddParams& p) { cpu::gated_add(p); }
-AttentionPlanOptions CpuBackend::attention_plan_options() const { return cpu::attention_plan_options(pool_); }
+AttentionPlanOptions CpuBackend::attention_plan_options() const {
+  return cpu::attention_plan_options(pool_);
+}
 void CpuBackend::attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
                            const AttentionPlan& plan) {
   cpu::attention(p, chunks, plan, pool_);

@@ -39,12 +39,15 @@ void rmsnorm(const RmsNormParams& p, ThreadPool& pool) {
       float* yr = p.out + r * p.width;
       double sum_sq = 0.0;  // double: widths up to 16k in f32 would lose digits
       for (int64_t i = 0; i < p.width; ++i) sum_sq += double{xr[i]} * xr[i];
-      const auto inv = static_cast<float>(1.0 / std::sqrt(sum_sq / static_cast<double>(p.width) + p.eps));
+      const auto inv =
+          static_cast<float>(1.0 / std::sqrt(sum_sq / static_cast<double>(p.width) + p.eps));
       for (int64_t i = 0; i < p.width; ++i) yr[i] = xr[i] * inv * p.weight[i];
     }
   };
-  if (p.n_rows * p.width < kParallelElements) rows(0, p.n_rows, 0);
-  else pool.parallel_for(p.n_rows, rows);
+  if (p.n_rows * p.width < kParallelElements)
+    rows(0, p.n_rows, 0);
+  else
+    pool.parallel_for(p.n_rows, rows);
 }
 
 void rope(const RopeParams& p, ThreadPool& pool) {
@@ -68,8 +71,10 @@ void rope(const RopeParams& p, ThreadPool& pool) {
       }
     }
   };
-  if (p.n_tokens * p.n_heads * p.head_dim < kParallelElements) tokens(0, p.n_tokens, 0);
-  else pool.parallel_for(p.n_tokens, tokens);
+  if (p.n_tokens * p.n_heads * p.head_dim < kParallelElements)
+    tokens(0, p.n_tokens, 0);
+  else
+    pool.parallel_for(p.n_tokens, tokens);
 }
 
 void add_bias(const AddBiasParams& p) {
@@ -100,14 +105,16 @@ void route(const RouteParams& p) {
     const float* logits = p.logits + t * E;
     const float max_logit = *std::max_element(logits, logits + E);
     float sum = 0.f;
-    for (int e = 0; e < E; ++e) sum += prob[static_cast<size_t>(e)] = std::exp(logits[e] - max_logit);
+    for (int e = 0; e < E; ++e)
+      sum += prob[static_cast<size_t>(e)] = std::exp(logits[e] - max_logit);
     for (int e = 0; e < E; ++e) prob[static_cast<size_t>(e)] /= sum;
     for (int e = 0; e < E; ++e) order[static_cast<size_t>(e)] = e;
-    std::partial_sort(order.begin(), order.begin() + p.top_k, order.begin() + E, [&](int32_t a, int32_t b) {
-      const float pa = prob[static_cast<size_t>(a)];
-      const float pb = prob[static_cast<size_t>(b)];
-      return pa > pb || (pa == pb && a < b);
-    });
+    std::partial_sort(order.begin(), order.begin() + p.top_k, order.begin() + E,
+                      [&](int32_t a, int32_t b) {
+                        const float pa = prob[static_cast<size_t>(a)];
+                        const float pb = prob[static_cast<size_t>(b)];
+                        return pa > pb || (pa == pb && a < b);
+                      });
     int32_t* experts = p.experts + t * p.top_k;
     float* weights = p.weights + t * p.top_k;
     float top_sum = 0.f;

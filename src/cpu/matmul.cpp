@@ -110,13 +110,17 @@ void matmul_range_t(const float* const* x_rows, int64_t n_tokens, const WT* w, i
     for (; t + kTokens <= n_tokens; t += kTokens) {
       float* out[kTokens];
       for (int i = 0; i < kTokens; ++i) out[i] = y_rows[t + i] + r;
-      if (full_rows) tile<kRows, kTokens>(wr, x_rows + t, K, out);
-      else tile<1, kTokens>(wr, x_rows + t, K, out);
+      if (full_rows)
+        tile<kRows, kTokens>(wr, x_rows + t, K, out);
+      else
+        tile<1, kTokens>(wr, x_rows + t, K, out);
     }
     for (; t < n_tokens; ++t) {
       float* out[1] = {y_rows[t] + r};
-      if (full_rows) tile<kRows, 1>(wr, x_rows + t, K, out);
-      else tile<1, 1>(wr, x_rows + t, K, out);
+      if (full_rows)
+        tile<kRows, 1>(wr, x_rows + t, K, out);
+      else
+        tile<1, 1>(wr, x_rows + t, K, out);
     }
   }
 }
@@ -124,7 +128,8 @@ void matmul_range_t(const float* const* x_rows, int64_t n_tokens, const WT* w, i
 void MatmulRange(const float* const* x_rows, int64_t n_tokens, const void* w, DType dtype,
                  int64_t K, int64_t row_begin, int64_t row_end, float* const* y_rows) {
   if (dtype == DType::kBF16)
-    matmul_range_t(x_rows, n_tokens, static_cast<const uint16_t*>(w), K, row_begin, row_end, y_rows);
+    matmul_range_t(x_rows, n_tokens, static_cast<const uint16_t*>(w), K, row_begin, row_end,
+                   y_rows);
   else
     matmul_range_t(x_rows, n_tokens, static_cast<const float*>(w), K, row_begin, row_end, y_rows);
 }

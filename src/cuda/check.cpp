@@ -20,7 +20,8 @@ std::string device_description(int device) {
   cudaDeviceProp prop{};
   EKVA_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
   return fmt::format("{} (sm_{}{}, {} SMs, {:.1f} GiB)", prop.name, prop.major, prop.minor,
-                     prop.multiProcessorCount, static_cast<double>(prop.totalGlobalMem) / (1 << 30));
+                     prop.multiProcessorCount,
+                     static_cast<double>(prop.totalGlobalMem) / (1 << 30));
 }
 
 void check(int status, const char* what, const char* file, int line) {

@@ -23,7 +23,7 @@ void check(int status, const char* what, const char* file, int line);
 #define EKVA_CUDA_CHECK(call) ::ekva::cuda::check(static_cast<int>(call), #call, __FILE__, __LINE__)
 // After every kernel launch: catches bad launch configurations at once.
 #define EKVA_CUDA_CHECK_LAUNCH() EKVA_CUDA_CHECK(cudaGetLastError())
-#define EKVA_CUDA_REQUIRE(cond, message) \
-  do {                                   \
+#define EKVA_CUDA_REQUIRE(cond, message)                                   \
+  do {                                                                     \
     if (!(cond)) ::ekva::cuda::fail_argument(message, __FILE__, __LINE__); \
   } while (0)

@@ -24,8 +24,8 @@ struct BudgetSpec {
 struct BudgetShape {
   int n_layers = 0;
   int n_kv_heads = 0;
-  int64_t entry_bytes = 0;   // K + V of one entry in one (layer, kv-head)
-  int64_t sequence_tokens = 0;  // tokens of the sequence being compressed
+  int64_t entry_bytes = 0;        // K + V of one entry in one (layer, kv-head)
+  int64_t sequence_tokens = 0;    // tokens of the sequence being compressed
   int64_t protected_entries = 0;  // sinks + recent window, summed over (layer, kv-head)
   // Byte budgets: entries' worth of bytes that partly filled blocks may hold beyond
   // the entries themselves (entry_bytes is then a block slot, metadata included).

@@ -188,8 +188,8 @@ void CalibrationStats::State::layer_done(int layer) {
   fold(layer);
 }
 
-void CalibrationStats::State::routing(int layer, const int32_t* experts, const float* weights, int64_t n_tokens,
-                         int top_k) {
+void CalibrationStats::State::routing(int layer, const int32_t* experts, const float* weights,
+                                      int64_t n_tokens, int top_k) {
   LayerSums& L = layers_[static_cast<size_t>(layer)];
   EKVA_CHECK(n_tokens == T_ && !L.experts.empty(), "layer {}: unexpected routing", layer);
   tags_.resize(static_cast<size_t>(n_tokens));

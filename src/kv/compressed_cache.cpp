@@ -93,8 +93,10 @@ void CompressedKvCache::init(const KvModelShape& model, int64_t max_context) {
   slot_bytes_ = static_cast<double>(store_->block_bytes()) / block_size;
   block_slack_entries_ = int64_t{block_size - 1} * n_layers_ * n_kv_heads_;
   if (allocator_->needs_profile() && config_.profile == nullptr)
-    fail("allocator '{}' needs a calibration profile (make one with `ekva calibrate`, pass it with "
-         "--profile)", allocator_->name());
+    fail(
+        "allocator '{}' needs a calibration profile (make one with `ekva calibrate`, pass it with "
+        "--profile)",
+        allocator_->name());
   score_source_ = policy_->score_source();
   if (allocator_->needs_live_scores() && score_source_ == ScoreSource::kNone)
     score_source_ = ScoreSource::kObservationWindow;  // Ada-KV needs attention scores
@@ -117,8 +119,8 @@ void CompressedKvCache::init(const KvModelShape& model, int64_t max_context) {
       n_layers_ * n_kv_heads_;
   if (policy_->name() == "full") shape.protected_entries = 0;
   if (config_.budget.unit == BudgetSpec::Unit::kFraction && config_.budget.value <= 1.0) {
-    const auto entries = static_cast<int64_t>(config_.budget.value * static_cast<double>(max_context) *
-                                              n_layers_ * n_kv_heads_);
+    const auto entries = static_cast<int64_t>(
+        config_.budget.value * static_cast<double>(max_context) * n_layers_ * n_kv_heads_);
     if (entries < shape.protected_entries)
       fail(
           "budget {}: {} entries of the full cache at the context of {} tokens is below the {} "
@@ -164,8 +166,12 @@ int64_t CompressedKvCache::total_target(int64_t length) const {
   const BudgetSpec& b = config_.budget;
   double total = 0;
   switch (b.unit) {
-    case BudgetSpec::Unit::kFraction: total = b.value * static_cast<double>(full); break;
-    case BudgetSpec::Unit::kTokens: total = b.value * n_layers_ * n_kv_heads_; break;
+    case BudgetSpec::Unit::kFraction:
+      total = b.value * static_cast<double>(full);
+      break;
+    case BudgetSpec::Unit::kTokens:
+      total = b.value * n_layers_ * n_kv_heads_;
+      break;
     case BudgetSpec::Unit::kBytes:  // the bytes held: slots of whole blocks
       total = std::floor(b.value / slot_bytes_) - static_cast<double>(block_slack_entries_);
       break;
@@ -183,8 +189,9 @@ int64_t CompressedKvCache::protected_total() const {
 int64_t CompressedKvCache::scored_queries(int layer, std::span<const int32_t> positions) {
   if (score_source_ == ScoreSource::kNone) return 0;
   const auto T = static_cast<int64_t>(positions.size());
-  const int64_t first =
-      score_source_ == ScoreSource::kObservationWindow ? std::max<int64_t>(0, T - config_.observation_window) : 0;
+  const int64_t first = score_source_ == ScoreSource::kObservationWindow
+                            ? std::max<int64_t>(0, T - config_.observation_window)
+                            : 0;
   auto& scored = scored_positions_[static_cast<size_t>(layer)];
   scored.insert(scored.end(), positions.begin() + first, positions.end());
   scored_by_attention_[static_cast<size_t>(layer)] = 1;
@@ -199,8 +206,9 @@ void CompressedKvCache::observe_queries(int layer, std::span<const int32_t> posi
   // (a replayed recording) gets the scoring pass below.
   if (std::exchange(scored_by_attention_[static_cast<size_t>(layer)], 0) != 0) return;
   const auto T = static_cast<int64_t>(positions.size());
-  const int64_t first =
-      score_source_ == ScoreSource::kObservationWindow ? std::max<int64_t>(0, T - config_.observation_window) : 0;
+  const int64_t first = score_source_ == ScoreSource::kObservationWindow
+                            ? std::max<int64_t>(0, T - config_.observation_window)
+                            : 0;
   score(layer, positions, q, first);
   auto& scored = scored_positions_[static_cast<size_t>(layer)];
   scored.insert(scored.end(), positions.begin() + first, positions.end());
@@ -235,7 +243,8 @@ void CompressedKvCache::score(int layer, std::span<const int32_t> positions, con
       const int64_t R = (t1 - t0) * G;  // rows: the group's query heads of each token
       rows_.resize(static_cast<size_t>(R * D));
       for (int64_t t = t0; t < t1; ++t)
-        std::copy_n(q + (t * n_heads_ + h * G) * D, G * D, &rows_[static_cast<size_t>((t - t0) * G * D)]);
+        std::copy_n(q + (t * n_heads_ + h * G) * D, G * D,
+                    &rows_[static_cast<size_t>((t - t0) * G * D)]);
       logits_.resize(static_cast<size_t>(R * N));
       int64_t offset = 0;
       for (const EntryRun& run : runs_) {  // logits[:, offset:offset+n] = rows · kᵀ
@@ -251,7 +260,8 @@ void CompressedKvCache::score(int layer, std::span<const int32_t> positions, con
         for (const EntryRun& run : runs_) {
           for (int64_t i = 0; i < run.n; ++i, ++c) {
             const int32_t k_pos = run.positions[i];
-            const bool visible = k_pos <= q_pos && (sliding_window_ == 0 || q_pos - k_pos < sliding_window_);
+            const bool visible =
+                k_pos <= q_pos && (sliding_window_ == 0 || q_pos - k_pos < sliding_window_);
             row[c] = visible ? row[c] * scale : -std::numeric_limits<float>::infinity();
             max_logit = std::max(max_logit, row[c]);
           }
@@ -284,8 +294,11 @@ void CompressedKvCache::end_forward() {
   // Re-allocate across all segments when the total budget moved by more than an
   // eighth (fraction budgets grow with the sequence) or the sequence grew by an
   // eighth (fixed budgets: the segments' shares follow their live entries)...
-  const auto moved = [](int64_t now, int64_t then) { return now * 8 > then * 9 || now * 8 < then * 7; };
-  bool reallocating = moved(evictable_target, allocated_target_) || length * 8 > allocated_length_ * 9;
+  const auto moved = [](int64_t now, int64_t then) {
+    return now * 8 > then * 9 || now * 8 < then * 7;
+  };
+  bool reallocating =
+      moved(evictable_target, allocated_target_) || length * 8 > allocated_length_ * 9;
   // ... or when a segment that was empty at the last allocation, and so has no
   // budget, has filled past the slack (an expert first routed to now).
   for (int layer = 0; layer < n_layers_ && !reallocating; ++layer) {
@@ -313,7 +326,8 @@ void CompressedKvCache::end_forward() {
     // Ranked together before any is cut: a rank may look at the neighbours of other segments.
     segment_ranks(layer, over, /*by_policy=*/true, layer_ranks_);
     for (size_t i = 0; i < over.size(); ++i) {
-      evict(layer, over[i].id, std::max<int64_t>(0, b[static_cast<size_t>(over[i].id)]), layer_ranks_[i]);
+      evict(layer, over[i].id, std::max<int64_t>(0, b[static_cast<size_t>(over[i].id)]),
+            layer_ranks_[i]);
       ++stats_.segment_evictions;
     }
   }
@@ -386,13 +400,15 @@ void CompressedKvCache::segment_ranks(int layer, std::span<const SegmentInfo> se
       head_rank_.clear();
       size_t c = 0;
       for (const EntryRun& r : runs_)
-        for (int64_t i = 0; i < r.n; ++i, ++c) head_rank_.push_back(seen_[c] > 0 ? r.scores[i] / seen_[c] : 0.f);
+        for (int64_t i = 0; i < r.n; ++i, ++c)
+          head_rank_.push_back(seen_[c] > 0 ? r.scores[i] / seen_[c] : 0.f);
     }
     auto& by_position = rank_by_position_[static_cast<size_t>(h)];
     by_position.resize(length);
     size_t c = 0;
     for (const EntryRun& r : runs_)
-      for (int64_t i = 0; i < r.n; ++i) by_position[static_cast<size_t>(r.positions[i])] = head_rank_[c++];
+      for (int64_t i = 0; i < r.n; ++i)
+        by_position[static_cast<size_t>(r.positions[i])] = head_rank_[c++];
   }
   ranks.resize(segments.size());
   for (size_t s = 0; s < segments.size(); ++s) {
@@ -401,11 +417,13 @@ void CompressedKvCache::segment_ranks(int layer, std::span<const SegmentInfo> se
     ranks[s].clear();
     for (const EntryRun& r : runs_)
       for (int64_t i = 0; i < r.n; ++i)
-        ranks[s].push_back(rank_by_position_[static_cast<size_t>(r.kv_head)][static_cast<size_t>(r.positions[i])]);
+        ranks[s].push_back(
+            rank_by_position_[static_cast<size_t>(r.kv_head)][static_cast<size_t>(r.positions[i])]);
   }
 }
 
-void CompressedKvCache::evict(int layer, int segment, int64_t budget, std::span<const float> ranks) {
+void CompressedKvCache::evict(int layer, int segment, int64_t budget,
+                              std::span<const float> ranks) {
   select_top(ranks, budget, keep_);
   store_->keep(seq_, layer, segment, keep_);
   stats_.evicted_entries += static_cast<int64_t>(ranks.size() - keep_.size());

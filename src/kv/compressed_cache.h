@@ -39,12 +39,12 @@ struct CompressionConfig {
   int sink_tokens = 4;
   int recent_window = 32;
   int block_size = 32;
-  uint64_t seed = 0;  // the random policy
+  uint64_t seed = 0;              // the random policy
   DType kv_dtype = DType::kBF16;  // stored K/V (StoreConfig::kv_dtype): kBF16 or kF32
 };
 
 struct CompressionStats {
-  int64_t live_entries = 0;       // summed over layers and kv-heads
+  int64_t live_entries = 0;  // summed over layers and kv-heads
   int64_t protected_entries = 0;
   int64_t target_entries = 0;     // the budget at the last compression
   int64_t full_entries = 0;       // what the full cache would hold now
@@ -69,7 +69,8 @@ class CompressedKvCache final : public KvCache {
                     Backend& backend);
   ~CompressedKvCache() override;
 
-  void append(int layer, std::span<const int32_t> positions, const float* k, const float* v) override;
+  void append(int layer, std::span<const int32_t> positions, const float* k,
+              const float* v) override;
   void tag(int layer, std::span<const int32_t> positions, const int32_t* top1_experts) override;
   int64_t scored_queries(int layer, std::span<const int32_t> positions) override;
   void observe_queries(int layer, std::span<const int32_t> positions, const float* q) override;
@@ -116,10 +117,10 @@ class CompressedKvCache final : public KvCache {
   ScoreSource score_source_ = ScoreSource::kNone;
   int n_layers_ = 0, n_heads_ = 0, n_kv_heads_ = 0, head_dim_ = 0, n_experts_ = 0;
   int64_t sliding_window_ = 0;
-  double slot_bytes_ = 0;           // bytes one entry holds in a block (K, V, metadata)
+  double slot_bytes_ = 0;            // bytes one entry holds in a block (K, V, metadata)
   int64_t block_slack_entries_ = 0;  // entries' worth of partly filled blocks, at most
-  int64_t allocated_target_ = -1;  // evictable target of the last allocation
-  int64_t allocated_length_ = 0;   // sequence length at the last allocation
+  int64_t allocated_target_ = -1;    // evictable target of the last allocation
+  int64_t allocated_length_ = 0;     // sequence length at the last allocation
   std::vector<std::vector<int64_t>> budgets_;
   std::mt19937_64 rng_;
   CompressionStats stats_;

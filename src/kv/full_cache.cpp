@@ -66,7 +66,8 @@ void FullKvCache::view(int layer, int kv_head, std::vector<KvChunk>& out) const 
 size_t FullKvCache::bytes_used() const {
   size_t entries = 0;
   for (int64_t n : layer_len_) entries += static_cast<size_t>(n);
-  return entries * static_cast<size_t>(shape_.n_kv_heads) * 2 * shape_.head_dim * dtype_size(dtype_);
+  return entries * static_cast<size_t>(shape_.n_kv_heads) * 2 * shape_.head_dim *
+         dtype_size(dtype_);
 }
 
 void FullKvCache::clear() {

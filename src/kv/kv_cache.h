@@ -83,8 +83,8 @@ class FullKvCache final : public KvCache {
   KvShape shape_;
   int64_t capacity_;
   int64_t length_ = 0;
-  std::vector<int64_t> layer_len_;        // [n_layers]: entries appended per layer
-  std::vector<int32_t> positions_;        // [capacity]
+  std::vector<int64_t> layer_len_;  // [n_layers]: entries appended per layer
+  std::vector<int32_t> positions_;  // [capacity]
   DType dtype_;
   // [n_layers * n_kv_heads][capacity * head_dim] elements of dtype_
   std::vector<std::vector<std::byte>> k_, v_;

@@ -97,7 +97,8 @@ struct PagedKvStore::Sequence {
       : id(seq_id), cache(store, *this), layers(static_cast<size_t>(store.config_.shape.n_layers)) {
     for (LayerState& L : layers) {
       L.heads.resize(static_cast<size_t>(store.config_.shape.n_kv_heads));
-      for (HeadState& h : L.heads) h.tag_entries.assign(static_cast<size_t>(store.n_storage_tags_), 0);
+      for (HeadState& h : L.heads)
+        h.tag_entries.assign(static_cast<size_t>(store.n_storage_tags_), 0);
     }
   }
 
@@ -122,8 +123,8 @@ void PagedKvStore::SequenceCache::view(int layer, int kv_head, std::vector<KvChu
     const int64_t n = std::min(B, h.list.n - static_cast<int64_t>(b) * B);
     // The score slots go along: attention adds to them for the queries a policy
     // asked to be scored (KvCache::scored_queries), and only then.
-    out.push_back(
-        {arena.k(block), arena.v(block), cells.positions(block), n, arena.dtype(), cells.scores(block)});
+    out.push_back({arena.k(block), arena.v(block), cells.positions(block), n, arena.dtype(),
+                   cells.scores(block)});
   }
 }
 
@@ -228,7 +229,7 @@ void PagedKvStore::append(Sequence& s, int layer, std::span<const int32_t> posit
       grow(s, layer, hs.list);
       const Slot at = hs.list.at(hs.list.n - 1, B);
       const size_t src = static_cast<size_t>((t * H + h) * D);  // k, v: [n, H, D]
-      arena_.write(at.block, at.index, k + src, v + src);  // rounds to the stored dtype
+      arena_.write(at.block, at.index, k + src, v + src);       // rounds to the stored dtype
       cells_.positions(at.block)[at.index] = positions[static_cast<size_t>(t)];
       cells_.tags(at.block)[at.index] = kNoExpert;
       cells_.scores(at.block)[at.index] = 0.f;
@@ -550,7 +551,8 @@ int64_t PagedKvStore::protected_entries(int seq, int layer, int kv_head) const {
 void PagedKvStore::blocks(int seq, std::vector<int32_t>& out) const {
   const Sequence& s = sequence(seq);
   for (const LayerState& L : s.layers) {
-    for (const HeadState& h : L.heads) out.insert(out.end(), h.list.blocks.begin(), h.list.blocks.end());
+    for (const HeadState& h : L.heads)
+      out.insert(out.end(), h.list.blocks.begin(), h.list.blocks.end());
   }
 }
 
@@ -578,7 +580,8 @@ int PagedKvStore::defragment() {
 
 namespace {
 
-StoreBytes entry_bytes(int64_t entries, int64_t blocks, const KvArena& arena, const KvCells& cells) {
+StoreBytes entry_bytes(int64_t entries, int64_t blocks, const KvArena& arena,
+                       const KvCells& cells) {
   const auto n = static_cast<size_t>(entries);
   const auto b = static_cast<size_t>(blocks);
   StoreBytes bytes;

@@ -1,9 +1,9 @@
 // The ragged paged KV store: the KV entries of many sequences in blocks of one
 // KvArena (K/V storage, bf16 by default) with their cells (KvCells: positions, tags,
-// scores, host metadata) under the same block id, grouped into segments that policies compress to their budgets. Each
-// sequence gets a KvCache (append, tag, view) so the forward pass runs on the store
-// unchanged; eviction goes through one call per segment (keep) that compacts the
-// survivors and returns the emptied blocks to the arena.
+// scores, host metadata) under the same block id, grouped into segments that policies compress to
+// their budgets. Each sequence gets a KvCache (append, tag, view) so the forward pass runs on the
+// store unchanged; eviction goes through one call per segment (keep) that compacts the survivors
+// and returns the emptied blocks to the arena.
 //
 // Per (sequence, layer, kv-head) all entries live in one block list in position
 // order, every block full except the last:
@@ -37,8 +37,8 @@
 
 #include "core/dtype.h"
 #include "kv/kv_arena.h"
-#include "kv/kv_cells.h"
 #include "kv/kv_cache.h"
+#include "kv/kv_cells.h"
 
 namespace ekva {
 
@@ -219,8 +219,8 @@ class PagedKvStore {
   EntryRun run(int segment, int kv_head, int32_t block, int64_t slot, int64_t n) const;
 
   StoreConfig config_;
-  KvArena arena_;  // K/V storage, [block] -> [B, D] K and V
-  KvCells cells_;  // host metadata, [block] -> [B] positions, tags, scores
+  KvArena arena_;       // K/V storage, [block] -> [B, D] K and V
+  KvCells cells_;       // host metadata, [block] -> [B] positions, tags, scores
   bool heads_apart_;    // segments keep kv-heads apart
   bool experts_apart_;  // segments (and evictable lists) keep expert tags apart
   int n_storage_tags_;  // segments per (layer, kv-head): n_experts + 1 tags, or 1

@@ -48,7 +48,8 @@ class Policy {
   // Fills `rank` with one value per entry of input.runs (concatenated): a segment
   // keeps its entries of highest rank (select_top), and Ada-KV allocates from the
   // same values, so budgets and selection agree.
-  virtual void rank(const RankInput& input, std::mt19937_64& rng, std::vector<float>& rank) const = 0;
+  virtual void rank(const RankInput& input, std::mt19937_64& rng,
+                    std::vector<float>& rank) const = 0;
 };
 
 // "full", "streamingllm", "h2o", "snapkv", "knorm", "random"; throws ekva::Error

@@ -36,7 +36,7 @@ struct GroupStats {
 
 struct ExpertStats : GroupStats {
   double routing_top1_frequency = 0;  // share of tokens whose top-1 expert this is
-  double routing_topk_weight = 0;     // mean router weight this expert gets (0 when not in the top-k)
+  double routing_topk_weight = 0;  // mean router weight this expert gets (0 when not in the top-k)
 };
 
 struct LayerStats {
@@ -55,10 +55,10 @@ struct CalibrationProfile {
   int n_kv_heads = 0;
   int n_experts = 0;
   int head_dim = 0;
-  int64_t tokens = 0;    // tokens the statistics were gathered over
+  int64_t tokens = 0;  // tokens the statistics were gathered over
   int64_t sequences = 0;
-  int64_t context = 0;   // tokens per calibration sequence
-  std::string data;      // where the text came from
+  int64_t context = 0;             // tokens per calibration sequence
+  std::string data;                // where the text came from
   std::vector<LayerStats> layers;  // [n_layers]
 
   // Throws ekva::Error naming the file and the field at fault, or the mismatch

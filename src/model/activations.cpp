@@ -7,17 +7,19 @@
 namespace ekva {
 
 Activations::Activations(const ModelConfig& c, Backend& backend, ForwardLimits l) : limits(l) {
-  if (l.max_sequences < 1) fail("forward limits: max_sequences must be >= 1, got {}", l.max_sequences);
+  if (l.max_sequences < 1)
+    fail("forward limits: max_sequences must be >= 1, got {}", l.max_sequences);
   if (l.max_tokens < 1) fail("forward limits: max_tokens must be >= 1, got {}", l.max_tokens);
-  if (l.max_logit_rows < 0) fail("forward limits: max_logit_rows must be >= 0, got {}", l.max_logit_rows);
+  if (l.max_logit_rows < 0)
+    fail("forward limits: max_logit_rows must be >= 0, got {}", l.max_logit_rows);
   if (l.max_logit_rows == 0) limits.max_logit_rows = l.max_sequences;
   const auto T = static_cast<size_t>(limits.max_tokens);
   const auto L = static_cast<size_t>(limits.max_logit_rows);
   const auto H = static_cast<size_t>(c.hidden_size);
   const auto E = static_cast<size_t>(std::max(c.router.n_experts, 1));
   const auto K = static_cast<size_t>(std::max(c.router.top_k, 1));
-  const auto I = static_cast<size_t>(std::max({c.expert_intermediate_size, c.dense_intermediate_size,
-                                               c.shared_expert_intermediate_size}));
+  const auto I = static_cast<size_t>(std::max(
+      {c.expert_intermediate_size, c.dense_intermediate_size, c.shared_expert_intermediate_size}));
   max_expert_rows = limits.max_tokens;
   tokens = {backend, T};
   positions = {backend, T};

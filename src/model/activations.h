@@ -25,35 +25,36 @@ struct Activations {
   ForwardLimits limits;
   int64_t max_expert_rows = 0;  // rows an FFN may see at once (max_tokens)
 
-  BackendBuffer<int32_t> tokens;       // [T]
-  BackendBuffer<int32_t> positions;    // [T]
-  BackendBuffer<int32_t> seq;          // [T] index of each token's sequence in the batch
-  BackendBuffer<uint8_t> q_scored;     // [T] 1: attention adds this query's probabilities to the entries' scores
-  BackendBuffer<float> x;              // [T, hidden] residual stream
-  BackendBuffer<float> xn;             // [T, hidden] normed input of the current block
-  BackendBuffer<float> q;              // [T, n_heads * head_dim]
-  BackendBuffer<float> k, v;           // [T, n_kv_heads * head_dim]
-  BackendBuffer<float> attn;           // [T, n_heads * head_dim]
-  BackendBuffer<float> out;            // [T, hidden] block output added to x
-  BackendBuffer<float> router_logits;  // [T, n_experts]
-  BackendBuffer<int32_t> experts;      // [T, top_k] routed experts, rank order
-  BackendBuffer<float> expert_weights; // [T, top_k]
-  BackendBuffer<int32_t> top1;         // [T] the expert tags of this layer's entries
-  BackendBuffer<int32_t> expert_rows;  // [T * top_k] token rows grouped by expert
+  BackendBuffer<int32_t> tokens;     // [T]
+  BackendBuffer<int32_t> positions;  // [T]
+  BackendBuffer<int32_t> seq;        // [T] index of each token's sequence in the batch
+  BackendBuffer<uint8_t>
+      q_scored;  // [T] 1: attention adds this query's probabilities to the entries' scores
+  BackendBuffer<float> x;                   // [T, hidden] residual stream
+  BackendBuffer<float> xn;                  // [T, hidden] normed input of the current block
+  BackendBuffer<float> q;                   // [T, n_heads * head_dim]
+  BackendBuffer<float> k, v;                // [T, n_kv_heads * head_dim]
+  BackendBuffer<float> attn;                // [T, n_heads * head_dim]
+  BackendBuffer<float> out;                 // [T, hidden] block output added to x
+  BackendBuffer<float> router_logits;       // [T, n_experts]
+  BackendBuffer<int32_t> experts;           // [T, top_k] routed experts, rank order
+  BackendBuffer<float> expert_weights;      // [T, top_k]
+  BackendBuffer<int32_t> top1;              // [T] the expert tags of this layer's entries
+  BackendBuffer<int32_t> expert_rows;       // [T * top_k] token rows grouped by expert
   BackendBuffer<float> expert_row_weights;  // [T * top_k] their routing weights
-  BackendBuffer<float> gate, up;       // [T, max intermediate] SwiGLU of one FFN
-  BackendBuffer<float> ffn_out;        // [T, hidden] one FFN's output rows
-  BackendBuffer<float> shared_gate;    // [T] shared-expert gate logits
-  BackendBuffer<int32_t> logit_rows;   // [max_logit_rows] token rows the LM head reads
-  BackendBuffer<float> final_xn;       // [max_logit_rows, hidden]
-  BackendBuffer<float> logits;         // [max_logit_rows, vocab]
+  BackendBuffer<float> gate, up;            // [T, max intermediate] SwiGLU of one FFN
+  BackendBuffer<float> ffn_out;             // [T, hidden] one FFN's output rows
+  BackendBuffer<float> shared_gate;         // [T] shared-expert gate logits
+  BackendBuffer<int32_t> logit_rows;        // [max_logit_rows] token rows the LM head reads
+  BackendBuffer<float> final_xn;            // [max_logit_rows, hidden]
+  BackendBuffer<float> logits;              // [max_logit_rows, vocab]
   // Host metadata of the last call, reused across calls. Batch entry i's tokens
   // are rows token_begin[i] .. token_begin[i + 1]; its logits are rows
   // logit_begin[i] .. logit_begin[i + 1] of `logits`.
-  std::vector<int64_t> token_begin;           // [batch + 1]
-  std::vector<int64_t> logit_begin;           // [batch + 1]
-  std::vector<int64_t> expert_begin;          // [n_experts + 1] into expert_rows
-  std::vector<std::vector<KvChunk>> chunks;   // [batch * n_kv_heads] the current layer's views
+  std::vector<int64_t> token_begin;          // [batch + 1]
+  std::vector<int64_t> logit_begin;          // [batch + 1]
+  std::vector<int64_t> expert_begin;         // [n_experts + 1] into expert_rows
+  std::vector<std::vector<KvChunk>> chunks;  // [batch * n_kv_heads] the current layer's views
 };
 
 }  // namespace ekva

@@ -14,11 +14,16 @@ using nlohmann::json;
 
 std::string_view architecture_name(Architecture arch) {
   switch (arch) {
-    case Architecture::kMixtral: return "MixtralForCausalLM";
-    case Architecture::kQwen2Moe: return "Qwen2MoeForCausalLM";
-    case Architecture::kOlmoe: return "OlmoeForCausalLM";
-    case Architecture::kMistral: return "MistralForCausalLM";
-    case Architecture::kLlama: return "LlamaForCausalLM";
+    case Architecture::kMixtral:
+      return "MixtralForCausalLM";
+    case Architecture::kQwen2Moe:
+      return "Qwen2MoeForCausalLM";
+    case Architecture::kOlmoe:
+      return "OlmoeForCausalLM";
+    case Architecture::kMistral:
+      return "MistralForCausalLM";
+    case Architecture::kLlama:
+      return "LlamaForCausalLM";
   }
   return "?";
 }
@@ -51,7 +56,8 @@ class Fields {
     if (v == nullptr) return fallback;
     if (!v->is_number()) fail("{}: field '{}' must be a number", source_, key);
     const double d = v->get<double>();
-    if (!(d > min_exclusive)) fail("{}: field '{}' = {} must be > {}", source_, key, d, min_exclusive);
+    if (!(d > min_exclusive))
+      fail("{}: field '{}' = {} must be > {}", source_, key, d, min_exclusive);
     return static_cast<float>(d);
   }
 
@@ -89,8 +95,10 @@ RopeConfig parse_rope(const Fields& f, const std::string& source) {
   const Fields p(*params, source);
   rope.theta = p.float_or("rope_theta", rope.theta, 0.f);
   std::string type = "default";
-  if (const json* t = p.find("rope_type"); t != nullptr && t->is_string()) type = t->get<std::string>();
-  else if (const json* t2 = p.find("type"); t2 != nullptr && t2->is_string()) type = t2->get<std::string>();
+  if (const json* t = p.find("rope_type"); t != nullptr && t->is_string())
+    type = t->get<std::string>();
+  else if (const json* t2 = p.find("type"); t2 != nullptr && t2->is_string())
+    type = t2->get<std::string>();
   if (type != "default" && type != "linear" && type != "llama3")
     fail("{}: rope type '{}' is not supported (supported: default, linear, llama3)", source, type);
   rope.type = type;
@@ -130,23 +138,33 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   if (archs == nullptr || !archs->is_array() || archs->empty() || !(*archs)[0].is_string())
     fail("{}: missing 'architectures' (e.g. [\"MixtralForCausalLM\"])", source);
   c.arch_name = (*archs)[0].get<std::string>();
-  if (c.arch_name == "MixtralForCausalLM") c.arch = Architecture::kMixtral;
-  else if (c.arch_name == "Qwen2MoeForCausalLM") c.arch = Architecture::kQwen2Moe;
-  else if (c.arch_name == "OlmoeForCausalLM") c.arch = Architecture::kOlmoe;
-  else if (c.arch_name == "MistralForCausalLM") c.arch = Architecture::kMistral;
-  else if (c.arch_name == "LlamaForCausalLM") c.arch = Architecture::kLlama;
+  if (c.arch_name == "MixtralForCausalLM")
+    c.arch = Architecture::kMixtral;
+  else if (c.arch_name == "Qwen2MoeForCausalLM")
+    c.arch = Architecture::kQwen2Moe;
+  else if (c.arch_name == "OlmoeForCausalLM")
+    c.arch = Architecture::kOlmoe;
+  else if (c.arch_name == "MistralForCausalLM")
+    c.arch = Architecture::kMistral;
+  else if (c.arch_name == "LlamaForCausalLM")
+    c.arch = Architecture::kLlama;
   else
-    fail("{}: architecture '{}' is not supported (supported: MixtralForCausalLM, "
-         "Qwen2MoeForCausalLM, OlmoeForCausalLM, MistralForCausalLM, LlamaForCausalLM)",
-         source, c.arch_name);
+    fail(
+        "{}: architecture '{}' is not supported (supported: MixtralForCausalLM, "
+        "Qwen2MoeForCausalLM, OlmoeForCausalLM, MistralForCausalLM, LlamaForCausalLM)",
+        source, c.arch_name);
 
   if (const json* dt = f.find("torch_dtype") ? f.find("torch_dtype") : f.find("dtype")) {
     if (!dt->is_string()) fail("{}: 'torch_dtype' must be a string", source);
     const auto s = dt->get<std::string>();
-    if (s == "bfloat16") c.torch_dtype = DType::kBF16;
-    else if (s == "float16") c.torch_dtype = DType::kF16;
-    else if (s == "float32") c.torch_dtype = DType::kF32;
-    else fail("{}: torch_dtype '{}' is not supported (bfloat16, float16, float32)", source, s);
+    if (s == "bfloat16")
+      c.torch_dtype = DType::kBF16;
+    else if (s == "float16")
+      c.torch_dtype = DType::kF16;
+    else if (s == "float32")
+      c.torch_dtype = DType::kF32;
+    else
+      fail("{}: torch_dtype '{}' is not supported (bfloat16, float16, float32)", source, s);
   }
 
   c.vocab_size = f.require_int("vocab_size", 1);
@@ -158,8 +176,10 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
     fail("{}: num_attention_heads ({}) is not a multiple of num_key_value_heads ({})", source,
          c.n_heads, c.n_kv_heads);
   if (f.find("head_dim") == nullptr && c.hidden_size % c.n_heads != 0)
-    fail("{}: hidden_size ({}) is not a multiple of num_attention_heads ({}) and no head_dim is "
-         "given", source, c.hidden_size, c.n_heads);
+    fail(
+        "{}: hidden_size ({}) is not a multiple of num_attention_heads ({}) and no head_dim is "
+        "given",
+        source, c.hidden_size, c.n_heads);
   c.head_dim = f.int_or("head_dim", c.hidden_size / c.n_heads, 2);
   if (c.head_dim % 2 != 0) fail("{}: head_dim ({}) must be even for RoPE", source, c.head_dim);
   c.rms_norm_eps = f.float_or("rms_norm_eps", 1e-6f, 0.f);
@@ -167,12 +187,13 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   c.max_position_embeddings = f.require_int("max_position_embeddings", 1);
   c.tie_word_embeddings = f.bool_or("tie_word_embeddings", false);
 
-  if (const json* act = f.find("hidden_act"); act != nullptr &&
-      !(act->is_string() && act->get<std::string>() == "silu"))
+  if (const json* act = f.find("hidden_act");
+      act != nullptr && !(act->is_string() && act->get<std::string>() == "silu"))
     fail("{}: hidden_act '{}' is not supported (only silu)", source, act->dump());
 
-  const bool windowed = c.arch == Architecture::kMixtral || c.arch == Architecture::kMistral ||
-                        (c.arch == Architecture::kQwen2Moe && f.bool_or("use_sliding_window", false));
+  const bool windowed =
+      c.arch == Architecture::kMixtral || c.arch == Architecture::kMistral ||
+      (c.arch == Architecture::kQwen2Moe && f.bool_or("use_sliding_window", false));
   if (windowed) c.sliding_window = f.int_or("sliding_window", 0, 1);
   if (c.arch == Architecture::kQwen2Moe && f.bool_or("use_sliding_window", false))
     fail("{}: use_sliding_window with max_window_layers is not supported", source);

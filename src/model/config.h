@@ -64,7 +64,7 @@ struct ModelConfig {
   int expert_intermediate_size = 0;  // per routed expert
   int dense_intermediate_size = 0;   // dense MLP layers (Mistral/Llama, Qwen2-MoE mlp_only_layers)
   int shared_expert_intermediate_size = 0;  // Qwen2-MoE shared expert; 0: none
-  std::vector<uint8_t> layer_is_moe;         // [n_layers]
+  std::vector<uint8_t> layer_is_moe;        // [n_layers]
 
   int bos_token_id = -1;
   std::vector<int> eos_token_ids;

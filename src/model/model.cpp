@@ -69,15 +69,14 @@ size_t Model::active_weight_bytes_per_token() const {
   return bytes;
 }
 
-
 // The batch of one call, as the blocks see it.
 struct Model::Step {
   std::span<const SequenceStep> batch;
   int64_t n_tokens = 0;  // T
 };
 
-ForwardCounters Model::forward(std::span<const SequenceStep> batch, Activations& a, Backend& backend,
-                               const ForwardObserver* observer) const {
+ForwardCounters Model::forward(std::span<const SequenceStep> batch, Activations& a,
+                               Backend& backend, const ForwardObserver* observer) const {
   const ModelConfig& c = config_;
   const int64_t H = c.hidden_size;
   const auto B = static_cast<int64_t>(batch.size());
@@ -113,7 +112,8 @@ ForwardCounters Model::forward(std::span<const SequenceStep> batch, Activations&
       a.positions.data()[T0 + t] = static_cast<int32_t>(pos0 + t);
       a.seq.data()[T0 + t] = static_cast<int32_t>(i);
     }
-    for (int64_t r = 0; r < n_logits; ++r) a.logit_rows.data()[L0 + r] = static_cast<int32_t>(T0 + n - n_logits + r);
+    for (int64_t r = 0; r < n_logits; ++r)
+      a.logit_rows.data()[L0 + r] = static_cast<int32_t>(T0 + n - n_logits + r);
     a.token_begin.push_back(T0 + n);
     a.logit_begin.push_back(L0 + n_logits);
   }
@@ -136,25 +136,29 @@ ForwardCounters Model::forward(std::span<const SequenceStep> batch, Activations&
   const int64_t n_out = a.logit_begin.back();
   for (int64_t r = 0; r < n_out; ++r)
     std::copy_n(a.x.data() + int64_t{a.logit_rows.data()[r]} * H, H, a.final_xn.data() + r * H);
-  backend.rmsnorm({a.final_xn.data(), weights_.final_norm.data(), n_out, H, c.rms_norm_eps, a.final_xn.data()});
-  backend.matmul({a.final_xn.data(), n_out, nullptr, weights_.lm_head, a.logits.data(), c.vocab_size});
+  backend.rmsnorm(
+      {a.final_xn.data(), weights_.final_norm.data(), n_out, H, c.rms_norm_eps, a.final_xn.data()});
+  backend.matmul(
+      {a.final_xn.data(), n_out, nullptr, weights_.lm_head, a.logits.data(), c.vocab_size});
   counters.weight_bytes += weights_.lm_head.nbytes();
   return counters;
 }
 
-ForwardCounters Model::forward(std::span<const int32_t> tokens, KvCache& cache, std::vector<float>& logits,
-                               bool all_logits, Backend& backend, const ForwardObserver* observer,
-                               int64_t max_step) const {
+ForwardCounters Model::forward(std::span<const int32_t> tokens, KvCache& cache,
+                               std::vector<float>& logits, bool all_logits, Backend& backend,
+                               const ForwardObserver* observer, int64_t max_step) const {
   const auto n = static_cast<int64_t>(tokens.size());
   if (n == 0) fail("forward: no tokens");
   const int64_t step = max_step > 0 ? std::min(max_step, n) : n;
-  Activations a(config_, backend, {.max_sequences = 1, .max_tokens = step, .max_logit_rows = all_logits ? step : 1});
+  Activations a(config_, backend,
+                {.max_sequences = 1, .max_tokens = step, .max_logit_rows = all_logits ? step : 1});
   const auto V = static_cast<size_t>(config_.vocab_size);
   logits.clear();
   ForwardCounters total;
   for (int64_t t0 = 0; t0 < n; t0 += step) {
     const int64_t m = std::min(step, n - t0);
-    const SequenceStep st{&cache, tokens.subspan(static_cast<size_t>(t0), static_cast<size_t>(m)), all_logits,
+    const SequenceStep st{&cache, tokens.subspan(static_cast<size_t>(t0), static_cast<size_t>(m)),
+                          all_logits,
                           /*prompt_continues=*/t0 + m < n};
     const ForwardCounters c = forward({&st, 1}, a, backend, observer);
     total.weight_bytes += c.weight_bytes;
@@ -176,7 +180,8 @@ void Model::attention_block(int layer, const Step& s, Activations& a, Backend& b
   const auto observe = [&](std::string_view name, const float* x, int64_t width) {
     if (observer && observer->tensor) observer->tensor(name, layer, x, T, width);
   };
-  const auto project = [&](const WeightMatrix& w, const std::vector<float>& bias, const float* x, float* y) {
+  const auto project = [&](const WeightMatrix& w, const std::vector<float>& bias, const float* x,
+                           float* y) {
     backend.matmul({x, T, nullptr, w, y, w.rows});
     if (!bias.empty()) backend.add_bias({y, bias.data(), T, w.rows});
     counters.weight_bytes += w.nbytes();
@@ -197,7 +202,8 @@ void Model::attention_block(int layer, const Step& s, Activations& a, Backend& b
     backend.clamp({a.v.data(), T * c.kv_dim(), c.clip_qkv});
   }
   backend.rope({a.q.data(), a.positions.data(), T, c.n_heads, c.head_dim, rope_inv_freq_.data()});
-  backend.rope({a.k.data(), a.positions.data(), T, c.n_kv_heads, c.head_dim, rope_inv_freq_.data()});
+  backend.rope(
+      {a.k.data(), a.positions.data(), T, c.n_kv_heads, c.head_dim, rope_inv_freq_.data()});
   observe("q", a.q.data(), c.q_dim());
   observe("k", a.k.data(), c.kv_dim());
   observe("v", a.v.data(), c.kv_dim());
@@ -212,7 +218,8 @@ void Model::attention_block(int layer, const Step& s, Activations& a, Backend& b
     const auto n = static_cast<int64_t>(st.tokens.size());
     const std::span<const int32_t> pos(a.positions.data() + t0, st.tokens.size());
     st.cache->append(layer, pos, a.k.data() + t0 * c.kv_dim(), a.v.data() + t0 * c.kv_dim());
-    const int64_t n_scored = st.prompt_continues ? 0 : std::clamp<int64_t>(st.cache->scored_queries(layer, pos), 0, n);
+    const int64_t n_scored =
+        st.prompt_continues ? 0 : std::clamp<int64_t>(st.cache->scored_queries(layer, pos), 0, n);
     for (int64_t t = 0; t < n; ++t) a.q_scored.data()[t0 + t] = t >= n - n_scored;
     any_scored = any_scored || n_scored > 0;
     if (!st.prompt_continues) st.cache->observe_queries(layer, pos, a.q.data() + t0 * c.q_dim());
@@ -220,7 +227,8 @@ void Model::attention_block(int layer, const Step& s, Activations& a, Backend& b
       auto& list = a.chunks[static_cast<size_t>(i * c.n_kv_heads + h)];
       list.clear();
       st.cache->view(layer, h, list);
-      for (const KvChunk& ch : list) counters.kv_bytes += static_cast<size_t>(ch.n) * ch.entry_bytes(c.head_dim);
+      for (const KvChunk& ch : list)
+        counters.kv_bytes += static_cast<size_t>(ch.n) * ch.entry_bytes(c.head_dim);
     }
   }
   AttentionParams p;
@@ -245,8 +253,8 @@ void Model::attention_block(int layer, const Step& s, Activations& a, Backend& b
 
 // out[i] = down(silu(gate(x[rows[i]])) * up(x[rows[i]])) for n_rows gathered rows
 // (rows == nullptr: the first n_rows rows of x).
-void Model::swiglu(const MlpWeights& m, const float* x, const int32_t* rows, int64_t n_rows, float* out,
-                   Activations& a, Backend& backend, ForwardCounters& counters) const {
+void Model::swiglu(const MlpWeights& m, const float* x, const int32_t* rows, int64_t n_rows,
+                   float* out, Activations& a, Backend& backend, ForwardCounters& counters) const {
   const int64_t I = m.gate.rows;
   backend.matmul({x, n_rows, rows, m.gate, a.gate.data(), I});  // [n_rows, I]
   backend.matmul({x, n_rows, rows, m.up, a.up.data(), I});
@@ -272,10 +280,12 @@ void Model::moe_block(int layer, const Step& s, Activations& a, Backend& backend
     const int K = c.router.top_k;
     backend.matmul({a.xn.data(), T, nullptr, L.router, a.router_logits.data(), E});  // [T, E]
     counters.weight_bytes += L.router.nbytes();
-    if (observer && observer->tensor) observer->tensor("router_logits", layer, a.router_logits.data(), T, E);
+    if (observer && observer->tensor)
+      observer->tensor("router_logits", layer, a.router_logits.data(), T, E);
     backend.route({a.router_logits.data(), T, E, K, c.router.renormalize, a.experts.data(),
                    a.expert_weights.data()});
-    if (observer && observer->routing) observer->routing(layer, a.experts.data(), a.expert_weights.data(), T, K);
+    if (observer && observer->routing)
+      observer->routing(layer, a.experts.data(), a.expert_weights.data(), T, K);
 
     // The top-1 expert tags this layer's new entries, in each sequence's cache.
     for (int64_t t = 0; t < T; ++t) a.top1.data()[t] = a.experts.data()[t * K];
@@ -288,8 +298,10 @@ void Model::moe_block(int layer, const Step& s, Activations& a, Backend& backend
     // Group the batch's tokens by expert (counting sort: tokens ascending within
     // an expert) so each expert's weights are read once per call.
     a.expert_begin.assign(static_cast<size_t>(E) + 1, 0);
-    for (int64_t i = 0; i < T * K; ++i) ++a.expert_begin[static_cast<size_t>(a.experts.data()[i]) + 1];
-    for (int e = 0; e < E; ++e) a.expert_begin[static_cast<size_t>(e) + 1] += a.expert_begin[static_cast<size_t>(e)];
+    for (int64_t i = 0; i < T * K; ++i)
+      ++a.expert_begin[static_cast<size_t>(a.experts.data()[i]) + 1];
+    for (int e = 0; e < E; ++e)
+      a.expert_begin[static_cast<size_t>(e) + 1] += a.expert_begin[static_cast<size_t>(e)];
     for (int64_t i = 0; i < T * K; ++i) {
       const auto e = static_cast<size_t>(a.experts.data()[i]);
       const int64_t slot = a.expert_begin[e]++;
@@ -304,8 +316,8 @@ void Model::moe_block(int layer, const Step& s, Activations& a, Backend& backend
       const int64_t r0 = a.expert_begin[static_cast<size_t>(e)];
       const int64_t n = a.expert_begin[static_cast<size_t>(e) + 1] - r0;
       if (n == 0) continue;
-      swiglu(L.experts[static_cast<size_t>(e)], a.xn.data(), a.expert_rows.data() + r0, n, a.ffn_out.data(), a,
-             backend, counters);
+      swiglu(L.experts[static_cast<size_t>(e)], a.xn.data(), a.expert_rows.data() + r0, n,
+             a.ffn_out.data(), a, backend, counters);
       backend.scatter_add({a.out.data(), a.ffn_out.data(), a.expert_rows.data() + r0,
                            a.expert_row_weights.data() + r0, n, H});
     }

@@ -79,9 +79,9 @@ class Model {
   // at once) with activations of its own, and copies the logits of every token
   // (all_logits) or of the last one to `logits` [n_out, vocab]. For tools and tests;
   // serving keeps Activations across calls (runtime/).
-  ForwardCounters forward(std::span<const int32_t> tokens, KvCache& cache, std::vector<float>& logits,
-                          bool all_logits, Backend& backend, const ForwardObserver* observer = nullptr,
-                          int64_t max_step = 0) const;
+  ForwardCounters forward(std::span<const int32_t> tokens, KvCache& cache,
+                          std::vector<float>& logits, bool all_logits, Backend& backend,
+                          const ForwardObserver* observer = nullptr, int64_t max_step = 0) const;
 
  private:
   Model() = default;

@@ -80,15 +80,16 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
   result->map_ = MappedFile::open(path);
   const std::string file = path.string();
   const auto bytes = result->map_.bytes();
-  if (bytes.size() < 8) fail("{}: truncated: {} bytes, not even the 8-byte header length", file, bytes.size());
+  if (bytes.size() < 8)
+    fail("{}: truncated: {} bytes, not even the 8-byte header length", file, bytes.size());
   uint64_t header_len = 0;
   std::memcpy(&header_len, bytes.data(), 8);  // little-endian, as is every supported host
   if (header_len > kMaxHeaderBytes)
     fail("{}: header length {} is implausible (limit {} bytes): not a safetensors file?", file,
          header_len, kMaxHeaderBytes);
   if (header_len > bytes.size() - 8)
-    fail("{}: truncated: header length {} runs past the end of the file ({} bytes)", file, header_len,
-         bytes.size());
+    fail("{}: truncated: header length {} runs past the end of the file ({} bytes)", file,
+         header_len, bytes.size());
 
   json header;
   try {
@@ -160,7 +161,8 @@ TensorStore TensorStore::open_model_dir(const std::filesystem::path& dir) {
     if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
       fail("{}: missing 'weight_map' object", index_path.string());
     for (const auto& [name, shard] : index["weight_map"].items()) {
-      if (!shard.is_string()) fail("{}: weight_map['{}'] is not a string", index_path.string(), name);
+      if (!shard.is_string())
+        fail("{}: weight_map['{}'] is not a string", index_path.string(), name);
       const auto shard_name = shard.get<std::string>();
       if (shard_name.empty() || shard_name.find('/') != std::string::npos || shard_name == "..")
         fail("{}: weight_map['{}'] names '{}', which is not a file in the model directory",

@@ -22,8 +22,8 @@ class Binder {
       fail("{}: tensor '{}' has shape {}, but the config implies [{}]", t.file->string(), name,
            t.shape_string(), fmt::join(want, ", "));
     if (t.dtype != DType::kBF16 && t.dtype != DType::kF16 && t.dtype != DType::kF32)
-      fail("{}: tensor '{}' has dtype {}; weights must be BF16, F16 or F32", t.file->string(),
-           name, dtype_name(t.dtype));
+      fail("{}: tensor '{}' has dtype {}; weights must be BF16, F16 or F32", t.file->string(), name,
+           dtype_name(t.dtype));
     used_.insert(name);
     return t;
   }

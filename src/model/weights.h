@@ -20,16 +20,16 @@ struct MlpWeights {
 };
 
 struct LayerWeights {
-  std::vector<float> input_norm;       // [hidden]
-  std::vector<float> post_attn_norm;   // [hidden]
-  WeightMatrix q, k, v, o;             // q: [q_dim, hidden], k/v: [kv_dim, hidden], o: [hidden, q_dim]
+  std::vector<float> input_norm;      // [hidden]
+  std::vector<float> post_attn_norm;  // [hidden]
+  WeightMatrix q, k, v, o;  // q: [q_dim, hidden], k/v: [kv_dim, hidden], o: [hidden, q_dim]
   std::vector<float> q_bias, k_bias, v_bias, o_bias;  // empty when absent
-  std::vector<float> q_norm, k_norm;   // OLMoE: [q_dim], [kv_dim]
+  std::vector<float> q_norm, k_norm;                  // OLMoE: [q_dim], [kv_dim]
   // MoE layers
-  WeightMatrix router;                 // [n_experts, hidden]
-  std::vector<MlpWeights> experts;     // [n_experts]
+  WeightMatrix router;              // [n_experts, hidden]
+  std::vector<MlpWeights> experts;  // [n_experts]
   std::optional<MlpWeights> shared_expert;
-  WeightMatrix shared_expert_gate;     // [1, hidden]
+  WeightMatrix shared_expert_gate;  // [1, hidden]
   // Dense layers
   std::optional<MlpWeights> mlp;
 };

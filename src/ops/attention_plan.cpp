@@ -10,14 +10,17 @@ AttentionPlan plan_attention(const AttentionParams& p, std::span<const std::vect
                              const AttentionPlanOptions& options) {
   const int64_t KH = p.n_kv_heads;
   EKVA_CHECK(static_cast<int64_t>(lists.size()) == p.n_seqs * KH,
-             "attention plan: {} chunk lists for {} sequences x {} kv-heads", lists.size(), p.n_seqs, KH);
-  EKVA_CHECK(options.min_tasks >= 1 && options.min_item_entries >= 1, "attention plan: bad options");
+             "attention plan: {} chunk lists for {} sequences x {} kv-heads", lists.size(),
+             p.n_seqs, KH);
+  EKVA_CHECK(options.min_tasks >= 1 && options.min_item_entries >= 1,
+             "attention plan: bad options");
   std::vector<int64_t> length(lists.size(), 0);
   for (size_t i = 0; i < lists.size(); ++i)
     for (const KvChunk& c : lists[i]) length[i] += c.n;
   const auto list_of = [&](int64_t t, int64_t h) {
     const int64_t s = p.q_seq != nullptr ? p.q_seq[t] : 0;
-    EKVA_CHECK(s >= 0 && s < p.n_seqs, "attention plan: query {} names sequence {} of {}", t, s, p.n_seqs);
+    EKVA_CHECK(s >= 0 && s < p.n_seqs, "attention plan: query {} names sequence {} of {}", t, s,
+               p.n_seqs);
     return static_cast<size_t>(s * KH + h);
   };
 
@@ -26,7 +29,8 @@ AttentionPlan plan_attention(const AttentionParams& p, std::span<const std::vect
   for (int64_t t = 0; t < p.n_queries; ++t)
     for (int64_t h = 0; h < KH; ++h) work += length[list_of(t, h)];
   AttentionPlan plan;
-  plan.item_entries = std::max(options.min_item_entries, (work + options.min_tasks - 1) / options.min_tasks);
+  plan.item_entries =
+      std::max(options.min_item_entries, (work + options.min_tasks - 1) / options.min_tasks);
 
   // Items: each (query, kv-head) cut into equal pieces of at most the bound.
   plan.merge_begin.reserve(static_cast<size_t>(p.n_queries * KH) + 1);
@@ -36,7 +40,8 @@ AttentionPlan plan_attention(const AttentionParams& p, std::span<const std::vect
       const int64_t n = length[list_of(t, h)];
       const int64_t pieces = std::max<int64_t>(1, (n + plan.item_entries - 1) / plan.item_entries);
       for (int64_t k = 0; k < pieces; ++k)
-        plan.items.push_back({static_cast<int32_t>(t), static_cast<int32_t>(h), n * k / pieces, n * (k + 1) / pieces});
+        plan.items.push_back({static_cast<int32_t>(t), static_cast<int32_t>(h), n * k / pieces,
+                              n * (k + 1) / pieces});
       plan.merge_begin.push_back(static_cast<int64_t>(plan.items.size()));
     }
   }

@@ -16,26 +16,26 @@
 namespace ekva {
 
 struct AttentionWorkItem {
-  int32_t query = 0;    // row of the batch's queries
+  int32_t query = 0;  // row of the batch's queries
   int32_t kv_head = 0;
-  int64_t begin = 0;    // entries [begin, end) of the query's (sequence, kv-head) list,
-  int64_t end = 0;      // counted over its chunks in order
+  int64_t begin = 0;  // entries [begin, end) of the query's (sequence, kv-head) list,
+  int64_t end = 0;    // counted over its chunks in order
 };
 
 struct AttentionPlan {
   std::vector<AttentionWorkItem> items;  // grouped by (query, kv-head), in row-major order
   // Items of (query t, kv-head h) are merge_begin[t * n_kv_heads + h] ..
   // merge_begin[t * n_kv_heads + h + 1]; item i's partial result lives in slot i.
-  std::vector<int64_t> merge_begin;      // [n_queries * n_kv_heads + 1]
+  std::vector<int64_t> merge_begin;  // [n_queries * n_kv_heads + 1]
   // Task k runs items task_begin[k] .. task_begin[k + 1].
-  std::vector<int64_t> task_begin;       // [n_tasks + 1]
-  int64_t item_entries = 0;              // the bound on entries per item (and per packed task)
+  std::vector<int64_t> task_begin;  // [n_tasks + 1]
+  int64_t item_entries = 0;         // the bound on entries per item (and per packed task)
 
   int64_t n_tasks() const { return static_cast<int64_t>(task_begin.size()) - 1; }
 };
 
 struct AttentionPlanOptions {
-  int64_t min_tasks = 8;           // at least this many tasks when the work allows (e.g. 4 x threads)
+  int64_t min_tasks = 8;  // at least this many tasks when the work allows (e.g. 4 x threads)
   int64_t min_item_entries = 256;  // never cut finer: per-item overhead and merge cost
 };
 

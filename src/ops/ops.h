@@ -53,11 +53,14 @@ struct KvChunk {
   // Element i of K or V (i counts over [n, head_dim]), widened to f32.
   float k_at(int64_t i) const { return load(k, i); }
   float v_at(int64_t i) const { return load(v, i); }
-  size_t entry_bytes(int64_t head_dim) const { return static_cast<size_t>(2 * head_dim) * dtype_size(dtype); }
+  size_t entry_bytes(int64_t head_dim) const {
+    return static_cast<size_t>(2 * head_dim) * dtype_size(dtype);
+  }
 
  private:
   float load(const void* p, int64_t i) const {
-    return dtype == DType::kBF16 ? bf16_to_f32(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];
+    return dtype == DType::kBF16 ? bf16_to_f32(static_cast<const uint16_t*>(p)[i])
+                                 : static_cast<const float*>(p)[i];
   }
 };
 
@@ -92,7 +95,7 @@ struct RmsNormParams {
   int64_t n_rows = 0;
   int64_t width = 0;
   float eps = 1e-6f;
-  float* out = nullptr;           // [n_rows, width]
+  float* out = nullptr;  // [n_rows, width]
 
   OpCost cost() const;
 };
@@ -105,7 +108,7 @@ struct RopeParams {
   int64_t n_tokens = 0;
   int64_t n_heads = 0;
   int64_t head_dim = 0;
-  const float* inv_freq = nullptr;     // [head_dim / 2]
+  const float* inv_freq = nullptr;  // [head_dim / 2]
 
   OpCost cost() const;
 };

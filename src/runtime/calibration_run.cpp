@@ -47,12 +47,10 @@ CalibrationProfile calibrate(
       stats.layer_done(layer);
     }
   };
-  observer.routing = [&](int layer, const int32_t* experts, const float* weights,
-                         int64_t n_tokens, int top_k) {
-    stats.routing(layer, experts, weights, n_tokens, top_k);
-  };
+  observer.routing = [&](int layer, const int32_t* experts, const float* weights, int64_t n_tokens,
+                         int top_k) { stats.routing(layer, experts, weights, n_tokens, top_k); };
   FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, longest);
-  CpuBackend backend(pool);  // the forward pass shares the statistics' threads
+  CpuBackend backend(pool);   // the forward pass shares the statistics' threads
   std::vector<float> logits;  // [vocab]: the last token's only
   int64_t done = 0;
   for (const std::vector<int32_t>& tokens : sequences) {

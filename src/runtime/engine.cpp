@@ -24,7 +24,8 @@ class SessionImpl final : public Session {
   explicit SessionImpl(const Runtime& rt)
       : rt_(rt),
         cache_(rt.make_cache(rt.context, nullptr)),
-        act_(rt.model->config(), *rt.backend, {.max_sequences = 1, .max_tokens = rt.max_step_tokens}) {}
+        act_(rt.model->config(), *rt.backend,
+             {.max_sequences = 1, .max_tokens = rt.max_step_tokens}) {}
 
   std::span<const float> prefill(std::span<const int32_t> tokens) override {
     if (tokens.empty()) fail("prefill: empty prompt");
@@ -32,7 +33,8 @@ class SessionImpl final : public Session {
     last_ = {};
     for (size_t t0 = 0; t0 < tokens.size(); t0 += static_cast<size_t>(rt_.max_step_tokens)) {
       const size_t n = std::min(tokens.size() - t0, static_cast<size_t>(rt_.max_step_tokens));
-      run({cache_.get(), tokens.subspan(t0, n), false, /*prompt_continues=*/t0 + n < tokens.size()});
+      run({cache_.get(), tokens.subspan(t0, n), false,
+           /*prompt_continues=*/t0 + n < tokens.size()});
     }
     return logits();
   }
@@ -53,7 +55,8 @@ class SessionImpl final : public Session {
  private:
   void check_room(int64_t n) const {
     if (cache_->length() + n > rt_.context)
-      fail("sequence of {} tokens exceeds the context of {} tokens", cache_->length() + n, rt_.context);
+      fail("sequence of {} tokens exceeds the context of {} tokens", cache_->length() + n,
+           rt_.context);
   }
   void run(const SequenceStep& step) {
     const ForwardCounters c = rt_.model->forward({&step, 1}, act_, *rt_.backend);
@@ -75,7 +78,8 @@ class EngineImpl final : public Engine {
   EngineImpl(const std::filesystem::path& dir, const EngineOptions& options) {
     if (options.threads < 0) fail("engine: threads must be >= 0, got {}", options.threads);
     if (options.context < 0) fail("engine: context must be >= 0, got {}", options.context);
-    if (options.max_step_tokens < 1) fail("engine: max_step_tokens must be >= 1, got {}", options.max_step_tokens);
+    if (options.max_step_tokens < 1)
+      fail("engine: max_step_tokens must be >= 1, got {}", options.max_step_tokens);
     rt_.model = Model::load(dir);
     rt_.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_model_dir(dir));
     rt_.backend = std::make_unique<CpuBackend>(options.threads);
@@ -116,16 +120,21 @@ class EngineImpl final : public Engine {
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens) const override {
     return rt_.tokenizer->encode(text, add_special_tokens);
   }
-  std::string decode(std::span<const int32_t> ids) const override { return rt_.tokenizer->decode(ids); }
+  std::string decode(std::span<const int32_t> ids) const override {
+    return rt_.tokenizer->decode(ids);
+  }
 
-  std::unique_ptr<Session> new_session() const override { return std::make_unique<SessionImpl>(rt_); }
+  std::unique_ptr<Session> new_session() const override {
+    return std::make_unique<SessionImpl>(rt_);
+  }
   std::unique_ptr<Scheduler> new_scheduler(const SchedulerOptions& options) const override {
     return make_scheduler(rt_, options);
   }
 
   GenerateStats generate(std::string_view prompt, const GenerateOptions& options,
                          const std::function<void(std::string_view)>& on_text) const override {
-    auto scheduler = make_scheduler(rt_, {.max_sequences = 1, .max_step_tokens = rt_.max_step_tokens});
+    auto scheduler =
+        make_scheduler(rt_, {.max_sequences = 1, .max_step_tokens = rt_.max_step_tokens});
     scheduler->add(prompt, options);
     while (true) {
       for (SequenceUpdate& u : scheduler->step()) {

@@ -21,7 +21,8 @@ PrefillRecording PrefillRecording::record(const Model& model, std::span<const in
     t.resize(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) t[static_cast<size_t>(i)] = experts[i * top_k];
   };
-  FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, static_cast<int64_t>(tokens.size()), kv_dtype);
+  FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, static_cast<int64_t>(tokens.size()),
+                    kv_dtype);
   model.forward(tokens, cache, r.last_logits, false, backend, &obs);
   r.positions.resize(tokens.size());
   for (size_t i = 0; i < tokens.size(); ++i) r.positions[i] = static_cast<int32_t>(i);

@@ -7,8 +7,10 @@ namespace ekva {
 std::unique_ptr<KvCache> Runtime::make_cache(int64_t capacity, PagedKvStore* store) const {
   const ModelConfig& c = model->config();
   if (!compression)
-    return std::make_unique<FullKvCache>(KvShape{c.n_layers, c.n_kv_heads, c.head_dim}, capacity, kv_dtype);
-  if (store != nullptr) return std::make_unique<CompressedKvCache>(*store, c, *compression, *backend);
+    return std::make_unique<FullKvCache>(KvShape{c.n_layers, c.n_kv_heads, c.head_dim}, capacity,
+                                         kv_dtype);
+  if (store != nullptr)
+    return std::make_unique<CompressedKvCache>(*store, c, *compression, *backend);
   return std::make_unique<CompressedKvCache>(c, *compression, context, *backend);
 }
 
@@ -19,17 +21,19 @@ StoreConfig Runtime::store_config() const {
 
 size_t Runtime::full_kv_bytes(int64_t n_tokens) const {
   const ModelConfig& c = model->config();
-  return static_cast<size_t>(n_tokens) * c.n_layers * c.n_kv_heads * 2 * c.head_dim * dtype_size(kv_dtype);
+  return static_cast<size_t>(n_tokens) * c.n_layers * c.n_kv_heads * 2 * c.head_dim *
+         dtype_size(kv_dtype);
 }
 
 void Runtime::check_prompt(std::span<const int32_t> ids) const {
   if (ids.empty()) fail("the prompt encodes to no tokens");
   const int vocab = model->config().vocab_size;
   for (const int32_t id : ids)
-    if (id < 0 || id >= vocab) fail("prompt token id {} is outside the vocabulary (0..{})", id, vocab - 1);
+    if (id < 0 || id >= vocab)
+      fail("prompt token id {} is outside the vocabulary (0..{})", id, vocab - 1);
   if (static_cast<int64_t>(ids.size()) >= context)
-    fail("prompt of {} tokens does not fit the context of {} tokens (leave room for one more)", ids.size(),
-         context);
+    fail("prompt of {} tokens does not fit the context of {} tokens (leave room for one more)",
+         ids.size(), context);
 }
 
 }  // namespace ekva

@@ -44,8 +44,11 @@ class SchedulerImpl final : public Scheduler {
       : rt_(rt), options_(o), eos_(rt.tokenizer->eos_ids()) {
     if (o.max_sequences < 1) fail("scheduler: max_sequences must be >= 1, got {}", o.max_sequences);
     if (o.max_step_tokens < o.max_sequences)
-      fail("scheduler: max_step_tokens ({}) must be at least max_sequences ({}): every decoding sequence "
-           "needs a token per step", o.max_step_tokens, o.max_sequences);
+      fail(
+          "scheduler: max_step_tokens ({}) must be at least max_sequences ({}): every decoding "
+          "sequence "
+          "needs a token per step",
+          o.max_step_tokens, o.max_sequences);
     act_ = std::make_unique<Activations>(
         rt.model->config(), *rt.backend,
         ForwardLimits{.max_sequences = o.max_sequences, .max_tokens = o.max_step_tokens});
@@ -59,9 +62,11 @@ class SchedulerImpl final : public Scheduler {
   }
 
   int64_t add_tokens(std::span<const int32_t> prompt, const GenerateOptions& options) override {
-    if (options.max_new_tokens < 0) fail("generate: max_new_tokens must be >= 0, got {}", options.max_new_tokens);
+    if (options.max_new_tokens < 0)
+      fail("generate: max_new_tokens must be >= 0, got {}", options.max_new_tokens);
     rt_.check_prompt(prompt);
-    auto s = std::make_unique<Sequence>(rt_, next_id_, std::vector<int32_t>(prompt.begin(), prompt.end()),
+    auto s = std::make_unique<Sequence>(rt_, next_id_,
+                                        std::vector<int32_t>(prompt.begin(), prompt.end()),
                                         options);  // validates the sampling options
     s->stats.prompt_tokens = static_cast<int64_t>(prompt.size());
     waiting_.push_back(std::move(s));
@@ -70,7 +75,8 @@ class SchedulerImpl final : public Scheduler {
 
   void cancel(int64_t id) override {
     for (auto* list : {&waiting_, &running_}) {
-      const auto it = std::find_if(list->begin(), list->end(), [&](const auto& s) { return s->id == id; });
+      const auto it =
+          std::find_if(list->begin(), list->end(), [&](const auto& s) { return s->id == id; });
       if (it == list->end()) continue;
       (*it)->stats.stop_reason = "cancelled";
       cancelled_.push_back(finish(**it));
@@ -101,9 +107,10 @@ class SchedulerImpl final : public Scheduler {
       if (s->decoding() || room == 0) continue;
       const int64_t left = static_cast<int64_t>(s->prompt.size()) - s->prefilled;
       const int64_t n = std::min(left, room);
-      batch_.push_back({s->cache.get(),
-                        std::span(s->prompt).subspan(static_cast<size_t>(s->prefilled), static_cast<size_t>(n)),
-                        false, /*prompt_continues=*/n < left});
+      batch_.push_back(
+          {s->cache.get(),
+           std::span(s->prompt).subspan(static_cast<size_t>(s->prefilled), static_cast<size_t>(n)),
+           false, /*prompt_continues=*/n < left});
       members_.push_back(s.get());
       room -= n;
     }
@@ -130,14 +137,16 @@ class SchedulerImpl final : public Scheduler {
       if (!u.tokens.empty() || u.finished) updates.push_back(std::move(u));
     }
     const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-    for (Sequence* s : members_) (s->stats.decode_steps > 0 ? s->stats.decode_seconds : s->stats.prefill_seconds) += seconds;
+    for (Sequence* s : members_)
+      (s->stats.decode_steps > 0 ? s->stats.decode_seconds : s->stats.prefill_seconds) += seconds;
     ++stats_.steps;
     stats_.step_seconds += seconds;
     stats_.max_batch = std::max(stats_.max_batch, static_cast<int>(members_.size()));
 
     // Retire the finished sequences now: their KV blocks go back to the store.
     for (Sequence* s : done) {
-      auto it = std::find_if(updates.begin(), updates.end(), [&](const auto& u) { return u.id == s->id; });
+      auto it = std::find_if(updates.begin(), updates.end(),
+                             [&](const auto& u) { return u.id == s->id; });
       it->stats = s->stats;
       std::erase_if(running_, [&](const auto& r) { return r.get() == s; });
     }
@@ -161,8 +170,8 @@ class SchedulerImpl final : public Scheduler {
       auto s = std::move(waiting_.front());
       waiting_.pop_front();
       // The full cache reserves exactly what the sequence can reach.
-      const int64_t capacity = std::min<int64_t>(rt_.context, static_cast<int64_t>(s->prompt.size()) +
-                                                                  s->options.max_new_tokens + 1);
+      const int64_t capacity = std::min<int64_t>(
+          rt_.context, static_cast<int64_t>(s->prompt.size()) + s->options.max_new_tokens + 1);
       s->cache = rt_.make_cache(capacity, store_.get());
       running_.push_back(std::move(s));
     }

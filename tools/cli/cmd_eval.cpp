@@ -25,8 +25,8 @@
 #include "kv/compressed_cache.h"
 #include "kv/profile.h"
 #include "model/model.h"
-#include "runtime/prefill_recording.h"
 #include "model/tokenizer.h"
+#include "runtime/prefill_recording.h"
 
 namespace ekva::cli {
 namespace {
@@ -38,15 +38,16 @@ struct EvalArgs {
   std::string profile;
   std::string retrieval = "data/evalsets/retrieval.jsonl";
   std::string ppl = "data/evalsets/ppl.jsonl";
-  std::vector<std::string> methods = {"uniform:snapkv",      "pyramidkv:snapkv", "adakv:snapkv",
-                                      "ekva-entropy:snapkv", "ekva-mass:snapkv", "uniform:streamingllm",
-                                      "uniform:h2o",         "uniform:knorm",    "uniform:random"};
+  std::vector<std::string> methods = {
+      "uniform:snapkv",      "pyramidkv:snapkv", "adakv:snapkv",
+      "ekva-entropy:snapkv", "ekva-mass:snapkv", "uniform:streamingllm",
+      "uniform:h2o",         "uniform:knorm",    "uniform:random"};
   std::vector<std::string> budgets = {"5%", "10%"};
   std::vector<int> contexts = {2048, 4096};
   int max_retrieval = 0;  // per context; 0: all
   int ppl_context = 4096;
   int ppl_continuation = 512;
-  int max_ppl = 0;        // 0: all documents of ppl_context
+  int max_ppl = 0;  // 0: all documents of ppl_context
   int threads = 0;
   // Stored K/V of every method, the full reference included: the methods then differ
   // from the reference only by what they evict, not by rounding.
@@ -75,7 +76,7 @@ struct Tally {
   double nll_sum = 0;
   int64_t nll_count = 0;
   double kv_bytes_sum = 0, full_bytes_sum = 0;  // after the prompt, per prompt
-  int64_t prompts = 0;  // retrieval prompts and perplexity contexts
+  int64_t prompts = 0;                          // retrieval prompts and perplexity contexts
   double seconds = 0;
 
   // The KV bytes a cache holds right after a prompt of `tokens` tokens, and what the
@@ -110,8 +111,8 @@ std::vector<json> read_jsonl(const std::string& path) {
 std::unique_ptr<KvCache> make_cache(const Method& m, const KvModelShape& shape, int64_t context,
                                     DType kv_dtype, Backend& backend) {
   if (!m.config)
-    return std::make_unique<FullKvCache>(KvShape{shape.n_layers, shape.n_kv_heads, shape.head_dim}, context,
-                                         kv_dtype);
+    return std::make_unique<FullKvCache>(KvShape{shape.n_layers, shape.n_kv_heads, shape.head_dim},
+                                         context, kv_dtype);
   return std::make_unique<CompressedKvCache>(shape, *m.config, context, backend);
 }
 
@@ -153,7 +154,8 @@ void run_eval(const EvalArgs& a) {
       cfg.budget = BudgetSpec::parse(budget);
       cfg.profile = profile ? &*profile : nullptr;
       cfg.kv_dtype = kv_dtype;
-      CompressedKvCache probe(shape, cfg, probe_context, backend);  // validates names, profile, budget now
+      CompressedKvCache probe(shape, cfg, probe_context,
+                              backend);  // validates names, profile, budget now
       methods.push_back({fmt::format("{}@{}", m, budget), cfg});
     }
   }
@@ -201,9 +203,10 @@ void run_eval(const EvalArgs& a) {
       ++n;
       t.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
-    const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-    fmt::print(stderr, "{}retrieval {}/{} ({} tokens) {:.0f} s{}", tty ? "\r" : "", i + 1, prompts.size(),
-               tokens.size(), el, tty ? "   " : "\n");
+    const double el =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    fmt::print(stderr, "{}retrieval {}/{} ({} tokens) {:.0f} s{}", tty ? "\r" : "", i + 1,
+               prompts.size(), tokens.size(), el, tty ? "   " : "\n");
   }
 
   // Perplexity of a continuation after a compressed long context.
@@ -218,13 +221,15 @@ void run_eval(const EvalArgs& a) {
   for (size_t i = 0; i < docs.size(); ++i) {
     const auto tokens = docs[i].at("tokens").get<std::vector<int32_t>>();
     if (static_cast<int>(tokens.size()) <= a.ppl_continuation)
-      fail("--ppl-continuation {} leaves no context in a {}-token document", a.ppl_continuation, tokens.size());
+      fail("--ppl-continuation {} leaves no context in a {}-token document", a.ppl_continuation,
+           tokens.size());
     const auto prefix = static_cast<int64_t>(tokens.size()) - a.ppl_continuation;
-    const PrefillRecording rec =
-        PrefillRecording::record(*model, std::span(tokens).first(static_cast<size_t>(prefix)), backend, kv_dtype);
+    const PrefillRecording rec = PrefillRecording::record(
+        *model, std::span(tokens).first(static_cast<size_t>(prefix)), backend, kv_dtype);
     for (size_t mi = 0; mi < methods.size(); ++mi) {
       const auto t0 = std::chrono::steady_clock::now();
-      auto cache = make_cache(methods[mi], shape, static_cast<int64_t>(tokens.size()), kv_dtype, backend);
+      auto cache =
+          make_cache(methods[mi], shape, static_cast<int64_t>(tokens.size()), kv_dtype, backend);
       rec.replay(*cache);
       std::vector<float> logits = rec.last_logits;
       Tally& t = tally[mi];
@@ -233,18 +238,22 @@ void run_eval(const EvalArgs& a) {
         t.nll_sum += nll(logits, tokens[static_cast<size_t>(pos)]);
         ++t.nll_count;
         if (pos + 1 < static_cast<int64_t>(tokens.size()))
-          model->forward(std::span(tokens).subspan(static_cast<size_t>(pos), 1), *cache, logits, false, backend);
+          model->forward(std::span(tokens).subspan(static_cast<size_t>(pos), 1), *cache, logits,
+                         false, backend);
       }
       t.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
-    const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-    fmt::print(stderr, "{}perplexity {}/{} {:.0f} s{}", tty ? "\r" : "", i + 1, docs.size(), el, tty ? "   " : "\n");
+    const double el =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    fmt::print(stderr, "{}perplexity {}/{} {:.0f} s{}", tty ? "\r" : "", i + 1, docs.size(), el,
+               tty ? "   " : "\n");
   }
   if (tty) fmt::print(stderr, "\n");
 
   // Report.
   const Tally& full = tally[0];
-  const double full_ppl = full.nll_count ? std::exp(full.nll_sum / static_cast<double>(full.nll_count)) : NAN;
+  const double full_ppl =
+      full.nll_count ? std::exp(full.nll_sum / static_cast<double>(full.nll_count)) : NAN;
   json rows = json::array();
   std::ostringstream md;
   md << "| method | budget | KV after prompt | ";
@@ -261,17 +270,23 @@ void run_eval(const EvalArgs& a) {
     const double kv_frac = t.full_bytes_sum > 0 ? t.kv_bytes_sum / t.full_bytes_sum : NAN;
     const double ppl = t.nll_count ? std::exp(t.nll_sum / static_cast<double>(t.nll_count)) : NAN;
     const double delta = 100.0 * (ppl / full_ppl - 1.0);
-    json row = {{"method", method}, {"budget", budget}, {"kv_fraction_after_prompt", figure_json(kv_frac)},
-                {"kv_bytes_after_prompt_mean", t.prompts ? json(t.kv_bytes_sum / static_cast<double>(t.prompts)) : json(nullptr)},
-                {"perplexity", figure_json(ppl)}, {"perplexity_delta_pct", figure_json(delta)},
+    json row = {{"method", method},
+                {"budget", budget},
+                {"kv_fraction_after_prompt", figure_json(kv_frac)},
+                {"kv_bytes_after_prompt_mean",
+                 t.prompts ? json(t.kv_bytes_sum / static_cast<double>(t.prompts)) : json(nullptr)},
+                {"perplexity", figure_json(ppl)},
+                {"perplexity_delta_pct", figure_json(delta)},
                 {"seconds", t.seconds}};
     md << "| " << method << " | " << budget << " | " << figure(100 * kv_frac, "{:.1f}%") << " | ";
     for (int ctx : a.contexts) {
       const auto it = t.retrieval.find(ctx);
       const double acc = it == t.retrieval.end() || it->second.second == 0
-                             ? NAN : 100.0 * it->second.first / it->second.second;
-      row["retrieval"][std::to_string(ctx)] = {{"accuracy_pct", figure_json(acc)},
-                                               {"n", it == t.retrieval.end() ? 0 : it->second.second}};
+                             ? NAN
+                             : 100.0 * it->second.first / it->second.second;
+      row["retrieval"][std::to_string(ctx)] = {
+          {"accuracy_pct", figure_json(acc)},
+          {"n", it == t.retrieval.end() ? 0 : it->second.second}};
       md << figure(acc, "{:.1f}%") << " | ";
     }
     md << figure(ppl, "{:.3f}") << " | " << figure(delta, "{:+.2f}%") << " |\n";
@@ -300,19 +315,31 @@ void add_eval_command(CLI::App& app) {
   auto args = std::make_shared<EvalArgs>();
   auto* cmd = app.add_subcommand("eval", "Compare KV compression methods on the evaluation sets");
   cmd->add_option("-m,--model", args->model_dir, "Model directory")->required();
-  cmd->add_option("--profile", args->profile, "Calibration profile (needed by the EKVA allocators)");
-  cmd->add_option("--retrieval", args->retrieval, "Retrieval prompts (JSONL; empty: skip)")->capture_default_str();
-  cmd->add_option("--ppl", args->ppl, "Perplexity documents (JSONL; empty: skip)")->capture_default_str();
-  cmd->add_option("--methods", args->methods, "allocator:policy pairs")->delimiter(',')->capture_default_str();
-  cmd->add_option("--budgets", args->budgets, "Budgets (10%, 2048, 64MiB)")->delimiter(',')->capture_default_str();
-  cmd->add_option("--contexts", args->contexts, "Retrieval context lengths")->delimiter(',')->capture_default_str();
+  cmd->add_option("--profile", args->profile,
+                  "Calibration profile (needed by the EKVA allocators)");
+  cmd->add_option("--retrieval", args->retrieval, "Retrieval prompts (JSONL; empty: skip)")
+      ->capture_default_str();
+  cmd->add_option("--ppl", args->ppl, "Perplexity documents (JSONL; empty: skip)")
+      ->capture_default_str();
+  cmd->add_option("--methods", args->methods, "allocator:policy pairs")
+      ->delimiter(',')
+      ->capture_default_str();
+  cmd->add_option("--budgets", args->budgets, "Budgets (10%, 2048, 64MiB)")
+      ->delimiter(',')
+      ->capture_default_str();
+  cmd->add_option("--contexts", args->contexts, "Retrieval context lengths")
+      ->delimiter(',')
+      ->capture_default_str();
   cmd->add_option("--max-retrieval", args->max_retrieval, "Prompts per context (0: all)");
-  cmd->add_option("--ppl-context", args->ppl_context, "Documents of this context length")->capture_default_str();
-  cmd->add_option("--ppl-continuation", args->ppl_continuation, "Tokens scored after the compressed context")
+  cmd->add_option("--ppl-context", args->ppl_context, "Documents of this context length")
+      ->capture_default_str();
+  cmd->add_option("--ppl-continuation", args->ppl_continuation,
+                  "Tokens scored after the compressed context")
       ->capture_default_str();
   cmd->add_option("--max-ppl", args->max_ppl, "Documents (0: all)");
   cmd->add_option("-t,--threads", args->threads, "Threads (0 = one per core)");
-  cmd->add_option("--kv-dtype", args->kv_dtype, "Stored K/V of every method and the full reference: bf16 or f32")
+  cmd->add_option("--kv-dtype", args->kv_dtype,
+                  "Stored K/V of every method and the full reference: bf16 or f32")
       ->check(CLI::IsMember({"bf16", "f32"}))
       ->capture_default_str();
   cmd->add_option("--json-out", args->json_out, "Write the results as JSON");

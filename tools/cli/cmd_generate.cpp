@@ -36,7 +36,7 @@ struct GenerateArgs {
   bool ignore_eos = false;
   ekva::KvCompressionOptions kv;
   std::string kv_dtype = "bf16";  // stored K/V, full and compressed cache alike
-  std::string prompts_file;  // JSONL: many prompts through the scheduler
+  std::string prompts_file;       // JSONL: many prompts through the scheduler
   int max_batch = 16;
   int64_t step_tokens = 512;
 };
@@ -79,8 +79,10 @@ std::vector<PromptLine> read_prompts(const std::string& path, int default_max_ne
       throw bad(fmt::format("not JSON ({})", e.what()));
     }
     if (!j.is_object()) throw bad("expected a JSON object {\"prompt\": ...}");
-    if (!j.contains("prompt") || !j["prompt"].is_string()) throw bad("expected a string field \"prompt\"");
-    PromptLine p{line, j["prompt"].get<std::string>(), default_max_new_tokens, j.value("id", nlohmann::json())};
+    if (!j.contains("prompt") || !j["prompt"].is_string())
+      throw bad("expected a string field \"prompt\"");
+    PromptLine p{line, j["prompt"].get<std::string>(), default_max_new_tokens,
+                 j.value("id", nlohmann::json())};
     if (j.contains("max_new_tokens")) {
       if (!j["max_new_tokens"].is_number_integer() || j["max_new_tokens"].get<int64_t>() < 0 ||
           j["max_new_tokens"].get<int64_t>() > (1 << 30))
@@ -99,7 +101,8 @@ std::vector<PromptLine> read_prompts(const std::string& path, int default_max_ne
 void run_prompts(const GenerateArgs& a) {
   const std::vector<PromptLine> prompts = read_prompts(a.prompts_file, a.n);
   auto engine = ekva::Engine::open(a.model_dir, engine_options(a));
-  auto scheduler = engine->new_scheduler({.max_sequences = a.max_batch, .max_step_tokens = a.step_tokens});
+  auto scheduler =
+      engine->new_scheduler({.max_sequences = a.max_batch, .max_step_tokens = a.step_tokens});
   std::map<int64_t, size_t> index_of;  // scheduler id -> prompt
   std::map<int64_t, std::string> texts;
   int refused = 0;
@@ -149,15 +152,19 @@ void run_prompts(const GenerateArgs& a) {
   std::cerr << line << std::endl;
   if (a.json) {
     nlohmann::json j;
-    j["summary"] = {{"prompts", prompts.size()},       {"refused", refused},
-                    {"steps", s.steps},                {"prompt_tokens", s.prompt_tokens},
-                    {"generated_tokens", s.generated_tokens}, {"seconds", s.step_seconds},
+    j["summary"] = {{"prompts", prompts.size()},
+                    {"refused", refused},
+                    {"steps", s.steps},
+                    {"prompt_tokens", s.prompt_tokens},
+                    {"generated_tokens", s.generated_tokens},
+                    {"seconds", s.step_seconds},
                     {"generated_tokens_per_second", s.generated_tokens_per_second()},
                     {"max_batch", s.max_batch}};
     std::cout << j.dump() << std::endl;
   }
-  if (refused > 0) throw ekva::Error(fmt::format("{}: {} of {} prompts refused (see their records)",
-                                                 a.prompts_file, refused, prompts.size()));
+  if (refused > 0)
+    throw ekva::Error(fmt::format("{}: {} of {} prompts refused (see their records)",
+                                  a.prompts_file, refused, prompts.size()));
 }
 
 void run_generate(const GenerateArgs& a) {
@@ -230,9 +237,10 @@ void add_generate_command(CLI::App& app) {
   auto* prompt_opt = gen->add_option("-p,--prompt", g.prompt, "Prompt text");
   auto* file_opt = gen->add_option("-f,--prompt-file", g.prompt_file, "Read the prompt from a file")
                        ->excludes(prompt_opt);
-  gen->add_option("--prompts", g.prompts_file,
-                  "JSONL file of prompts ({\"prompt\": TEXT, \"max_new_tokens\": N, \"id\": ...} per line), "
-                  "batched continuously; one output record per prompt as it finishes")
+  gen->add_option(
+         "--prompts", g.prompts_file,
+         "JSONL file of prompts ({\"prompt\": TEXT, \"max_new_tokens\": N, \"id\": ...} per line), "
+         "batched continuously; one output record per prompt as it finishes")
       ->excludes(prompt_opt)
       ->excludes(file_opt);
   gen->add_option("--max-batch", g.max_batch, "Sequences in one step (--prompts)")

@@ -20,7 +20,8 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
       for (const KvChunk& c : chunks[static_cast<size_t>(seq * p.n_kv_heads + h / G)]) {
         for (int64_t j = 0; j < c.n; ++j) {
           const int32_t k_pos = c.positions[j];
-          if (k_pos > q_pos || (p.sliding_window > 0 && q_pos - k_pos >= p.sliding_window)) continue;
+          if (k_pos > q_pos || (p.sliding_window > 0 && q_pos - k_pos >= p.sliding_window))
+            continue;
           double s = 0.0;
           for (int64_t d = 0; d < D; ++d) s += double{q[d]} * c.k_at(j * D + d);
           scores.push_back(s * p.scale);
@@ -45,7 +46,8 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
       if (p.q_scored != nullptr && p.q_scored[t] != 0) {
         for (size_t j = 0; j < scores.size(); ++j) {
           const auto [c, e] = values[j];
-          if (c->scores != nullptr) c->scores[e] += static_cast<float>(std::exp(scores[j] - max_s) / sum);
+          if (c->scores != nullptr)
+            c->scores[e] += static_cast<float>(std::exp(scores[j] - max_s) / sum);
         }
       }
     }

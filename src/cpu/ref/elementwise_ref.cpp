@@ -32,7 +32,8 @@ void embedding(const EmbeddingParams& p) {
 void rmsnorm(const RmsNormParams& p) {
   for (int64_t r = 0; r < p.n_rows; ++r) {
     double sum_sq = 0.0;
-    for (int64_t i = 0; i < p.width; ++i) sum_sq += double{p.x[r * p.width + i]} * p.x[r * p.width + i];
+    for (int64_t i = 0; i < p.width; ++i)
+      sum_sq += double{p.x[r * p.width + i]} * p.x[r * p.width + i];
     const double inv = 1.0 / std::sqrt(sum_sq / static_cast<double>(p.width) + p.eps);
     for (int64_t i = 0; i < p.width; ++i)
       p.out[r * p.width + i] = static_cast<float>(p.x[r * p.width + i] * inv * p.weight[i]);
@@ -81,7 +82,8 @@ void route(const RouteParams& p) {
     const float* logits = p.logits + t * p.n_experts;
     const double max_logit = *std::max_element(logits, logits + p.n_experts);
     double sum = 0;
-    for (int e = 0; e < p.n_experts; ++e) sum += prob[static_cast<size_t>(e)] = std::exp(logits[e] - max_logit);
+    for (int e = 0; e < p.n_experts; ++e)
+      sum += prob[static_cast<size_t>(e)] = std::exp(logits[e] - max_logit);
     for (double& x : prob) x /= sum;
     std::iota(order.begin(), order.end(), 0);
     // Stable: equal probabilities keep the lower expert id first.
@@ -89,7 +91,8 @@ void route(const RouteParams& p) {
       return prob[static_cast<size_t>(a)] > prob[static_cast<size_t>(b)];
     });
     double top_sum = 0;
-    for (int k = 0; k < p.top_k; ++k) top_sum += prob[static_cast<size_t>(order[static_cast<size_t>(k)])];
+    for (int k = 0; k < p.top_k; ++k)
+      top_sum += prob[static_cast<size_t>(order[static_cast<size_t>(k)])];
     for (int k = 0; k < p.top_k; ++k) {
       const int32_t e = order[static_cast<size_t>(k)];
       p.experts[t * p.top_k + k] = e;
@@ -101,7 +104,8 @@ void route(const RouteParams& p) {
 
 void scatter_add(const ScatterAddParams& p) {
   for (int64_t i = 0; i < p.n; ++i)
-    for (int64_t j = 0; j < p.width; ++j) p.out[p.rows[i] * p.width + j] += p.weights[i] * p.y[i * p.width + j];
+    for (int64_t j = 0; j < p.width; ++j)
+      p.out[p.rows[i] * p.width + j] += p.weights[i] * p.y[i * p.width + j];
 }
 
 void gated_add(const GatedAddParams& p) {

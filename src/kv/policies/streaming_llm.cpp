@@ -18,6 +18,8 @@ class StreamingLlmPolicy final : public Policy {
 
 }  // namespace
 
-std::unique_ptr<Policy> make_streaming_llm_policy() { return std::make_unique<StreamingLlmPolicy>(); }
+std::unique_ptr<Policy> make_streaming_llm_policy() {
+  return std::make_unique<StreamingLlmPolicy>();
+}
 
 }  // namespace ekva
