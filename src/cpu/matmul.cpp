@@ -7,6 +7,7 @@
 // streams keep enough loads in flight to approach the read bandwidth.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "cpu/matmul.cpp"
+#include <hwy/cache_control.h>
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 #include <hwy/highway.h>
 
@@ -69,6 +70,14 @@ HWY_INLINE void tile(const WT* const* w, const float* const* x, int64_t K, float
   }
 }
 
+// Software prefetch distance of the decode GEMV. On an Intel Xeon host with
+// one-core streams limited by outstanding misses, the hardware prefetchers
+// alone left the decode step at 0.60 of the streaming read rate; prefetching
+// this far ahead took it to 0.81-0.94 (1.2 GB model; 2048-8192 bytes measured
+// within the noise of one another, 512 at 0.71). A prefetch past the end of a
+// matrix is harmless (it never faults).
+constexpr int64_t kPrefetchBytes = 4096;
+
 // One token (decode): each weight row is one linear stream, walked with four
 // independent accumulators. Reading rows one after another keeps the access
 // pattern a single sequential stream per thread, which the hardware prefetcher
@@ -81,6 +90,9 @@ HWY_INLINE float row_dot(const WT* w, const float* x, int64_t K) {
   auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
   int64_t k = 0;
   for (; k + 4 * N <= K; k += 4 * N) {
+    for (int64_t b = 0; b < 4 * N * int64_t{sizeof(WT)}; b += 64)
+      hwy::Prefetch(
+          reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(w + k) + kPrefetchBytes + b));
     a0 = hn::MulAdd(load_weights<WT>(w + k), hn::LoadU(df, x + k), a0);
     a1 = hn::MulAdd(load_weights<WT>(w + k + N), hn::LoadU(df, x + k + N), a1);
     a2 = hn::MulAdd(load_weights<WT>(w + k + 2 * N), hn::LoadU(df, x + k + 2 * N), a2);
