@@ -13,6 +13,7 @@
 //                           [--steps 6] [--json-out FILE]
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <random>
 
@@ -45,8 +46,10 @@ size_t available_memory() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress lines show as they come, even in a log
   CLI::App app{"EKVA CPU batched decode: aggregate tokens/s against batch size and KV budget"};
-  std::string model_dir, json_out, commit = "unknown", allocator = "uniform";
+  std::string model_dir, json_out, commit = "unknown", allocator = "uniform",
+                                   kv_dtype_name = "bf16";
   std::vector<std::string> policies = {"snapkv"};
   int64_t context = 4096;
   int steps = 6, threads = 0;
@@ -63,11 +66,15 @@ int main(int argc, char** argv) {
       ->delimiter(',');
   app.add_option("--allocator", allocator, "Allocator of the compressed rows")
       ->capture_default_str();
+  app.add_option("--kv-dtype", kv_dtype_name, "K/V storage of every cache: bf16 or f32")
+      ->check(CLI::IsMember({"bf16", "f32"}))
+      ->capture_default_str();
   app.add_option("--steps", steps, "Timed decode steps per row")->check(CLI::PositiveNumber);
   app.add_option("-t,--threads", threads, "Threads (0 = one per core)");
   app.add_option("--commit", commit, "Commit recorded in the JSON");
   app.add_option("--json-out", json_out, "Write the figures as JSON");
   CLI11_PARSE(app, argc, argv);
+  const ekva::DType kv_dtype = kv_dtype_name == "bf16" ? ekva::DType::kBF16 : ekva::DType::kF32;
 
   try {
     ekva::CpuBackend backend(threads);
@@ -89,7 +96,7 @@ int main(int argc, char** argv) {
     fmt::print("prefill          {} tokens in {:.1f} s ({:.1f} tok/s), recorded once\n", context,
                prefill_s, static_cast<double>(context) / prefill_s);
     const size_t full_bytes_per_seq = static_cast<size_t>(context + steps + 2) * c.n_layers *
-                                      c.n_kv_heads * 2 * c.head_dim * sizeof(float);
+                                      c.n_kv_heads * 2 * c.head_dim * ekva::dtype_size(kv_dtype);
 
     nlohmann::json rows = nlohmann::json::array();
     for (const std::string& budget : budgets) {
@@ -100,7 +107,7 @@ int main(int argc, char** argv) {
         cc.policy = policy;
         cc.allocator = allocator;
         cc.budget = spec;
-        cc.kv_dtype = ekva::DType::kF32;  // like the full rows: the JSON says kv_dtype f32
+        cc.kv_dtype = kv_dtype;
         for (const int B : batches) {
           nlohmann::json row = {{"batch", B},
                                 {"budget", budget},
@@ -128,7 +135,8 @@ int main(int argc, char** argv) {
           for (int i = 0; i < B; ++i) {
             if (full)
               caches.push_back(std::make_unique<ekva::FullKvCache>(
-                  ekva::KvShape{c.n_layers, c.n_kv_heads, c.head_dim}, context + steps + 2));
+                  ekva::KvShape{c.n_layers, c.n_kv_heads, c.head_dim}, context + steps + 2,
+                  kv_dtype));
             else
               caches.push_back(std::make_unique<ekva::CompressedKvCache>(*store, c, cc, backend));
             rec.replay(*caches.back());
@@ -225,7 +233,7 @@ int main(int argc, char** argv) {
                     {"architecture", c.arch_name},
                     {"weight_bytes", model->tensors().total_bytes()},
                     {"active_weight_bytes_per_token", model->active_weight_bytes_per_token()}};
-      j["kv_dtype"] = "f32";
+      j["kv_dtype"] = kv_dtype_name;
       j["prefill"] = {{"tokens", context}, {"seconds", prefill_s}};
       j["rows"] = rows;
       std::ofstream(json_out) << j.dump(2) << "\n";
