@@ -4,7 +4,8 @@
 // One prompt of --context tokens is prefilled once and recorded; its K/V, queries
 // and expert tags are replayed into the cache of every sequence of a batch (a
 // compressed cache compresses them as after a real prefill). Then the whole batch
-// decodes one token per sequence per forward call (every weight matrix read once
+// decodes one token per sequence per forward call, each sequence its own random
+// token stream (so that routing differs across the batch) (every weight matrix read once
 // per step, tokens grouped per expert across the batch), and the step's median
 // time gives the aggregate tokens/s. Batches whose caches would not fit in the
 // memory available are reported as not run, with the bytes they would need.
@@ -147,24 +148,17 @@ int main(int argc, char** argv) {
           ekva::Activations act(c, backend, {.max_sequences = B, .max_tokens = B});
           std::vector<int32_t> next(static_cast<size_t>(B));
           const auto vocab = static_cast<size_t>(c.vocab_size);
-          const auto argmax_all = [&] {
-            for (int i = 0; i < B; ++i) {
-              const float* l = act.logits.data() + act.logit_begin[static_cast<size_t>(i)] *
-                                                       static_cast<int64_t>(vocab);
-              next[static_cast<size_t>(i)] =
-                  static_cast<int32_t>(std::max_element(l, l + vocab) - l);
-            }
+          // Every sequence decodes its own token stream, drawn at random (seeded): the
+          // caches are replays of one prompt, and identical tokens would route every
+          // sequence to the same experts, so a batch would read only top-k experts'
+          // weights per layer instead of what a real batch of different requests reads.
+          std::mt19937 token_rng(static_cast<uint32_t>(B));
+          const auto draw_all = [&] {
+            for (auto& t : next)
+              t = static_cast<int32_t>(token_rng() % static_cast<uint32_t>(vocab));
           };
           std::vector<ekva::SequenceStep> batch(static_cast<size_t>(B));
-          for (int i = 0; i < B; ++i) {
-            const int32_t first =
-                rec.last_logits.empty()
-                    ? 0
-                    : static_cast<int32_t>(
-                          std::max_element(rec.last_logits.begin(), rec.last_logits.end()) -
-                          rec.last_logits.begin());
-            next[static_cast<size_t>(i)] = first;
-          }
+          draw_all();
           std::vector<double> step_s;
           size_t bytes = 0, weight_bytes = 0, kv_bytes = 0;
           for (int s = 0; s <= steps; ++s) {  // step 0 warms up
@@ -175,7 +169,7 @@ int main(int argc, char** argv) {
             const ekva::ForwardCounters counters = model->forward(batch, act, backend);
             const double dt =
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count();
-            argmax_all();
+            draw_all();
             if (s == 0) continue;
             step_s.push_back(dt);
             bytes += counters.weight_bytes + counters.kv_bytes;
