@@ -41,19 +41,8 @@
 #include "roofline/ceilings.h"
 #include "roofline/report.h"
 
+using ekva::load_average;
 using ekva::median;
-
-namespace {
-
-// "3.10 2.95 2.40": the 1, 5 and 15 minute load averages, to record how busy the host was.
-std::string load_average() {
-  std::ifstream in("/proc/loadavg");
-  std::string a, b, c;
-  in >> a >> b >> c;
-  return in ? a + " " + b + " " + c : "unknown";
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"EKVA CPU decode benchmark: bytes read per step against measured read bandwidth"};

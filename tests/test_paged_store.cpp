@@ -34,6 +34,11 @@ inline void PrintTo(DType dtype, std::ostream* os) {
   *os << (dtype == DType::kBF16 ? "bf16" : "f32");
 }
 
+inline void PrintTo(Granularity g, std::ostream* os) {
+  constexpr const char* kNames[] = {"per-layer", "per-head", "per-expert", "per-head-expert"};
+  *os << kNames[static_cast<int>(g)];
+}
+
 namespace {
 
 // Runs fn and expects an ekva::Error whose message contains `what`.
@@ -100,6 +105,67 @@ std::vector<EntryRun> view_runs(PagedKvStore& store, int seq, int layer, int kv_
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The reference for the kept view: a fresh walk of the block lists (view_runs walks
+// them), runs that continue in the same block merged back into one chunk per block.
+std::vector<KvChunk> walked_view(PagedKvStore& store, int seq, int layer, int kv_head) {
+  const size_t row = store.arena().row_bytes();
+  std::vector<KvChunk> out;
+  for (const EntryRun& r : view_runs(store, seq, layer, kv_head)) {
+    if (!out.empty()) {
+      KvChunk& last = out.back();
+      if (r.positions == last.positions + last.n &&
+          r.k == static_cast<const std::byte*>(last.k) + static_cast<size_t>(last.n) * row) {
+        last.n += r.n;
+        continue;
+      }
+    }
+    out.push_back({r.k, r.v, r.positions, r.n, r.dtype, r.scores});
+  }
+  return out;
+}
+
+// The kept view of every (layer, kv-head) of `seq` equals the walk: the same chunks
+// through view_list() and KvCache::view() (which appends), each run naming its block
+// and slot, and the runs' blocks, in order, are the sequence's block lists.
+void expect_view_matches_walk(PagedKvStore& store, int seq, const KvShape& kv) {
+  const int64_t B = store.config().block_size;
+  std::vector<int32_t> run_blocks, list_blocks;
+  for (int layer = 0; layer < kv.n_layers; ++layer) {
+    for (int h = 0; h < kv.n_kv_heads; ++h) {
+      SCOPED_TRACE("sequence " + std::to_string(seq) + " layer " + std::to_string(layer) +
+                   " kv-head " + std::to_string(h));
+      const std::vector<KvChunk> want = walked_view(store, seq, layer, h);
+      const std::span<const ViewRun> runs = store.view_list(seq, layer, h);
+      std::vector<KvChunk> got(1);  // view() appends after what is there
+      store.cache(seq).view(layer, h, got);
+      ASSERT_EQ(runs.size(), want.size());
+      ASSERT_EQ(got.size(), want.size() + 1);
+      for (size_t i = 0; i < want.size(); ++i) {
+        const KvChunk& w = want[i];
+        for (const KvChunk& c : {runs[i].chunk, got[i + 1]}) {
+          ASSERT_EQ(c.k, w.k) << "run " << i;
+          ASSERT_EQ(c.v, w.v) << "run " << i;
+          ASSERT_EQ(c.positions, w.positions) << "run " << i;
+          ASSERT_EQ(c.scores, w.scores) << "run " << i;
+          ASSERT_EQ(c.n, w.n) << "run " << i;
+          ASSERT_EQ(c.dtype, w.dtype);
+        }
+        const ViewRun& r = runs[i];
+        ASSERT_EQ(r.chunk.k, static_cast<const std::byte*>(store.arena().k(r.block)) +
+                                 static_cast<size_t>(r.first_slot) * store.arena().row_bytes());
+        ASSERT_EQ(r.chunk.positions, store.cells().positions(r.block) + r.first_slot);
+        // Full blocks but the last.
+        ASSERT_EQ(r.chunk.n, i + 1 < want.size() ? B : r.chunk.n);
+        ASSERT_GT(r.chunk.n, 0);
+        ASSERT_LE(r.first_slot + r.chunk.n, B);
+        run_blocks.push_back(r.block);
+      }
+    }
+  }
+  store.blocks(seq, list_blocks);
+  ASSERT_EQ(run_blocks, list_blocks);
+}
 
 // What a store of `dtype` holds for the f32 value x: x rounded to nearest even in bf16.
 float stored(DType dtype, float x) {
@@ -560,6 +626,85 @@ INSTANTIATE_TEST_SUITE_P(BlockSizes, KeepTest,
                          ::testing::Combine(::testing::Values(1, 7, 32),
                                             ::testing::Values(DType::kBF16, DType::kF32)));
 
+// The kept view against a fresh walk of the block lists after every kind of change,
+// on random sequences sharing one store: appends within and across blocks (prefill
+// chunks and single decode tokens), eviction from several segments in a row (which
+// compacts one list, or all of a layer's when kv-heads are collapsed), clear, a
+// sequence removed and its id and blocks reused, defragmentation (blocks move).
+class ViewTest : public ::testing::TestWithParam<std::tuple<Granularity, int>> {};
+
+TEST_P(ViewTest, KeptViewEqualsAWalkOfTheBlockLists) {
+  const Granularity granularity = std::get<0>(GetParam());
+  const int B = std::get<1>(GetParam());
+  const KvShape kv{3, 3, 8};
+  const int E = 4, kSeqs = 3, kOps = 400;
+  const int64_t kContext = 1 << 14;
+  PagedKvStore store(store_config(kv, E, B, granularity, /*sinks=*/2, /*window=*/5, kContext,
+                                  DType::kBF16, /*slab_blocks=*/8));
+  std::mt19937 rng(99 + B + static_cast<int>(granularity));
+  std::vector<int> seqs;
+  for (int i = 0; i < kSeqs; ++i) seqs.push_back(store.add_sequence());
+  std::vector<float> k, v;
+  const auto append = [&](int seq, int64_t n) {
+    KvCache& cache = store.cache(seq);
+    if (cache.length() + n > kContext) return;
+    const auto positions = iota_positions(cache.length(), n);
+    for (int layer = 0; layer < kv.n_layers; ++layer) {
+      labelled_kv(seq, layer, kv, positions, k, v);
+      cache.append(layer, positions, k.data(), v.data());
+      std::vector<int32_t> tags;
+      for (size_t t = 0; t < positions.size(); ++t) tags.push_back(static_cast<int32_t>(rng() % E));
+      if (layer != 1) cache.tag(layer, positions, tags.data());  // layer 1: a dense layer
+    }
+  };
+  const auto evict = [&](int seq) {
+    const int layer = static_cast<int>(rng() % kv.n_layers);
+    std::vector<SegmentInfo> infos;
+    store.segments(seq, layer, infos);
+    std::shuffle(infos.begin(), infos.end(), rng);
+    for (size_t i = 0; i < infos.size() && i < 3; ++i) {  // several segments in a row
+      std::vector<int32_t> keep;
+      for (int32_t e = 0; e < infos[i].n_entries; ++e)
+        if (rng() % 3 != 0) keep.push_back(e);
+      store.keep(seq, layer, infos[i].id, keep);
+    }
+  };
+  for (int op = 0; op < kOps; ++op) {
+    const int i = static_cast<int>(rng() % kSeqs);
+    const int seq = seqs[static_cast<size_t>(i)];
+    const unsigned what = rng() % 20;
+    if (what < 6) {
+      append(seq, 1);  // decode
+    } else if (what < 10) {
+      append(seq, 1 + static_cast<int64_t>(rng() % (3 * B + 2)));  // within or across blocks
+    } else if (what < 15) {
+      evict(seq);
+    } else if (what == 15) {
+      store.cache(seq).clear();
+    } else if (what == 16) {
+      store.remove_sequence(seq);  // its blocks go back; the next sequence may take them
+      seqs[static_cast<size_t>(i)] = store.add_sequence();
+      append(seqs[static_cast<size_t>(i)], 1 + static_cast<int64_t>(rng() % (2 * B)));
+    } else if (what == 17) {
+      store.defragment();
+    } else {
+      append(seq, 1);
+      evict(seq);
+    }
+    for (int s : seqs) {
+      SCOPED_TRACE("op " + std::to_string(op));
+      expect_view_matches_walk(store, s, kv);
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    GranularitiesAndBlockSizes, ViewTest,
+    ::testing::Combine(::testing::Values(Granularity::kPerLayer, Granularity::kPerHead,
+                                         Granularity::kPerExpert, Granularity::kPerHeadExpert),
+                       ::testing::Values(1, 5, 16)));
+
 // 3 sequences x 2 layers x 2 kv-heads x 8 experts, 2000 decode steps with random
 // tags, each segment evicted down to a random budget whenever it passes budget +
 // slack; the store is audited against a mirror of the live positions after every
@@ -698,6 +843,8 @@ TEST_P(SoakTest, DecodeWithPeriodicEviction) {
             for (int64_t j = 0; j < r.n; ++j) ASSERT_EQ(r.tags[j], s.key.expert);
         }
       }
+      expect_view_matches_walk(store, m.id, kv);
+      if (HasFatalFailure()) return;
       std::vector<int32_t> blocks;
       store.blocks(m.id, blocks);
       const auto n_blocks = static_cast<int64_t>(blocks.size());

@@ -253,11 +253,28 @@ AttentionPlanOptions attention_plan_options(const ThreadPool& pool) {
 
 void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
                ThreadPool& pool) {
-  attention(p, chunks, plan_attention(p, chunks, attention_plan_options(pool)), pool);
+  AttentionWorkspace workspace;
+  attention(p, chunks, pool, workspace);
 }
 
 void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
                const AttentionPlan& plan, ThreadPool& pool) {
+  AttentionWorkspace workspace;
+  attention(p, chunks, plan, pool, workspace);
+}
+
+void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
+               ThreadPool& pool, AttentionWorkspace& workspace) {
+  plan_attention(p, chunks, attention_plan_options(pool), workspace.plan);
+  attention(p, chunks, workspace.plan, pool, workspace);
+}
+
+// Allocates nothing once the workspace has grown to the problem: the partials and
+// the raw logits are resized within their capacity, the pool's parallel_for passes
+// the lambdas by pointer (no std::function), and AttendPiece keeps its block of
+// scores on the stack (tests/test_hot_path_allocations.cpp counts).
+void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
+               const AttentionPlan& plan, ThreadPool& pool, AttentionWorkspace& workspace) {
   const int64_t G = p.n_heads / p.n_kv_heads;
   const int64_t D = p.head_dim;
   const int64_t KH = p.n_kv_heads;
@@ -275,11 +292,16 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
   // Partials: per item, G maxima, G sums and G x D unnormalised outputs; for the
   // items of scored queries also the raw logits of their entries ([G, item
   // length] at raw_begin[item]) until m and l are final.
-  std::vector<float> part_m(static_cast<size_t>(n_items * G));
-  std::vector<float> part_l(static_cast<size_t>(n_items * G));
-  std::vector<float> part_o(static_cast<size_t>(n_items * G * D));
-  std::vector<int64_t> raw_begin;
-  std::vector<float> raw;
+  // Every slot is written by AttendPiece before it is read, so resizing (which keeps
+  // the old values) is enough.
+  std::vector<float>& part_m = workspace.part_m;
+  std::vector<float>& part_l = workspace.part_l;
+  std::vector<float>& part_o = workspace.part_o;
+  std::vector<int64_t>& raw_begin = workspace.raw_begin;
+  std::vector<float>& raw = workspace.raw;
+  part_m.resize(static_cast<size_t>(n_items * G));
+  part_l.resize(static_cast<size_t>(n_items * G));
+  part_o.resize(static_cast<size_t>(n_items * G * D));
   if (p.q_scored != nullptr) {
     raw_begin.assign(static_cast<size_t>(n_items) + 1, 0);
     for (int64_t i = 0; i < n_items; ++i) {
@@ -305,7 +327,9 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
   });
 
   // Merge the items of each (query, kv-head, head) by log-sum-exp.
-  std::vector<float> final_m, final_l;  // [n_queries, KH, G], for the entry scores
+  std::vector<float>& final_m = workspace.final_m;  // [n_queries, KH, G], for the entry scores
+  std::vector<float>& final_l = workspace.final_l;
+  final_m.clear();
   if (p.q_scored != nullptr) {
     final_m.assign(static_cast<size_t>(p.n_queries * KH * G),
                    -std::numeric_limits<float>::infinity());

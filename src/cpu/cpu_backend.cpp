@@ -53,8 +53,12 @@ int checked_threads(int threads) {
 }  // namespace
 
 CpuBackend::CpuBackend(int threads)
-    : owned_pool_(std::make_unique<ThreadPool>(checked_threads(threads))), pool_(*owned_pool_) {}
-CpuBackend::CpuBackend(ThreadPool& pool) : pool_(pool) {}
+    : owned_pool_(std::make_unique<ThreadPool>(checked_threads(threads))),
+      pool_(*owned_pool_),
+      attention_workspace_(std::make_unique<cpu::AttentionWorkspace>()) {}
+CpuBackend::CpuBackend(ThreadPool& pool)
+    : pool_(pool), attention_workspace_(std::make_unique<cpu::AttentionWorkspace>()) {}
+CpuBackend::~CpuBackend() = default;
 
 void* CpuBackend::allocate(size_t bytes) { return aligned_allocate(bytes); }
 void CpuBackend::release(void* p) { std::free(p); }
@@ -75,7 +79,10 @@ AttentionPlanOptions CpuBackend::attention_plan_options() const {
 }
 void CpuBackend::attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
                            const AttentionPlan& plan) {
-  cpu::attention(p, chunks, plan, pool_);
+  cpu::attention(p, chunks, plan, pool_, *attention_workspace_);
+}
+void CpuBackend::attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks) {
+  cpu::attention(p, chunks, pool_, *attention_workspace_);
 }
 
 std::unique_ptr<Backend> make_reference_backend() { return std::make_unique<ReferenceBackend>(); }

@@ -17,9 +17,26 @@ namespace ekva::cpu {
 // Decode streams each weight row once per thread; prefill reuses each weight tile
 // for blocks of 4 rows of x (cpu/matmul.cpp).
 void matmul(const MatmulParams& p, ThreadPool& pool);
+// The scratch of attention, kept by the caller from call to call (the CPU backend
+// owns one). Its buffers only grow: once they have reached the largest problem seen,
+// a call allocates nothing (vector resize and assign within capacity do not).
+struct AttentionWorkspace {
+  AttentionPlan plan;                   // the plan of the forms that plan themselves
+  std::vector<float> part_m, part_l;    // [n_items, G] per-item maxima and sums
+  std::vector<float> part_o;            // [n_items, G, head_dim] unnormalised outputs
+  std::vector<int64_t> raw_begin;       // [n_items + 1] offsets into raw
+  std::vector<float> raw;               // [G, item length] logits per item of a scored query
+  std::vector<float> final_m, final_l;  // [n_queries, n_kv_heads, G] merged, for the scores
+};
+
 // Split-K GQA attention over the chunks of every (sequence, kv-head), one pool share
 // per task of the plan (cpu/attention.cpp); without a plan, one is made with
-// attention_plan_options(pool).
+// attention_plan_options(pool) (into the workspace's, when one is given). The forms
+// without a workspace use a fresh one (they allocate).
+void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
+               const AttentionPlan& plan, ThreadPool& pool, AttentionWorkspace& workspace);
+void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
+               ThreadPool& pool, AttentionWorkspace& workspace);
 void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
                const AttentionPlan& plan, ThreadPool& pool);
 void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,

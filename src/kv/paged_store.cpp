@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "core/error.h"
 
@@ -57,9 +58,21 @@ struct PagedKvStore::HeadState {
   std::vector<int64_t> tag_entries;  // [n_storage_tags]: evictable entries per storage tag
 };
 
+// The ragged view of one (sequence, layer), CSR over its kv-heads: kv-head h's runs
+// are runs[offsets[h] .. offsets[h + 1]], one per block of its list in order. One
+// array per layer rather than one per (layer, kv-head): a backend that copies the
+// view (a device table) copies one contiguous range per layer. The price, moving the
+// later kv-heads' runs when a list gains or loses a block, is O(runs of the layer)
+// once per block_size appends, far below the K/V bytes attention then reads.
+struct PagedKvStore::LayerView {
+  std::vector<int64_t> offsets;  // [n_kv_heads + 1]
+  std::vector<ViewRun> runs;     // [offsets[n_kv_heads]]
+};
+
 struct PagedKvStore::LayerState {
   std::vector<HeadState> heads;  // [n_kv_heads]
-  int32_t next_position = 0;     // appended positions must be >= this
+  LayerView view;
+  int32_t next_position = 0;  // appended positions must be >= this
   // The entries of the last append until tag() names their experts: the last
   // `pending` of each kv-head's list (the first `pending_sinks` of them sinks),
   // holding positions pending_first..pending_last. Pending entries stay protected,
@@ -97,6 +110,7 @@ struct PagedKvStore::Sequence {
       : id(seq_id), cache(store, *this), layers(static_cast<size_t>(store.config_.shape.n_layers)) {
     for (LayerState& L : layers) {
       L.heads.resize(static_cast<size_t>(store.config_.shape.n_kv_heads));
+      L.view.offsets.assign(static_cast<size_t>(store.config_.shape.n_kv_heads) + 1, 0);
       for (HeadState& h : L.heads)
         h.tag_entries.assign(static_cast<size_t>(store.n_storage_tags_), 0);
     }
@@ -113,19 +127,12 @@ struct PagedKvStore::Sequence {
 void PagedKvStore::SequenceCache::view(int layer, int kv_head, std::vector<KvChunk>& out) const {
   EKVA_DCHECK(layer >= 0 && layer < store_.config_.shape.n_layers, "layer {}", layer);
   EKVA_DCHECK(kv_head >= 0 && kv_head < store_.config_.shape.n_kv_heads, "kv_head {}", kv_head);
-  const HeadState& h = s_.layers[static_cast<size_t>(layer)].heads[static_cast<size_t>(kv_head)];
-  const KvArena& arena = store_.arena_;
-  const KvCells& cells = store_.cells_;
-  // One chunk per block: attention does not care where segments change.
-  const int64_t B = store_.config_.block_size;
-  for (size_t b = 0; b < h.list.blocks.size(); ++b) {
-    const int32_t block = h.list.blocks[b];
-    const int64_t n = std::min(B, h.list.n - static_cast<int64_t>(b) * B);
-    // The score slots go along: attention adds to them for the queries a policy
-    // asked to be scored (KvCache::scored_queries), and only then.
-    out.push_back({arena.k(block), arena.v(block), cells.positions(block), n, arena.dtype(),
-                   cells.scores(block)});
-  }
+  // A copy of the kept view: one chunk per block (attention does not care where
+  // segments change), no walk of the block list.
+  const LayerView& view = s_.layers[static_cast<size_t>(layer)].view;
+  const auto h = static_cast<size_t>(kv_head);
+  for (int64_t r = view.offsets[h]; r < view.offsets[h + 1]; ++r)
+    out.push_back(view.runs[static_cast<size_t>(r)].chunk);
 }
 
 int64_t PagedKvStore::SequenceCache::length() const { return s_.length; }
@@ -237,6 +244,7 @@ void PagedKvStore::append(Sequence& s, int layer, std::span<const int32_t> posit
       ++entries_;
     }
   }
+  update_view(s, layer);
   L.pending = n;  // the previous ones, if a dense layer never tagged them, stay kNoExpert
   L.pending_sinks = n_sinks;
   L.pending_first = positions.front();
@@ -322,6 +330,7 @@ void PagedKvStore::keep(int seq, int layer, int segment, std::span<const int32_t
     offset = end;
     i = j;
   });
+  update_view(s, layer);  // the compacted lists lost tail blocks, kept their first ones
 }
 
 // Survivors move forward in one pass (an entry never moves backward, so nothing is
@@ -403,6 +412,8 @@ void PagedKvStore::clear(Sequence& s) {
       hs.evictable_end = 0;
       std::fill(hs.tag_entries.begin(), hs.tag_entries.end(), 0);
     }
+    L.view.runs.clear();
+    std::fill(L.view.offsets.begin(), L.view.offsets.end(), 0);
     L.next_position = 0;
     L.pending = 0;
     L.pending_sinks = 0;
@@ -483,6 +494,95 @@ EntryRun PagedKvStore::run(int segment, int kv_head, int32_t block, int64_t slot
   r.tags = cells_.tags(block) + slot;
   r.scores = cells_.scores(block) + slot;
   return r;
+}
+
+static_assert(std::is_trivially_copyable_v<ViewRun>, "update_view moves runs with memmove");
+
+ViewRun PagedKvStore::view_run(const BlockList& list, size_t b) const {
+  const int64_t B = config_.block_size;
+  const int32_t block = list.blocks[b];
+  ViewRun r;
+  r.block = block;
+  r.first_slot = 0;  // every block of a list is filled from slot 0
+  // The score slots go along: attention adds to them for the queries a policy asked
+  // to be scored (KvCache::scored_queries), and only then.
+  r.chunk = {arena_.k(block),         arena_.v(block),
+             cells_.positions(block), std::min(B, list.n - static_cast<int64_t>(b) * B),
+             arena_.dtype(),          cells_.scores(block)};
+  return r;
+}
+
+void PagedKvStore::update_view(Sequence& s, int layer) {
+  LayerState& L = s.layers[static_cast<size_t>(layer)];
+  LayerView& view = L.view;
+  const auto H = static_cast<size_t>(config_.shape.n_kv_heads);
+  const auto runs_of = [&](size_t h) {
+    return static_cast<int64_t>(L.heads[h].list.blocks.size());
+  };
+  int64_t total = 0;
+  bool grew = false, shrank = false;
+  for (size_t h = 0; h < H; ++h) {
+    const int64_t before = view.offsets[h + 1] - view.offsets[h];
+    total += runs_of(h);
+    grew = grew || runs_of(h) > before;
+    shrank = shrank || runs_of(h) < before;
+  }
+  // One call changes lists one way: append grows them, keep() shrinks them.
+  EKVA_DCHECK(!(grew && shrank), "paged KV store: layer {}'s lists grew and shrank at once", layer);
+  // Kv-head h's kept runs move from old_begin to new_begin. When the lists grew every
+  // kv-head moves right (or stays), so the kv-heads go last to first; when they shrank,
+  // left, first to last: either way no run is overwritten before it has moved.
+  const auto move = [&](size_t h, int64_t old_begin, int64_t old_end, int64_t new_begin) {
+    const int64_t n = runs_of(h);
+    const int64_t kept = std::min(n, old_end - old_begin);
+    if (kept > 0 && new_begin != old_begin)
+      std::memmove(&view.runs[static_cast<size_t>(new_begin)],
+                   &view.runs[static_cast<size_t>(old_begin)],
+                   static_cast<size_t>(kept) * sizeof(ViewRun));
+    // The last kept run may have changed length; the new ones are written afresh.
+    for (int64_t b = std::max<int64_t>(kept - 1, 0); b < n; ++b)
+      view.runs[static_cast<size_t>(new_begin + b)] =
+          view_run(L.heads[h].list, static_cast<size_t>(b));
+  };
+  if (grew) {
+    view.runs.resize(static_cast<size_t>(total));
+    int64_t new_end = total;
+    for (size_t h = H; h-- > 0;) {
+      const int64_t new_begin = new_end - runs_of(h);
+      move(h, view.offsets[h], view.offsets[h + 1], new_begin);
+      view.offsets[h + 1] = new_end;
+      new_end = new_begin;
+    }
+  } else {
+    int64_t old_begin = 0, new_begin = 0;
+    for (size_t h = 0; h < H; ++h) {
+      const int64_t old_end = view.offsets[h + 1];
+      move(h, old_begin, old_end, new_begin);
+      new_begin += runs_of(h);
+      view.offsets[h + 1] = new_begin;
+      old_begin = old_end;
+    }
+    view.runs.resize(static_cast<size_t>(total));
+  }
+}
+
+void PagedKvStore::rebuild_view(Sequence& s, int layer) {
+  LayerView& view = s.layers[static_cast<size_t>(layer)].view;
+  view.runs.clear();
+  std::fill(view.offsets.begin(), view.offsets.end(), 0);
+  update_view(s, layer);  // every run is new
+}
+
+std::span<const ViewRun> PagedKvStore::view_list(int seq, int layer, int kv_head) const {
+  const Sequence& s = sequence(seq);
+  check_layer(layer);
+  if (kv_head < 0 || kv_head >= config_.shape.n_kv_heads)
+    fail("paged KV store: kv-head {} is out of range (0..{})", kv_head,
+         config_.shape.n_kv_heads - 1);
+  const LayerView& view = s.layers[static_cast<size_t>(layer)].view;
+  const auto h = static_cast<size_t>(kv_head);
+  return std::span(view.runs).subspan(static_cast<size_t>(view.offsets[h]),
+                                      static_cast<size_t>(view.offsets[h + 1] - view.offsets[h]));
 }
 
 void PagedKvStore::segments(int seq, int layer, std::vector<SegmentInfo>& out) const {
@@ -570,8 +670,9 @@ int PagedKvStore::defragment() {
     };
     for (const auto& s : sequences_) {
       if (!s) continue;
-      for (LayerState& L : s->layers) {
-        for (HeadState& h : L.heads) move_out(h.list.blocks);
+      for (size_t layer = 0; layer < s->layers.size(); ++layer) {
+        for (HeadState& h : s->layers[layer].heads) move_out(h.list.blocks);
+        rebuild_view(*s, static_cast<int>(layer));  // block ids changed
       }
     }
   }

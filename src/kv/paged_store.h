@@ -25,6 +25,12 @@
 // an eviction compacts the rest of the list (the entries after the first evicted
 // one), which the amortised eviction (in chunks, not every step) pays for.
 //
+// Attention does not walk the lists: each (sequence, layer) keeps its ragged view, a
+// CSR list of runs over its kv-heads (ViewRun: block, first slot, length and the
+// KvChunk attention reads), brought up to date by the call that changes a list
+// (append extends a tail run or adds one; keep() truncates the lists it compacted;
+// defragment() rebuilds them all, since blocks move), so view() is a copy.
+//
 // Not thread-safe: the sequences share one arena, so calls (forward passes of
 // different sequences included) must not overlap.
 #pragma once
@@ -110,6 +116,17 @@ struct EntryRun {
   }
 };
 
+// One run of the ragged view that attention reads: the entries of one (sequence,
+// layer, kv-head) in one block, slots [first_slot, first_slot + chunk.n), as the
+// KvChunk handed to attention (K/V rows in the arena, positions and score slots in
+// the cells). Runs never span blocks: the arena lays a block out as [K B x D | V B x
+// D], so the K rows of consecutive blocks are never contiguous, whatever their ids.
+struct ViewRun {
+  int32_t block = 0;
+  int32_t first_slot = 0;
+  KvChunk chunk;
+};
+
 struct StoreBytes {
   size_t kv = 0;        // live entries x 2 x head_dim x size of the stored dtype
   size_t metadata = 0;  // live entries x (position + tag + score)
@@ -157,6 +174,10 @@ class PagedKvStore {
   // metadata; the emptied blocks go back to the arena. A bad index changes nothing
   // and throws.
   void keep(int seq, int layer, int segment, std::span<const int32_t> entries);
+  // The ragged view of (seq, layer, kv_head): its runs in position order, one per
+  // block of its list (the chunks KvCache::view appends). Kept up to date by every
+  // change of the sequence, never rebuilt by the reader; valid until the next change.
+  std::span<const ViewRun> view_list(int seq, int layer, int kv_head) const;
   // Sinks plus recent entries of (seq, layer, kv_head).
   int64_t protected_entries(int seq, int layer, int kv_head) const;
 
@@ -183,6 +204,7 @@ class PagedKvStore {
   struct BlockList;
   struct HeadState;
   struct LayerState;
+  struct LayerView;
 
   Sequence& sequence(int seq) const;
   void check_layer(int layer) const;
@@ -217,6 +239,15 @@ class PagedKvStore {
   template <typename Fn>
   void for_each_segment_head(Sequence& s, int layer, int segment, Fn&& fn) const;
   EntryRun run(int segment, int kv_head, int32_t block, int64_t slot, int64_t n) const;
+  // The view run of block b of a list.
+  ViewRun view_run(const BlockList& list, size_t b) const;
+  // Brings the layer's view up to date after its lists changed only at their tails
+  // (append: they grew; keep: they shrank, their first blocks unchanged): each
+  // kv-head's runs are resized in place to its blocks, the new runs and each
+  // kv-head's last kept one (whose length may have changed) written from its list.
+  void update_view(Sequence& s, int layer);
+  // Rebuilds every run of the layer's view from its lists (block ids changed).
+  void rebuild_view(Sequence& s, int layer);
 
   StoreConfig config_;
   KvArena arena_;       // K/V storage, [block] -> [B, D] K and V

@@ -8,13 +8,21 @@ namespace ekva {
 
 AttentionPlan plan_attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> lists,
                              const AttentionPlanOptions& options) {
+  AttentionPlan plan;
+  plan_attention(p, lists, options, plan);
+  return plan;
+}
+
+void plan_attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> lists,
+                    const AttentionPlanOptions& options, AttentionPlan& plan) {
   const int64_t KH = p.n_kv_heads;
   EKVA_CHECK(static_cast<int64_t>(lists.size()) == p.n_seqs * KH,
              "attention plan: {} chunk lists for {} sequences x {} kv-heads", lists.size(),
              p.n_seqs, KH);
   EKVA_CHECK(options.min_tasks >= 1 && options.min_item_entries >= 1,
              "attention plan: bad options");
-  std::vector<int64_t> length(lists.size(), 0);
+  std::vector<int64_t>& length = plan.list_entries;
+  length.assign(lists.size(), 0);
   for (size_t i = 0; i < lists.size(); ++i)
     for (const KvChunk& c : lists[i]) length[i] += c.n;
   const auto list_of = [&](int64_t t, int64_t h) {
@@ -28,12 +36,12 @@ AttentionPlan plan_attention(const AttentionParams& p, std::span<const std::vect
   int64_t work = 0;
   for (int64_t t = 0; t < p.n_queries; ++t)
     for (int64_t h = 0; h < KH; ++h) work += length[list_of(t, h)];
-  AttentionPlan plan;
   plan.item_entries =
       std::max(options.min_item_entries, (work + options.min_tasks - 1) / options.min_tasks);
 
   // Items: each (query, kv-head) cut into equal pieces of at most the bound.
-  plan.merge_begin.reserve(static_cast<size_t>(p.n_queries * KH) + 1);
+  plan.items.clear();
+  plan.merge_begin.clear();
   plan.merge_begin.push_back(0);
   for (int64_t t = 0; t < p.n_queries; ++t) {
     for (int64_t h = 0; h < KH; ++h) {
@@ -47,6 +55,7 @@ AttentionPlan plan_attention(const AttentionParams& p, std::span<const std::vect
   }
 
   // Tasks: consecutive items packed while they stay within the bound.
+  plan.task_begin.clear();
   plan.task_begin.push_back(0);
   int64_t in_task = 0;
   for (size_t i = 0; i < plan.items.size(); ++i) {
@@ -58,7 +67,6 @@ AttentionPlan plan_attention(const AttentionParams& p, std::span<const std::vect
     in_task += std::max<int64_t>(n, 1);
   }
   plan.task_begin.push_back(static_cast<int64_t>(plan.items.size()));
-  return plan;
 }
 
 }  // namespace ekva

@@ -28,8 +28,9 @@ struct AttentionPlan {
   // merge_begin[t * n_kv_heads + h + 1]; item i's partial result lives in slot i.
   std::vector<int64_t> merge_begin;  // [n_queries * n_kv_heads + 1]
   // Task k runs items task_begin[k] .. task_begin[k + 1].
-  std::vector<int64_t> task_begin;  // [n_tasks + 1]
-  int64_t item_entries = 0;         // the bound on entries per item (and per packed task)
+  std::vector<int64_t> task_begin;    // [n_tasks + 1]
+  int64_t item_entries = 0;           // the bound on entries per item (and per packed task)
+  std::vector<int64_t> list_entries;  // [n_seqs * n_kv_heads] entries of each list
 
   int64_t n_tasks() const { return static_cast<int64_t>(task_begin.size()) - 1; }
 };
@@ -45,5 +46,9 @@ struct AttentionPlanOptions {
 // output is written.
 AttentionPlan plan_attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> lists,
                              const AttentionPlanOptions& options = {});
+// The same plan into `plan`, whose vectors are cleared and refilled: once they have
+// grown to the largest problem, planning allocates nothing (the decode path's form).
+void plan_attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> lists,
+                    const AttentionPlanOptions& options, AttentionPlan& plan);
 
 }  // namespace ekva

@@ -37,11 +37,13 @@ class Backend {
   virtual void scatter_add(const ScatterAddParams& p) = 0;
   virtual void gated_add(const GatedAddParams& p) = 0;
   // Ragged attention by a plan made with plan_attention(p, chunks,
-  // attention_plan_options()) (ops/attention_plan.h); the two-argument form plans.
+  // attention_plan_options()) (ops/attention_plan.h); the two-argument form plans
+  // (the forward pass's form: a backend may keep the plan in a workspace of its own
+  // rather than allocate one per call, as the CPU backend does).
   virtual AttentionPlanOptions attention_plan_options() const { return {}; }
   virtual void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
                          const AttentionPlan& plan) = 0;
-  void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks) {
+  virtual void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks) {
     attention(p, chunks, plan_attention(p, chunks, attention_plan_options()));
   }
 };
