@@ -10,7 +10,13 @@
 // warm-ups, L2 flushed by a 256 MB memset before every run. Data are random bf16
 // (never zero), generated on the device.
 //
-//   ekva_bench_cuda_attention [--runs N] [--json-out PATH] [--commit SHA]
+// --dump-dir DIR writes each case's output (f32 [batch, 32, 128], DIR/<case>.out.bin)
+// and the JSON lists every (sequence, kv-head) list's length, so that
+// bench/cuda/peers.py can rebuild the same inputs (the fills below are a hash of the
+// element index) and check the peers' outputs against these.
+//
+//   ekva_bench_cuda_attention [--runs N] [--json-out PATH] [--commit SHA] [--dump-dir DIR]
+//                             [--case NAME]...
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -186,7 +192,8 @@ std::string json_escape(const std::string& s) {
 
 int main(int argc, char** argv) {
   int runs = 25;
-  std::string json_out, commit = "unknown";
+  std::string json_out, commit = "unknown", dump_dir;
+  std::vector<std::string> only;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--runs" && i + 1 < argc)
@@ -195,8 +202,15 @@ int main(int argc, char** argv) {
       json_out = argv[++i];
     else if (a == "--commit" && i + 1 < argc)
       commit = argv[++i];
+    else if (a == "--dump-dir" && i + 1 < argc)
+      dump_dir = argv[++i];
+    else if (a == "--case" && i + 1 < argc)
+      only.push_back(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: %s [--runs N>=20] [--json-out PATH] [--commit SHA]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--runs N>=20] [--json-out PATH] [--commit SHA] [--dump-dir DIR] "
+                   "[--case NAME]...\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -220,6 +234,18 @@ int main(int argc, char** argv) {
         dense(1, 1024),
     };
 
+    if (!only.empty()) {
+      std::vector<Case> kept;
+      for (const Case& c : cases)
+        if (std::find(only.begin(), only.end(), c.name) != only.end()) kept.push_back(c);
+      if (kept.size() != only.size()) {
+        std::fprintf(stderr, "--case: unknown case name (cases:");
+        for (const Case& c : cases) std::fprintf(stderr, " %s", c.name.c_str());
+        std::fprintf(stderr, ")\n");
+        return 2;
+      }
+      cases = kept;
+    }
     // Pools sized for the largest case: K and V rows, positions 0..longest list.
     size_t max_entries = 0, max_list = 0, max_queries = 0;
     for (const Case& c : cases) {
@@ -288,6 +314,8 @@ int main(int argc, char** argv) {
        << "\",\n  \"runs\": " << runs
        << ",\n  \"timing\": \"CUDA events, median, L2 flushed by a 256 MB memset before each "
           "run\",\n"
+       << "  \"inputs\": \"K pool fill_bf16 seed 1, V pool seed 2, q fill_f32 seed 3 (this file); "
+          "each case's lists are carved from the pools' start in order\",\n"
        << "  \"read_ceiling_tbs\": " << ceiling_tbs << ",\n  \"read_ceiling_bytes\": " << read_bytes
        << ",\n  \"cases\": [\n";
 
@@ -337,6 +365,19 @@ int main(int argc, char** argv) {
       const std::vector<double> us =
           time_runs(runs, flush, stream, [&] { ekva::cuda::attention_run(table, q, out, stream); });
       EKVA_CUDA_CHECK(cudaFree(ws));
+      if (!dump_dir.empty()) {
+        std::vector<float> host(static_cast<size_t>(c.batch) * kHeads * kDim);
+        EKVA_CUDA_CHECK(
+            cudaMemcpy(host.data(), out, host.size() * sizeof(float), cudaMemcpyDeviceToHost));
+        const std::string path = dump_dir + "/" + c.name + ".out.bin";
+        std::ofstream f(path, std::ios::binary);
+        f.write(reinterpret_cast<const char*>(host.data()),
+                static_cast<std::streamsize>(host.size() * sizeof(float)));
+        if (!f) {
+          std::fprintf(stderr, "cannot write %s\n", path.c_str());
+          return 1;
+        }
+      }
       const double median = us[us.size() / 2];
       const double kv_bytes = static_cast<double>(entries * kEntryBytes);
       const double tbs = kv_bytes / (median * 1e-6) / 1e12;
@@ -354,8 +395,14 @@ int main(int argc, char** argv) {
          << ", \"median_us\": " << median << ", \"min_us\": " << us.front()
          << ", \"max_us\": " << us.back() << ", \"tbs\": " << tbs
          << ", \"fraction_of_read_ceiling\": " << tbs / ceiling_tbs
-         << ", \"host_plan_us\": " << plan_us << ", \"host_prepare_us\": " << prepare_us << "}"
-         << (ci + 1 < cases.size() ? "," : "") << "\n";
+         << ", \"host_plan_us\": " << plan_us << ", \"host_prepare_us\": " << prepare_us
+         << ", \"list_lengths\": [";
+      for (size_t li = 0; li < c.chunk_n.size(); ++li) {
+        int64_t n = 0;
+        for (int64_t x : c.chunk_n[li]) n += x;
+        js << (li ? "," : "") << n;
+      }
+      js << "]}" << (ci + 1 < cases.size() ? "," : "") << "\n";
     }
     js << "  ]\n}\n";
     if (!json_out.empty()) {

@@ -6,7 +6,9 @@
 # and racecheck on small cases, and the benchmark. Everything goes under $OUT:
 #   summary.txt               one PASS/FAIL/SKIP line per step, the verdict last
 #   env.txt, main_build_deps.txt, build.txt, resource_usage.txt, check.txt, memcheck.txt, racecheck.txt,
-#   bench.txt, bench_cuda_attention.json (device, date, commit, ceiling, per case)
+#   bench.txt, bench_cuda_attention.json (device, date, commit, ceiling, per case),
+#   peers.txt, peers.json (bench/cuda/peers.py on the same inputs), ncu.txt,
+#   bench_s<N>.txt / bench_cuda_attention_s<N>.json for EKVA_VARIANTS="N ..." (kStages)
 # Each step has a time limit and the script skips what no longer fits in 7 minutes.
 # Exit status: 0 when every step that ran passed.
 #   OUT=/tmp/out bash scripts/device_cuda_attention.sh     (EKVA_COMMIT=sha optional)
@@ -118,8 +120,40 @@ else
   FAILED=1
 fi
 
-step "benchmark" 90 "$OUT/bench.txt" "$BENCH" --runs 25 --json-out "$OUT/bench_cuda_attention.json" --commit "$COMMIT"
+DUMP=$BUILD/dump
+mkdir -p "$DUMP"
+step "benchmark" 90 "$OUT/bench.txt" "$BENCH" --runs 25 --json-out "$OUT/bench_cuda_attention.json" \
+  --commit "$COMMIT" --dump-dir "$DUMP"
 sed 's/^/    /' "$OUT/bench.txt" | head -20 >> "$OUT/summary.txt"
+
+# Peers on the same inputs (bench/cuda/peers.py rebuilds them from the bench's fills),
+# outputs checked against this kernel's dumps.
+if [ "${EKVA_SKIP_PEERS:-0}" != 1 ]; then
+  PY=$(command -v python3 || command -v python)
+  step "peers: SDPA cuDNN/flash, flash varlen, Triton" 240 "$OUT/peers.txt" \
+    "$PY" "$ROOT/bench/cuda/peers.py" --bench-json "$OUT/bench_cuda_attention.json" \
+    --dump-dir "$DUMP" --json-out "$OUT/peers.json" --runs 25
+  grep -E 'error|Error' "$OUT/peers.txt" | head -5 | sed 's/^/    /' >> "$OUT/summary.txt"
+fi
+
+# Where the kernel's time goes on a large dense case (informational).
+if [ "${EKVA_NCU:-1}" = 1 ] && command -v ncu > /dev/null; then
+  step "ncu: attend_kernel on dense_8x32k" 120 "$OUT/ncu.txt" ncu --section SpeedOfLight \
+    --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+    --section SchedulerStats -k regex:attend_kernel --launch-skip 3 --launch-count 1 \
+    "$BENCH" --runs 20 --case dense_8x32k
+fi
+
+# Tuning variants: pipeline depth (EKVA_VARIANTS="5 7": kStages per build), benchmark only.
+for stages in ${EKVA_VARIANTS:-}; do
+  VB=$BUILD-s$stages
+  step "variant kStages=$stages: build" 200 "$OUT/build_s$stages.txt" bash -c \
+    "cmake -S '$ROOT/bench/cuda' -B '$VB' $GEN -DCMAKE_BUILD_TYPE=Release -DEKVA_WERROR=OFF \
+       -DCMAKE_CUDA_FLAGS=-DEKVA_ATTN_STAGES=$stages && cmake --build '$VB' -j $(nproc) --target ekva_bench_cuda_attention" &&
+  step "variant kStages=$stages: benchmark" 90 "$OUT/bench_s$stages.txt" "$VB/ekva_bench_cuda_attention" \
+    --runs 25 --json-out "$OUT/bench_cuda_attention_s$stages.json" --commit "$COMMIT+stages$stages"
+  sed 's/^/    /' "$OUT/bench_s$stages.txt" | head -14 >> "$OUT/summary.txt"
+done
 
 if (( FAILED == 0 )); then say "VERDICT PASS ($(elapsed) s)"; else say "VERDICT FAIL ($(elapsed) s)"; fi
 exit $FAILED

@@ -105,7 +105,11 @@ struct Config {
   // Stages: two or three tiles in flight per block. At D = 128 three stages (~60 KB)
   // let three blocks share an SM (12 warps, six 16 KB tiles in flight); four would
   // allow only two blocks with the same bytes in flight and fewer warps to hide latency.
+#ifdef EKVA_ATTN_STAGES  // a tuning build (scripts/device_cuda_attention.sh variants)
+  static constexpr int kStages = EKVA_ATTN_STAGES;
+#else
   static constexpr int kStages = D >= 128 ? 3 : 4;
+#endif
   static constexpr int kRowStep = kThreads / kBdx;  // loader: rows apart per thread
   // Stage layout, bytes: K, V (bf16 [kTile, D]), Q (f32 [G, D]), positions (int [kTile]).
   static constexpr int kOffV = kTile * D * 2;
