@@ -11,16 +11,19 @@
 namespace ekva::test {
 
 // Tolerances, norm-wise relative (||gpu - ref|| / ||ref||). Both sides read the same
-// stored bf16 K/V, so the difference is the GPU's fp32 arithmetic against the
-// reference's double: fp32 dot products over <= 128 terms (~1e-6 relative), exp2
-// with scale * log2(e) folded into q (a few ulp), and fp32 sums of l and o over at
-// most a tile per row group and then a log-sum-exp merge tree (error ~ sqrt(n) ulp,
-// below 1e-5 for these lengths). 1e-3 leaves two orders of margin for peaked
-// softmaxes where one large logit amplifies its rounding.
+// stored bf16 K/V, so the difference is the GPU's arithmetic against the reference's
+// double: the tensor cores take q (scaled by scale * log2 e) and the softmax weights p
+// rounded to TF32 (unit roundoff 2^-11 = 4.9e-4; K/V widen exactly), accumulate in
+// fp32, and the partials merge by log-sum-exp in fp32. Rounding errors of q and p are
+// independent across the dot product's terms and the entries, so the output's error
+// is a fraction of a TF32 ulp: 1e-4 to 3e-4 on these cases (tools/cuda_emu). 1e-3
+// leaves a factor of three for peaked softmaxes where one large logit amplifies its
+// rounding.
 constexpr double kCudaAttentionTolerance = 1e-3;
-// A batched run against single-sequence runs: the same arithmetic cut differently
-// by the planner, so only summation order differs.
-constexpr double kCudaPerRequestTolerance = 1e-4;
+// A batched run against single-sequence runs: the same arithmetic cut differently by
+// the planner, so a weight is rounded to TF32 relative to another running maximum and
+// sums run in another order: at most one TF32 ulp (5e-4) apart.
+constexpr double kCudaPerRequestTolerance = 5e-4;
 
 struct CudaAttentionCase {
   std::string name;

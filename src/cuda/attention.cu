@@ -7,18 +7,32 @@
 // the loads of the next items are in flight while the current one is computed (a
 // block per tiny item would pay a full load latency each).
 //
-// Block layout (Config): kBdx lanes cover head_dim in 16-byte (8 x bf16) vectors,
-// kBdy = G query heads of the GQA group, kBdz groups that take different rows of a
-// tile. A thread holds 8 elements of one head's q (pre-scaled by scale * log2 e, so
-// the softmax runs in the exp2 domain), its own running (m, l) and 8 outputs. Each
-// K/V row is read from global memory once per block (all G heads use the smem copy).
-// A score is a dot product over kBdx lanes, reduced with xor shuffles inside the
-// lane group (aligned, so it never crosses a warp).
+// Block layout (Config): kWarps warps, each taking 16 rows of every tile. Scores and
+// outputs run on the tensor cores (mma.sync m16n8k8, TF32 in, FP32 accumulate): the
+// GQA group's G query heads are the M rows of the MMA (padded to 16 with zeros), the
+// tile's entries its N columns for S = Q K^T and its K dimension for O = P V. K/V
+// stay bf16 in memory and shared memory; a bf16 value is a TF32 value with its low
+// bits zero, so widening it is one shift or mask and exact, and only q (pre-scaled by
+// scale * log2 e: the softmax runs in the exp2 domain) and p are rounded to TF32
+// (11-bit mantissa, a relative error of 2^-11 against bf16's 2^-8 on K/V). A CUDA-core
+// formulation spends about 120 warp instructions per entry on conversions, FMAs and
+// shuffles (G heads re-reading each K/V element) and is issue-bound at half the
+// bandwidth; here an entry costs a few instructions and each K/V row is read from
+// global memory once per block.
+//
+// The MMA's K index order is free as long as A and B agree, and it is chosen so that
+// fragments come straight from ldmatrix: lane (group g, thread t) gets the bf16 pair
+// (2t, 2t + 1) of a row and uses them as k = t and k = t + 4. With that order the S
+// accumulator of an 8-entry column block is already the A fragment of P for the same
+// 8 entries in P V (the FlashAttention-2 register reuse, without any shuffle).
+//
+// Shared memory rows are XOR-swizzled by 16-byte chunk (chunk ^ (row & 7)) so that
+// ldmatrix's eight row reads of one chunk hit eight different bank groups.
 //
 // Pipeline: kStages stages of kTile rows each (K [kTile, D] and V [kTile, D] bf16,
 // positions [kTile], and on an item's first tile its q [G, D] f32), filled with
 // cp.async (16-byte, rows past the item's end zero-filled so no garbage reaches the
-// FMAs), kStages - 1 tiles ahead of the compute. Tiles never cross items; they may
+// MMAs), kStages - 1 tiles ahead of the compute. Tiles never cross items; they may
 // cross chunks (each row looks its chunk up, walking forward from the tile's chunk).
 //
 // After the pass: merge_kernel, one block per (query, kv-head), combines the items'
@@ -87,43 +101,39 @@ struct KernelParams {
 
 template <int D, int G>
 struct Config {
-  static constexpr int kVec = 8;  // bf16 per 16-byte load
-  static constexpr int kBdx = D / kVec;
-  static constexpr int kBdy = G;
-  // Row groups: about 128 threads in all, and a whole number of warps so that every
-  // lane of every warp takes part in the shuffles.
-  static constexpr int bdz() {
-    int z = 128 / (kBdx * G);
-    if (z < 1) z = 1;
-    while ((kBdx * G * z) % 32 != 0) ++z;
-    return z;
-  }
-  static constexpr int kBdz = bdz();
-  static constexpr int kThreads = kBdx * kBdy * kBdz;
-  static constexpr int kTile = 32;            // rows per stage
-  static constexpr int kRows = kTile / kBdz;  // rows per thread group and tile
-  // Stages: two or three tiles in flight per block. At D = 128 three stages (~60 KB)
-  // let three blocks share an SM (12 warps, six 16 KB tiles in flight); four would
-  // allow only two blocks with the same bytes in flight and fewer warps to hide latency.
+  static constexpr int kVec = 8;            // bf16 per 16-byte chunk
+  static constexpr int kChunks = D / kVec;  // 16-byte chunks per K/V row
+  static constexpr int kWarps = 4;          // each takes 16 rows of a tile
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kTile = 16 * kWarps;  // rows per stage
+  // Stages: at D = 128 a stage is ~34 KB, so two stages (~84 KB with the merge
+  // scratch) let two blocks share an SM with two 32 KB tiles in flight; at D = 64
+  // three stages fit in the same room.
 #ifdef EKVA_ATTN_STAGES  // a tuning build (scripts/device_cuda_attention.sh variants)
   static constexpr int kStages = EKVA_ATTN_STAGES;
 #else
-  static constexpr int kStages = D >= 128 ? 3 : 4;
+  static constexpr int kStages = D >= 128 ? 2 : 3;
 #endif
-  static constexpr int kRowStep = kThreads / kBdx;  // loader: rows apart per thread
-  // Stage layout, bytes: K, V (bf16 [kTile, D]), Q (f32 [G, D]), positions (int [kTile]).
+  static constexpr int kRowStep = kThreads / kChunks;  // loader: rows apart per thread
+  // Stage layout, bytes: K, V (bf16 [kTile, D], swizzled), Q (f32 [G, D]), positions (int [kTile]).
   static constexpr int kOffV = kTile * D * 2;
   static constexpr int kOffQ = 2 * kTile * D * 2;
   static constexpr int kOffPos = kOffQ + G * D * 4;
   static constexpr int kStageBytes = kOffPos + kTile * 4;
-  // After the stages: merge scratch (o [kBdz, G, D], m and l [kBdz, G]).
-  static constexpr int kMergeBytes = kBdz > 1 ? (kBdz* G* D + 2 * kBdz * G) * 4 : 0;
+  // After the stages: merge scratch (o [kWarps, G, D], m and l [kWarps, G]).
+  static constexpr int kMergeBytes = (kWarps * G * D + 2 * kWarps * G) * 4;
   static constexpr int kSmemBytes = kStages * kStageBytes + kMergeBytes;
-  static_assert(kTile % kBdz == 0, "tile rows split evenly over row groups");
-  static_assert(32 % kBdx == 0, "a lane group lies inside one warp");
-  static_assert(kThreads % 32 == 0 && kThreads <= 1024, "whole warps");
+  static_assert(G >= 1 && G <= 8, "the group's heads fill at most 8 of the MMA's 16 rows");
+  static_assert(D % 32 == 0, "ldmatrix.x4 takes four 8-column blocks of a row");
+  static_assert(kTile % kRowStep == 0, "the loader covers a tile in whole passes");
   static_assert(kStageBytes % 16 == 0, "16-byte aligned stages");
 };
+
+// Element offset of (row, 16-byte chunk) in a swizzled [rows, D] bf16 tile.
+template <int D>
+__device__ __forceinline__ int swizzled(int row, int chunk) {
+  return (row * (D / 8) + (chunk ^ (row & 7))) * 8;
+}
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
@@ -148,8 +158,42 @@ __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.wait_all;\n" ::: "memory");
 }
 
-__device__ __forceinline__ float bf16_lo(uint32_t x) { return __uint_as_float(x << 16); }
-__device__ __forceinline__ float bf16_hi(uint32_t x) { return __uint_as_float(x & 0xffff0000u); }
+// Four 8x8 b16 matrices from shared memory; lane l gives the address of row l % 8 of
+// matrix l / 8, and gets, of matrix i, row l / 4 and columns 2 (l % 4), + 1 (r<i>; the
+// transposed form: rows 2 (l % 4), + 1 and column l / 4).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3,
+                                            const uint16_t* row) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(s));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t& r0, uint32_t& r1, uint32_t& r2,
+                                                  uint32_t& r3, const uint16_t* row) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(s));
+}
+// c += A B for a 16x8x8 TF32 product whose A rows 8-15 are zero: lane (g, t) gives
+// A[g][t] (a0) and A[g][t + 4] (a2), B[t][g] (b0) and B[t + 4][g] (b1), and holds
+// C[g][2t], C[g][2t + 1] (c0, c1; c2 and c3, rows g + 8, stay zero).
+__device__ __forceinline__ void mma_tf32(float& c0, float& c1, float& c2, float& c3, uint32_t a0,
+                                         uint32_t a2, uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c0), "+f"(c1), "+f"(c2), "+f"(c3)
+      : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+}
+// f32 to TF32, rounded to nearest (ties away), as the bits the MMA reads.
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+  return r;
+}
+// The two bf16 of a packed pair as TF32 bits (exact: a bf16 is a TF32 with zero low bits).
+__device__ __forceinline__ uint32_t tf32_lo(uint32_t x) { return x << 16; }
+__device__ __forceinline__ uint32_t tf32_hi(uint32_t x) { return x & 0xffff0000u; }
 
 // The first chunk of list `list` whose end is past entry e (e < the list's length).
 __device__ __forceinline__ int find_chunk(const KernelParams& p, int list, int e) {
@@ -238,9 +282,9 @@ __device__ __forceinline__ void load_tile(const Cursor& c, const KernelParams& p
   const int tid = static_cast<int>(threadIdx.x);
   uint16_t* sk = reinterpret_cast<uint16_t*>(stage);
   uint16_t* sv = reinterpret_cast<uint16_t*>(stage + C::kOffV);
-  const int col = tid % C::kBdx;
+  const int col = tid % C::kChunks;
   ChunkRef chunk = c.chunk;
-  for (int r = tid / C::kBdx; r < C::kTile; r += C::kRowStep) {
+  for (int r = tid / C::kChunks; r < C::kTile; r += C::kRowStep) {
     const int e = c.tile + r;
     const bool valid = e < c.end;
     const void* ks = p.q;  // any valid address: nothing is read when !valid
@@ -251,8 +295,8 @@ __device__ __forceinline__ void load_tile(const Cursor& c, const KernelParams& p
       ks = chunk.k + off;
       vs = chunk.v + off;
     }
-    cp_async16(sk + r * D + col * C::kVec, ks, valid);
-    cp_async16(sv + r * D + col * C::kVec, vs, valid);
+    cp_async16(sk + swizzled<D>(r, col), ks, valid);
+    cp_async16(sv + swizzled<D>(r, col), vs, valid);
   }
   int* spos = reinterpret_cast<int*>(stage + C::kOffPos);
   chunk = c.chunk;
@@ -277,11 +321,13 @@ __device__ __forceinline__ void load_tile(const Cursor& c, const KernelParams& p
 template <int D, int G>
 __global__ void __launch_bounds__(Config<D, G>::kThreads) attend_kernel(const KernelParams p) {
   using C = Config<D, G>;
+  constexpr int kN = D / 8;  // 8-column blocks of a row: k-steps of S, n-tiles of O
   extern __shared__ __align__(16) unsigned char smem[];
   const int tid = static_cast<int>(threadIdx.x);
-  const int tx = tid % C::kBdx;
-  const int ty = (tid / C::kBdx) % G;
-  const int tz = tid / (C::kBdx * G);
+  const int lane = tid % 32;
+  const int warp = tid / 32;
+  const int g = lane / 4;  // the head this lane's fragments hold (valid below G)
+  const int t = lane % 4;
 
   const int task = static_cast<int>(blockIdx.x);
   Cursor ld{};
@@ -297,12 +343,14 @@ __global__ void __launch_bounds__(Config<D, G>::kThreads) attend_kernel(const Ke
     if (ld.item < ld.item_limit) advance<C::kTile, true>(ld, p);
   }
 
-  float q[C::kVec] = {};
-  float o[C::kVec] = {};
-  float m = -INFINITY, l = 0.f;
+  uint32_t qa[kN][2];            // A of S: q[g][8 ks + 2 t] and [+ 1] as TF32 (k = t, t + 4)
+  float o[kN][4];                // C of O: o[g][8 n + 2 t], [+ 1] (o[n][2..3]: the zero rows)
+  float m = -INFINITY, l = 0.f;  // l: this lane's columns only, summed over the quad at the end
   int q_pos = 0;
   long long raw_base = -1;
   int stage = 0;
+  // The rows this warp computes, and the row this lane addresses for ldmatrix.
+  const int warp_row = 16 * warp;
   while (cp.item < cp.item_limit) {
     cp_async_wait<C::kStages - 2>();
     __syncthreads();
@@ -313,19 +361,16 @@ __global__ void __launch_bounds__(Config<D, G>::kThreads) attend_kernel(const Ke
 
     const unsigned char* st = smem + stage * C::kStageBytes;
     if (cp.tile == cp.begin) {  // a new item: its q, fresh softmax state
-      const float* sq = reinterpret_cast<const float*>(st + C::kOffQ) + ty * D + tx * C::kVec;
-      const float4 a = *reinterpret_cast<const float4*>(sq);
-      const float4 b = *reinterpret_cast<const float4*>(sq + 4);
-      q[0] = a.x * p.scale_log2;
-      q[1] = a.y * p.scale_log2;
-      q[2] = a.z * p.scale_log2;
-      q[3] = a.w * p.scale_log2;
-      q[4] = b.x * p.scale_log2;
-      q[5] = b.y * p.scale_log2;
-      q[6] = b.z * p.scale_log2;
-      q[7] = b.w * p.scale_log2;
+      const float* sq = reinterpret_cast<const float*>(st + C::kOffQ) + g * D + 2 * t;
 #pragma unroll
-      for (int i = 0; i < C::kVec; ++i) o[i] = 0.f;
+      for (int ks = 0; ks < kN; ++ks) {
+        float2 x = make_float2(0.f, 0.f);
+        if (g < G) x = *reinterpret_cast<const float2*>(sq + 8 * ks);
+        qa[ks][0] = to_tf32(x.x * p.scale_log2);
+        qa[ks][1] = to_tf32(x.y * p.scale_log2);
+      }
+#pragma unroll
+      for (int n = 0; n < kN; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
       m = -INFINITY;
       l = 0.f;
       q_pos = p.q_pos[cp.query];
@@ -335,108 +380,117 @@ __global__ void __launch_bounds__(Config<D, G>::kThreads) attend_kernel(const Ke
     const uint16_t* sv = reinterpret_cast<const uint16_t*>(st + C::kOffV);
     const int* spos = reinterpret_cast<const int*>(st + C::kOffPos);
 
-    // Scores of this thread group's rows (log2 domain), -inf where hidden.
-    float s[C::kRows];
+    // S for the warp's two 8-row blocks j: s[j][c] = score of head g, row 8 j + 2 t + c.
+    float s[2][4] = {};
 #pragma unroll
-    for (int j = 0; j < C::kRows; ++j) {
-      const int r = tz * C::kRows + j;
-      const uint4 k = *reinterpret_cast<const uint4*>(sk + r * D + tx * C::kVec);
-      float dot = q[0] * bf16_lo(k.x);
-      dot = fmaf(q[1], bf16_hi(k.x), dot);
-      dot = fmaf(q[2], bf16_lo(k.y), dot);
-      dot = fmaf(q[3], bf16_hi(k.y), dot);
-      dot = fmaf(q[4], bf16_lo(k.z), dot);
-      dot = fmaf(q[5], bf16_hi(k.z), dot);
-      dot = fmaf(q[6], bf16_lo(k.w), dot);
-      dot = fmaf(q[7], bf16_hi(k.w), dot);
+    for (int j = 0; j < 2; ++j) {
+      const int row = warp_row + 8 * j + lane % 8;
 #pragma unroll
-      for (int off = C::kBdx / 2; off > 0; off /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, off);
-      const int e = cp.tile + r;
-      const int k_pos = spos[r];
-      const bool visible = e < cp.end && k_pos <= q_pos &&
-                           (p.window == 0 || static_cast<long long>(q_pos) - k_pos < p.window);
-      s[j] = visible ? dot : -INFINITY;
-    }
-    if (raw_base >= 0 && tx == 0) {
-      const int len = cp.end - cp.begin;
-      float* raw = p.raw + raw_base + static_cast<long long>(ty) * len;
+      for (int kq = 0; kq < kN / 4; ++kq) {
+        uint32_t b[4];
+        ldmatrix_x4(b[0], b[1], b[2], b[3], sk + swizzled<D>(row, 4 * kq + lane / 8));
 #pragma unroll
-      for (int j = 0; j < C::kRows; ++j) {
-        const int e = cp.tile + tz * C::kRows + j;
-        if (e < cp.end) raw[e - cp.begin] = s[j];
+        for (int i = 0; i < 4; ++i)
+          mma_tf32(s[j][0], s[j][1], s[j][2], s[j][3], qa[4 * kq + i][0], qa[4 * kq + i][1],
+                   tf32_lo(b[i]), tf32_hi(b[i]));
       }
     }
+    // Masks (log2 domain, -inf where hidden) and the raw logits of a scored item.
     float tile_max = -INFINITY;
 #pragma unroll
-    for (int j = 0; j < C::kRows; ++j) tile_max = fmaxf(tile_max, s[j]);
-    const float m_new = fmaxf(m, tile_max);
-    if (m_new != -INFINITY) {
-      const float correction = exp2f(m - m_new);  // 0 while m is -inf
-      l *= correction;
+    for (int j = 0; j < 2; ++j) {
 #pragma unroll
-      for (int i = 0; i < C::kVec; ++i) o[i] *= correction;
-#pragma unroll
-      for (int j = 0; j < C::kRows; ++j) {
-        const int r = tz * C::kRows + j;
-        const float w =
-            exp2f(s[j] - m_new);  // 0 for hidden rows (their V is finite or zero-filled)
-        l += w;
-        const uint4 v = *reinterpret_cast<const uint4*>(sv + r * D + tx * C::kVec);
-        o[0] = fmaf(w, bf16_lo(v.x), o[0]);
-        o[1] = fmaf(w, bf16_hi(v.x), o[1]);
-        o[2] = fmaf(w, bf16_lo(v.y), o[2]);
-        o[3] = fmaf(w, bf16_hi(v.y), o[3]);
-        o[4] = fmaf(w, bf16_lo(v.z), o[4]);
-        o[5] = fmaf(w, bf16_hi(v.z), o[5]);
-        o[6] = fmaf(w, bf16_lo(v.w), o[6]);
-        o[7] = fmaf(w, bf16_hi(v.w), o[7]);
+      for (int c = 0; c < 2; ++c) {
+        const int r = warp_row + 8 * j + 2 * t + c;
+        const int e = cp.tile + r;
+        const int k_pos = spos[r];
+        const bool visible = e < cp.end && k_pos <= q_pos &&
+                             (p.window == 0 || static_cast<long long>(q_pos) - k_pos < p.window);
+        s[j][c] = visible ? s[j][c] : -INFINITY;
+        tile_max = fmaxf(tile_max, s[j][c]);
+        if (raw_base >= 0 && g < G && e < cp.end)
+          p.raw[raw_base + static_cast<long long>(g) * (cp.end - cp.begin) + (e - cp.begin)] =
+              s[j][c];
       }
-      m = m_new;
+    }
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+    const float m_new = fmaxf(m, tile_max);
+    // Every lane runs the MMAs (they are warp-wide); a head with nothing visible yet
+    // keeps m = -inf, weights 0 and correction 1.
+    const bool none = m_new == -INFINITY;
+    const float correction = none ? 1.f : exp2f(m - m_new);  // 0 while m is -inf
+    l *= correction;
+#pragma unroll
+    for (int n = 0; n < kN; ++n) {
+      o[n][0] *= correction;
+      o[n][1] *= correction;
+    }
+    uint32_t pa[2][2];  // A of P V: p[g][row 8 j + 2 t] and [+ 1] as TF32 (k = t, t + 4)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        pa[j][c] = to_tf32(none ? 0.f : exp2f(s[j][c] - m_new));
+        l += __uint_as_float(pa[j][c]);  // the weights as the MMA uses them
+      }
+    }
+    m = m_new;
+    // O += P V: per 8-row block j (the MMA's K), four 8-column blocks per ldmatrix.
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int row = warp_row + 8 * j + lane % 8;
+#pragma unroll
+      for (int nq = 0; nq < kN / 4; ++nq) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b[0], b[1], b[2], b[3], sv + swizzled<D>(row, 4 * nq + lane / 8));
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          float* on = o[4 * nq + i];
+          mma_tf32(on[0], on[1], on[2], on[3], pa[j][0], pa[j][1], tf32_lo(b[i]), tf32_hi(b[i]));
+        }
+      }
     }
 
     if (cp.tile + C::kTile >= cp.end) {  // the item's last tile: write its partial
+      // Warps hold partials over different rows: merge them by log-sum-exp.
+      const float l_head = l + __shfl_xor_sync(0xffffffffu, l, 1);
+      const float l_sum = l_head + __shfl_xor_sync(0xffffffffu, l_head, 2);
       const int item = cp.item;
-      if constexpr (C::kBdz == 1) {
-        float* po = p.part_o + (static_cast<size_t>(item) * G + ty) * D + tx * C::kVec;
-        *reinterpret_cast<float4*>(po) = make_float4(o[0], o[1], o[2], o[3]);
-        *reinterpret_cast<float4*>(po + 4) = make_float4(o[4], o[5], o[6], o[7]);
-        if (tx == 0) {
-          p.part_m[item * G + ty] = m;
-          p.part_l[item * G + ty] = l;
+      float* so = reinterpret_cast<float*>(smem + C::kStages * C::kStageBytes);  // [kWarps, G, D]
+      float* sm = so + C::kWarps * G * D;                                        // [kWarps, G]
+      float* sl = sm + C::kWarps * G;
+      if (g < G) {
+        float* row = so + (warp * G + g) * D + 2 * t;
+#pragma unroll
+        for (int n = 0; n < kN; ++n)
+          *reinterpret_cast<float2*>(row + 8 * n) = make_float2(o[n][0], o[n][1]);
+        if (t == 0) {
+          sm[warp * G + g] = m;
+          sl[warp * G + g] = l_sum;
         }
-      } else {
-        // Row groups hold partials over different rows: merge them by log-sum-exp.
-        float* so = reinterpret_cast<float*>(smem + C::kStages * C::kStageBytes);  // [kBdz, G, D]
-        float* sm = so + C::kBdz * G * D;                                          // [kBdz, G]
-        float* sl = sm + C::kBdz * G;
+      }
+      __syncthreads();
+      // (The next write to this scratch comes after the next loop-top barrier.)
+      for (int idx = tid; idx < G * D; idx += C::kThreads) {
+        const int h = idx / D;
+        const int d = idx % D;
+        float mm = -INFINITY;
 #pragma unroll
-        for (int i = 0; i < C::kVec; ++i) so[(tz * G + ty) * D + tx * C::kVec + i] = o[i];
-        if (tx == 0) {
-          sm[tz * G + ty] = m;
-          sl[tz * G + ty] = l;
+        for (int w = 0; w < C::kWarps; ++w) mm = fmaxf(mm, sm[w * G + h]);
+        float ll = 0.f, oo = 0.f;
+        if (mm != -INFINITY) {
+#pragma unroll
+          for (int w = 0; w < C::kWarps; ++w) {
+            const float x = exp2f(sm[w * G + h] - mm);
+            ll = fmaf(sl[w * G + h], x, ll);
+            oo = fmaf(so[(w * G + h) * D + d], x, oo);
+          }
         }
-        __syncthreads();
-        // (The next write to this scratch comes after the next loop-top barrier.)
-        for (int idx = tid; idx < G * D; idx += C::kThreads) {
-          const int g = idx / D;
-          const int d = idx % D;
-          float mm = -INFINITY;
-#pragma unroll
-          for (int z = 0; z < C::kBdz; ++z) mm = fmaxf(mm, sm[z * G + g]);
-          float ll = 0.f, oo = 0.f;
-          if (mm != -INFINITY) {
-#pragma unroll
-            for (int z = 0; z < C::kBdz; ++z) {
-              const float w = exp2f(sm[z * G + g] - mm);
-              ll = fmaf(sl[z * G + g], w, ll);
-              oo = fmaf(so[(z * G + g) * D + d], w, oo);
-            }
-          }
-          p.part_o[(static_cast<size_t>(item) * G + g) * D + d] = oo;
-          if (d == 0) {
-            p.part_m[item * G + g] = mm;
-            p.part_l[item * G + g] = ll;
-          }
+        p.part_o[(static_cast<size_t>(item) * G + h) * D + d] = oo;
+        if (d == 0) {
+          p.part_m[item * G + h] = mm;
+          p.part_l[item * G + h] = ll;
         }
       }
     }

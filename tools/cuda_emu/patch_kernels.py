@@ -3,7 +3,8 @@
 
 Kernel launches become emu_launch() calls (one host thread per CUDA thread, barriers for
 __syncthreads and warp shuffles), cp.async becomes a synchronous copy (zero-fill kept),
-dynamic shared memory a NaN-poisoned buffer per block. What this checks: indexing,
+dynamic shared memory a NaN-poisoned buffer per block, ldmatrix and mma.sync (TF32) their
+PTX fragment semantics over the warp's lanes. What this checks: indexing, fragment layouts,
 chunk walks, masks, the stage rotation, merges and scores. What it cannot: timing of
 the async copies, real races, performance (compute-sanitizer and the device do that).
 """
@@ -18,7 +19,7 @@ s = s.replace("__shared__ float fm[8], fl[8];", "static float fm[8], fl[8];")
 
 def replace_body(name, body):
     global s
-    m = re.search(r"(__device__ __forceinline__ void " + name + r"\([^)]*\) \{)(.*?)\n\}\n", s, re.S)
+    m = re.search(r"(__device__ __forceinline__ \w+ " + name + r"\([^)]*\) \{)(.*?)\n\}\n", s, re.S)
     if not m:
         sys.exit(f"patch_kernels: {name} not found")
     s = s[: m.start()] + m.group(1) + body + "\n}\n" + s[m.end():]
@@ -26,6 +27,10 @@ def replace_body(name, body):
 
 replace_body("cp_async16", " if (valid) std::memcpy(smem, gmem, 16); else std::memset(smem, 0, 16);")
 replace_body("cp_async4", " if (valid) std::memcpy(smem, gmem, 4); else std::memset(smem, 0, 4);")
+replace_body("ldmatrix_x4", " emu_ldmatrix_x4(r0, r1, r2, r3, row, false);")
+replace_body("ldmatrix_x4_trans", " emu_ldmatrix_x4(r0, r1, r2, r3, row, true);")
+replace_body("mma_tf32", " emu_mma_tf32(c0, c1, c2, c3, a0, 0u, a2, 0u, b0, b1);")
+replace_body("to_tf32", " return emu_to_tf32(x);")
 s = "\n".join(line for line in s.split("\n") if "asm volatile" not in line)
 s = re.sub(r"([\w:]+(?:<[^<>]*>)?)<<<([^,]+),\s*([^,]+),\s*([^,]+),\s*stream>>>\((\w+)\)",
            r"emu_launch(\1, \2, \3, \4, \5)", s)
