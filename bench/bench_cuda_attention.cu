@@ -16,7 +16,8 @@
 // element index) and check the peers' outputs against these.
 //
 //   ekva_bench_cuda_attention [--runs N] [--json-out PATH] [--commit SHA] [--dump-dir DIR]
-//                             [--case NAME]...
+//                             [--case NAME]... [--tasks-per-sm N] [--min-item-entries N]
+// (the last two override the library's plan options, for tuning sweeps)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -194,6 +195,7 @@ int main(int argc, char** argv) {
   int runs = 25;
   std::string json_out, commit = "unknown", dump_dir;
   std::vector<std::string> only;
+  int tasks_per_sm = 0, min_item_entries = 0;  // 0: the library's plan options
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--runs" && i + 1 < argc)
@@ -206,10 +208,14 @@ int main(int argc, char** argv) {
       dump_dir = argv[++i];
     else if (a == "--case" && i + 1 < argc)
       only.push_back(argv[++i]);
+    else if (a == "--tasks-per-sm" && i + 1 < argc)
+      tasks_per_sm = std::max(1, std::atoi(argv[++i]));
+    else if (a == "--min-item-entries" && i + 1 < argc)
+      min_item_entries = std::max(1, std::atoi(argv[++i]));
     else {
       std::fprintf(stderr,
                    "usage: %s [--runs N>=20] [--json-out PATH] [--commit SHA] [--dump-dir DIR] "
-                   "[--case NAME]...\n",
+                   "[--case NAME]... [--tasks-per-sm N] [--min-item-entries N]\n",
                    argv[0]);
       return 2;
     }
@@ -305,6 +311,13 @@ int main(int argc, char** argv) {
     std::printf("%-26s %10s %8s %8s %10s %10s %8s %8s\n", "case", "entries", "items", "tasks",
                 "median_us", "min_us", "TB/s", "of_ceil");
 
+    ekva::AttentionPlanOptions plan_options = ekva::cuda::attention_plan_options(0);
+    if (tasks_per_sm > 0) plan_options.min_tasks = static_cast<int64_t>(tasks_per_sm) * sms;
+    if (min_item_entries > 0) plan_options.min_item_entries = min_item_entries;
+    std::printf("plan: min_tasks %lld, min_item_entries %lld\n",
+                static_cast<long long>(plan_options.min_tasks),
+                static_cast<long long>(plan_options.min_item_entries));
+
     std::ostringstream js;
     const std::time_t now = std::time(nullptr);
     char date[64];
@@ -316,6 +329,8 @@ int main(int argc, char** argv) {
           "run\",\n"
        << "  \"inputs\": \"K pool fill_bf16 seed 1, V pool seed 2, q fill_f32 seed 3 (this file); "
           "each case's lists are carved from the pools' start in order\",\n"
+       << "  \"plan_min_tasks\": " << plan_options.min_tasks
+       << ",\n  \"plan_min_item_entries\": " << plan_options.min_item_entries << ",\n"
        << "  \"read_ceiling_tbs\": " << ceiling_tbs << ",\n  \"read_ceiling_bytes\": " << read_bytes
        << ",\n  \"cases\": [\n";
 
@@ -352,8 +367,7 @@ int main(int argc, char** argv) {
       p.q_seq = q_seq.data();
       p.n_seqs = c.batch;
       const auto t0 = std::chrono::steady_clock::now();
-      const AttentionPlan plan =
-          ekva::plan_attention(p, lists, ekva::cuda::attention_plan_options(0));
+      const AttentionPlan plan = ekva::plan_attention(p, lists, plan_options);
       const size_t ws_bytes = ekva::cuda::attention_workspace_bytes(p, lists, plan);
       void* ws;
       EKVA_CUDA_CHECK(cudaMalloc(&ws, ws_bytes));

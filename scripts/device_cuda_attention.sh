@@ -9,6 +9,8 @@
 #   bench.txt, bench_cuda_attention.json (device, date, commit, ceiling, per case),
 #   peers.txt, peers.json (bench/cuda/peers.py on the same inputs), ncu.txt,
 #   bench_s<N>.txt / bench_cuda_attention_s<N>.json for EKVA_VARIANTS="N ..." (kStages)
+#   bench_p<T>_<E>.txt / bench_cuda_attention_p<T>_<E>.json for EKVA_PLAN_SWEEP="T:E ..."
+#   (plan options: tasks per SM, minimum item entries)
 # Each step has a time limit and the script skips what no longer fits in 7 minutes.
 # Exit status: 0 when every step that ran passed.
 #   OUT=/tmp/out bash scripts/device_cuda_attention.sh     (EKVA_COMMIT=sha optional)
@@ -143,6 +145,17 @@ if [ "${EKVA_NCU:-1}" = 1 ] && command -v ncu > /dev/null; then
     --section SchedulerStats -k regex:attend_kernel --launch-skip 3 --launch-count 1 \
     "$BENCH" --runs 20 --case dense_8x32k
 fi
+
+# Plan sweep (EKVA_PLAN_SWEEP="TASKS_PER_SM:MIN_ITEM_ENTRIES ..."): the same build,
+# other plan options, benchmark only.
+for opt in ${EKVA_PLAN_SWEEP:-}; do
+  tps=${opt%%:*}
+  mie=${opt##*:}
+  step "plan tasks/SM=$tps min_item_entries=$mie: benchmark" 60 "$OUT/bench_p${tps}_${mie}.txt" \
+    "$BENCH" --runs 25 --tasks-per-sm "$tps" --min-item-entries "$mie" \
+    --json-out "$OUT/bench_cuda_attention_p${tps}_${mie}.json" --commit "$COMMIT+plan${tps}:${mie}"
+  sed 's/^/    /' "$OUT/bench_p${tps}_${mie}.txt" | head -14 >> "$OUT/summary.txt"
+done
 
 # Tuning variants: pipeline depth (EKVA_VARIANTS="5 7": kStages per build), benchmark only.
 for stages in ${EKVA_VARIANTS:-}; do

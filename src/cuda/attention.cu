@@ -35,11 +35,11 @@
 // MMAs), kStages - 1 tiles ahead of the compute. Tiles never cross items; they may
 // cross chunks (each row looks its chunk up, walking forward from the tile's chunk).
 //
-// After the pass: merge_kernel, one block per (query, kv-head), combines the items'
-// partials by log-sum-exp into out and keeps the final (m, l); score_kernel, one
-// block per scored item, turns the raw logits into probabilities summed over the
-// group and adds them to the chunks' score slots (atomicAdd: several scored queries
-// of one sequence may share slots).
+// After the pass: merge_kernel, one block per (query, kv-head, head of the group),
+// combines the items' partials by log-sum-exp into out and keeps the final (m, l); score_kernel,
+// one block per scored item, turns the raw logits into probabilities summed over the group and adds
+// them to the chunks' score slots (atomicAdd: several scored queries of one sequence may share
+// slots).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -500,39 +500,80 @@ __global__ void __launch_bounds__(Config<D, G>::kThreads) attend_kernel(const Ke
   cp_async_wait_all();
 }
 
-// out of one (query, kv-head): the log-sum-exp merge of its non-empty items.
-__global__ void merge_kernel(const KernelParams p) {
-  const int pair = static_cast<int>(blockIdx.x);
-  const int t = pair / p.n_kv_heads;
-  const int h = pair % p.n_kv_heads;
+// Max (kMax) or sum of v over the block's threads, for every thread.
+template <bool kMax>
+__device__ __forceinline__ float block_reduce(float v, float* scratch) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) {
+    const float o = __shfl_xor_sync(0xffffffffu, v, off);
+    v = kMax ? fmaxf(v, o) : v + o;
+  }
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  const int n_warps = static_cast<int>(blockDim.x) / 32;
+  __syncthreads();  // scratch free (an earlier reduction may still read it)
+  if (threadIdx.x % 32 == 0) scratch[warp] = v;
+  __syncthreads();
+  v = scratch[0];
+  for (int w = 1; w < n_warps; ++w) v = kMax ? fmaxf(v, scratch[w]) : v + scratch[w];
+  return v;
+}
+
+constexpr int kMergeThreads = 128;  // at least head_dim: thread d sums column d
+constexpr int kMergeChunk = 256;    // items whose weights sit in shared memory at once
+
+// out of one (query, kv-head, head of the group): the log-sum-exp merge of the pair's
+// non-empty items. The items' weights are computed in parallel (a chunk at a time) and
+// every column's sum then runs over independent loads, so a pair with hundreds of items
+// (one long sequence split to fill the GPU) costs a few microseconds, not a serial chain.
+__global__ void __launch_bounds__(kMergeThreads) merge_kernel(const KernelParams p) {
   const int G = p.group;
   const int D = p.head_dim;
+  const int pair = static_cast<int>(blockIdx.x) / G;
+  const int g = static_cast<int>(blockIdx.x) % G;
+  const int t = pair / p.n_kv_heads;
+  const int h = pair % p.n_kv_heads;
   const int i0 = p.merge_begin[pair];
   const int i1 = p.merge_begin[pair + 1];
-  for (int idx = static_cast<int>(threadIdx.x); idx < G * D; idx += static_cast<int>(blockDim.x)) {
-    const int g = idx / D;
-    const int d = idx % D;
-    float mm = -INFINITY;
-    for (int i = i0; i < i1; ++i) {
-      const int4 it = p.items[i];
-      if (it.z < it.w) mm = fmaxf(mm, p.part_m[i * G + g]);
-    }
-    float ll = 0.f, oo = 0.f;
-    if (mm != -INFINITY) {
-      for (int i = i0; i < i1; ++i) {
+  const int tid = static_cast<int>(threadIdx.x);
+  __shared__ float weight[kMergeChunk];
+  __shared__ float scratch[kMergeThreads / 32];
+
+  float mm = -INFINITY;
+  for (int i = i0 + tid; i < i1; i += kMergeThreads) {
+    const int4 it = p.items[i];
+    if (it.z < it.w) mm = fmaxf(mm, p.part_m[i * G + g]);
+  }
+  mm = block_reduce<true>(mm, scratch);
+  float ll = 0.f, oo = 0.f;
+  if (mm != -INFINITY) {
+    for (int c0 = i0; c0 < i1; c0 += kMergeChunk) {
+      const int c1 = min(c0 + kMergeChunk, i1);
+      __syncthreads();  // the previous chunk's weights are used up
+      for (int i = c0 + tid; i < c1; i += kMergeThreads) {
         const int4 it = p.items[i];
-        if (it.z >= it.w) continue;
-        const float w = exp2f(p.part_m[i * G + g] - mm);
-        ll = fmaf(p.part_l[i * G + g], w, ll);
-        oo = fmaf(p.part_o[(static_cast<size_t>(i) * G + g) * D + d], w, oo);
+        // 0 for an empty item (its partial was never written) and one that underflows.
+        const float w = it.z < it.w ? exp2f(p.part_m[i * G + g] - mm) : 0.f;
+        weight[i - c0] = w;
+        if (w != 0.f) ll = fmaf(p.part_l[i * G + g], w, ll);
+      }
+      __syncthreads();
+      if (tid < D) {
+        const float* po = p.part_o + static_cast<size_t>(g) * D + tid;
+#pragma unroll 4
+        for (int i = c0; i < c1; ++i) {
+          const float w = weight[i - c0];
+          if (w != 0.f) oo = fmaf(po[static_cast<size_t>(i) * G * D], w, oo);
+        }
       }
     }
-    p.out[(static_cast<size_t>(t) * p.n_heads + static_cast<size_t>(h) * G + g) * D + d] =
+  }
+  ll = block_reduce<false>(ll, scratch);  // (every thread takes part: mm is block-uniform)
+  if (tid < D)
+    p.out[(static_cast<size_t>(t) * p.n_heads + static_cast<size_t>(h) * G + g) * D + tid] =
         ll > 0.f ? oo / ll : 0.f;
-    if (d == 0 && p.final_m != nullptr) {
-      p.final_m[pair * G + g] = mm;
-      p.final_l[pair * G + g] = ll;
-    }
+  if (tid == 0 && p.final_m != nullptr) {
+    p.final_m[pair * G + g] = mm;
+    p.final_l[pair * G + g] = ll;
   }
 }
 
@@ -889,7 +930,7 @@ void attention_run(const AttentionTable& t, const float* q, float* out, cudaStre
                  __FILE__, __LINE__);
     }
   }
-  merge_kernel<<<static_cast<unsigned>(t.n_pairs), 128, 0, stream>>>(kp);
+  merge_kernel<<<static_cast<unsigned>(t.n_pairs * kp.group), kMergeThreads, 0, stream>>>(kp);
   EKVA_CUDA_CHECK_LAUNCH();
   if (t.any_scored && t.n_items > 0) {
     score_kernel<<<static_cast<unsigned>(t.n_items), 128, 0, stream>>>(kp);

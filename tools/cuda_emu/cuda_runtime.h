@@ -50,6 +50,7 @@ enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
 enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount };
 enum cudaStreamCaptureMode { cudaStreamCaptureModeGlobal };
 
+inline int min(int a, int b) { return a < b ? a : b; }
 inline float __uint_as_float(unsigned u) {
   float f;
   std::memcpy(&f, &u, 4);

@@ -14,7 +14,8 @@ import sys
 src, dst = sys.argv[1], sys.argv[2]
 s = open(src).read()
 s = s.replace("extern __shared__ __align__(16) unsigned char smem[];", "unsigned char* smem = emu_smem();")
-s = s.replace("__shared__ float fm[8], fl[8];", "static float fm[8], fl[8];")
+# Static shared arrays: one copy, as the emulator runs a grid's blocks one at a time.
+s = re.sub(r"(?<!extern )__shared__ (float \w+\[)", r"static \1", s)
 
 
 def replace_body(name, body):
