@@ -8,7 +8,8 @@
 // token stream (so that routing differs across the batch) (every weight matrix read once
 // per step, tokens grouped per expert across the batch), and the step's median
 // time gives the aggregate tokens/s. Batches whose caches would not fit in the
-// memory available are reported as not run, with the bytes they would need.
+// memory available are reported as not run, with the bytes they would need. With
+// several --policies, those of one (budget, batch) decode interleaved step by step.
 //
 //   ekva_bench_batch_decode -m DIR [--context 4096 --batches 1,4,16,64 --budgets 100%,10%]
 //                           [--steps 6] [--json-out FILE]
@@ -99,104 +100,124 @@ int main(int argc, char** argv) {
     const size_t full_bytes_per_seq = static_cast<size_t>(context + steps + 2) * c.n_layers *
                                       c.n_kv_heads * 2 * c.head_dim * ekva::dtype_size(kv_dtype);
 
+    // The policies of one (budget, batch) decode interleaved, one step of each in
+    // turn, so that a slow minute of a shared host falls on all of them alike and
+    // their ratio (the scoring overhead) stays meaningful.
+    struct Run {
+      std::string policy;
+      nlohmann::json row;
+      std::unique_ptr<ekva::PagedKvStore> store;
+      std::vector<std::unique_ptr<ekva::KvCache>> caches;
+      std::unique_ptr<ekva::Activations> act;
+      std::vector<int32_t> next;
+      std::mt19937 token_rng;
+      std::vector<double> step_s;
+      size_t weight_bytes = 0, kv_bytes = 0, kv_held = 0;
+    };
     nlohmann::json rows = nlohmann::json::array();
+    const auto vocab = static_cast<uint32_t>(c.vocab_size);
     for (const std::string& budget : budgets) {
       const ekva::BudgetSpec spec = ekva::BudgetSpec::parse(budget);
       const bool full = spec.unit == ekva::BudgetSpec::Unit::kFraction && spec.value == 1.0;
-      for (const std::string& policy : full ? std::vector<std::string>{"full"} : policies) {
-        ekva::CompressionConfig cc;
-        cc.policy = policy;
-        cc.allocator = allocator;
-        cc.budget = spec;
-        cc.kv_dtype = kv_dtype;
-        for (const int B : batches) {
-          nlohmann::json row = {{"batch", B},
-                                {"budget", budget},
-                                {"context", context},
-                                {"method", full ? "full" : allocator + ":" + policy}};
-          // What the caches will hold; a compressed row needs the full cache of one
-          // sequence at a time only while it is being replayed.
-          const double need = full ? static_cast<double>(full_bytes_per_seq) * B
-                                   : static_cast<double>(full_bytes_per_seq) * (spec.value * B + 1);
-          const double avail = static_cast<double>(available_memory());
+      const std::vector<std::string> row_policies =
+          full ? std::vector<std::string>{"full"} : policies;
+      for (const int B : batches) {
+        // What the caches will hold; a compressed row needs the full cache of one
+        // sequence at a time only while it is being replayed.
+        const double per_policy = full ? static_cast<double>(full_bytes_per_seq) * B
+                                       : static_cast<double>(full_bytes_per_seq) * spec.value * B;
+        const double need = per_policy * static_cast<double>(row_policies.size()) +
+                            (full ? 0.0 : static_cast<double>(full_bytes_per_seq));
+        const double avail = static_cast<double>(available_memory());
+        std::vector<Run> runs;
+        for (const std::string& policy : row_policies) {
+          Run r;
+          r.policy = policy;
+          r.row = {{"batch", B},
+                   {"budget", budget},
+                   {"context", context},
+                   {"method", full ? "full" : allocator + ":" + policy}};
           if (avail > 0 && need > 0.8 * avail) {
             fmt::print(
-                "batch {:3d} {:>5}  not run: the caches need {:.1f} GB, {:.1f} GB available\n", B,
-                budget, need / 1e9, avail / 1e9);
-            row["not_run"] =
+                "batch {:3d} {:>5} {:>7} not run: the caches need {:.1f} GB, {:.1f} GB available\n",
+                B, budget, policy, need / 1e9, avail / 1e9);
+            r.row["not_run"] =
                 fmt::format("caches need {:.1f} GB, {:.1f} GB available", need / 1e9, avail / 1e9);
-            rows.push_back(row);
+            rows.push_back(r.row);
             continue;
           }
-          std::unique_ptr<ekva::PagedKvStore> store;
+          ekva::CompressionConfig cc;
+          cc.policy = policy;
+          cc.allocator = allocator;
+          cc.budget = spec;
+          cc.kv_dtype = kv_dtype;
           if (!full)
-            store = std::make_unique<ekva::PagedKvStore>(
+            r.store = std::make_unique<ekva::PagedKvStore>(
                 ekva::store_config_for(c, cc, c.max_position_embeddings));
-          std::vector<std::unique_ptr<ekva::KvCache>> caches;
           for (int i = 0; i < B; ++i) {
             if (full)
-              caches.push_back(std::make_unique<ekva::FullKvCache>(
+              r.caches.push_back(std::make_unique<ekva::FullKvCache>(
                   ekva::KvShape{c.n_layers, c.n_kv_heads, c.head_dim}, context + steps + 2,
                   kv_dtype));
             else
-              caches.push_back(std::make_unique<ekva::CompressedKvCache>(*store, c, cc, backend));
-            rec.replay(*caches.back());
+              r.caches.push_back(
+                  std::make_unique<ekva::CompressedKvCache>(*r.store, c, cc, backend));
+            rec.replay(*r.caches.back());
           }
-          size_t kv_held = 0;
-          for (const auto& cache : caches) kv_held += cache->bytes_used();
-
-          ekva::Activations act(c, backend, {.max_sequences = B, .max_tokens = B});
-          std::vector<int32_t> next(static_cast<size_t>(B));
-          const auto vocab = static_cast<size_t>(c.vocab_size);
-          // Every sequence decodes its own token stream, drawn at random (seeded): the
-          // caches are replays of one prompt, and identical tokens would route every
-          // sequence to the same experts, so a batch would read only top-k experts'
-          // weights per layer instead of what a real batch of different requests reads.
-          std::mt19937 token_rng(static_cast<uint32_t>(B));
-          const auto draw_all = [&] {
-            for (auto& t : next)
-              t = static_cast<int32_t>(token_rng() % static_cast<uint32_t>(vocab));
-          };
-          std::vector<ekva::SequenceStep> batch(static_cast<size_t>(B));
-          draw_all();
-          std::vector<double> step_s;
-          size_t bytes = 0, weight_bytes = 0, kv_bytes = 0;
-          for (int s = 0; s <= steps; ++s) {  // step 0 warms up
+          for (const auto& cache : r.caches) r.kv_held += cache->bytes_used();
+          r.act = std::make_unique<ekva::Activations>(
+              c, backend, ekva::ForwardLimits{.max_sequences = B, .max_tokens = B});
+          // Every sequence decodes its own token stream, drawn at random (seeded, the
+          // same for every policy): the caches are replays of one prompt, and identical
+          // tokens would route every sequence to the same experts, so a batch would read
+          // only top-k experts' weights per layer instead of what a real batch of
+          // different requests reads.
+          r.next.resize(static_cast<size_t>(B));
+          r.token_rng.seed(static_cast<uint32_t>(B));
+          runs.push_back(std::move(r));
+        }
+        std::vector<ekva::SequenceStep> batch(static_cast<size_t>(B));
+        for (int s = 0; s <= steps; ++s) {  // step 0 warms up
+          for (Run& r : runs) {
+            if (s == 0)
+              for (auto& t : r.next) t = static_cast<int32_t>(r.token_rng() % vocab);
             for (int i = 0; i < B; ++i)
-              batch[static_cast<size_t>(i)] = {caches[static_cast<size_t>(i)].get(),
-                                               {&next[static_cast<size_t>(i)], 1}};
+              batch[static_cast<size_t>(i)] = {r.caches[static_cast<size_t>(i)].get(),
+                                               {&r.next[static_cast<size_t>(i)], 1}};
             const auto a = std::chrono::steady_clock::now();
-            const ekva::ForwardCounters counters = model->forward(batch, act, backend);
+            const ekva::ForwardCounters counters = model->forward(batch, *r.act, backend);
             const double dt =
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count();
-            draw_all();
+            for (auto& t : r.next) t = static_cast<int32_t>(r.token_rng() % vocab);
             if (s == 0) continue;
-            step_s.push_back(dt);
-            bytes += counters.weight_bytes + counters.kv_bytes;
-            weight_bytes += counters.weight_bytes;
-            kv_bytes += counters.kv_bytes;
+            r.step_s.push_back(dt);
+            r.weight_bytes += counters.weight_bytes;
+            r.kv_bytes += counters.kv_bytes;
           }
-          const double med = ekva::median(step_s);
-          const double lo = *std::min_element(step_s.begin(), step_s.end());
-          const double hi = *std::max_element(step_s.begin(), step_s.end());
-          row["step_ms_median"] = med * 1e3;
-          row["step_ms_range"] = {lo * 1e3, hi * 1e3};
-          row["tokens_per_s"] = B / med;
-          row["bytes_per_step"] = static_cast<double>(bytes) / steps;
-          row["weight_bytes_per_step"] = static_cast<double>(weight_bytes) / steps;
-          row["kv_bytes_per_step"] = static_cast<double>(kv_bytes) / steps;
-          row["read_gb_per_s"] = static_cast<double>(bytes) / steps / med / 1e9;
-          row["kv_bytes_held"] = kv_held;
+        }
+        for (Run& r : runs) {
+          const double med = ekva::median(r.step_s);
+          const double lo = *std::min_element(r.step_s.begin(), r.step_s.end());
+          const double hi = *std::max_element(r.step_s.begin(), r.step_s.end());
+          const double bytes = static_cast<double>(r.weight_bytes + r.kv_bytes) / steps;
+          r.row["step_ms_median"] = med * 1e3;
+          r.row["step_ms_range"] = {lo * 1e3, hi * 1e3};
+          r.row["step_ms_all"] = r.step_s;
+          r.row["tokens_per_s"] = B / med;
+          r.row["bytes_per_step"] = bytes;
+          r.row["weight_bytes_per_step"] = static_cast<double>(r.weight_bytes) / steps;
+          r.row["kv_bytes_per_step"] = static_cast<double>(r.kv_bytes) / steps;
+          r.row["read_gb_per_s"] = bytes / med / 1e9;
+          r.row["kv_bytes_held"] = r.kv_held;
           fmt::print(
               "batch {:3d} {:>5} {:>7} step {:7.1f} ms ({:.1f}-{:.1f}) | {:7.1f} tok/s | {:7.1f} "
               "MB read per step "
               "({:.1f} weights + {:.1f} KV) = {:.1f} GB/s | KV held {:.1f} MB\n",
-              B, budget, policy, med * 1e3, lo * 1e3, hi * 1e3, B / med,
-              static_cast<double>(bytes) / steps / 1e6,
-              static_cast<double>(weight_bytes) / steps / 1e6,
-              static_cast<double>(kv_bytes) / steps / 1e6,
-              static_cast<double>(bytes) / steps / med / 1e9, static_cast<double>(kv_held) / 1e6);
-          rows.push_back(row);
+              B, budget, r.policy, med * 1e3, lo * 1e3, hi * 1e3, B / med, bytes / 1e6,
+              static_cast<double>(r.weight_bytes) / steps / 1e6,
+              static_cast<double>(r.kv_bytes) / steps / 1e6, bytes / med / 1e9,
+              static_cast<double>(r.kv_held) / 1e6);
+          rows.push_back(r.row);
         }
       }
     }

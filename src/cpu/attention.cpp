@@ -86,48 +86,71 @@ HWY_INLINE void scale(float* o, float c, int64_t n) {
   for (; i < n; ++i) o[i] *= c;
 }
 
-// o += sum_j p[j] * v[j] over a block's V rows v [nb, D], with o held in eight
-// vector registers per pass (a dependency chain through memory, o loaded and
-// stored for every row, would bound the loop by store-to-load latency instead).
-template <typename KT>
-HWY_INLINE void accumulate_rows(float* o, const float* p, const KT* v, int64_t nb, int64_t D) {
+// o_h += sum_j p_h[j] * v[j] for kHeads heads at once, over the block rows listed in
+// `rows` (p_h is row h of a [heads, kBlock] score block, o_h row h of o [heads, D]).
+// Each V vector is widened once for all the heads (a head-by-head pass widens every
+// V row G times, and bf16 widening is most of the work), and the heads' outputs stay
+// in registers two vectors of columns at a time: 2 kHeads accumulators, two V vectors
+// and a broadcast weight fit AVX2's 16 registers for kHeads <= 4.
+template <int kHeads, typename KT>
+HWY_INLINE void accumulate_heads(float* o, int64_t D, const float* p, const KT* v,
+                                 const int32_t* rows, int64_t n_rows) {
   const DF d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   int64_t x = 0;
-  for (; x + 8 * N <= D; x += 8 * N) {
-    auto a0 = hn::LoadU(d, o + x), a1 = hn::LoadU(d, o + x + N), a2 = hn::LoadU(d, o + x + 2 * N),
-         a3 = hn::LoadU(d, o + x + 3 * N), a4 = hn::LoadU(d, o + x + 4 * N),
-         a5 = hn::LoadU(d, o + x + 5 * N), a6 = hn::LoadU(d, o + x + 6 * N),
-         a7 = hn::LoadU(d, o + x + 7 * N);
-    for (int64_t j = 0; j < nb; ++j) {
-      if (p[j] == 0.f) continue;
-      const auto vp = hn::Set(d, p[j]);
-      const KT* r = v + j * D + x;
-      a0 = hn::MulAdd(vp, load_kv(r), a0);
-      a1 = hn::MulAdd(vp, load_kv(r + N), a1);
-      a2 = hn::MulAdd(vp, load_kv(r + 2 * N), a2);
-      a3 = hn::MulAdd(vp, load_kv(r + 3 * N), a3);
-      a4 = hn::MulAdd(vp, load_kv(r + 4 * N), a4);
-      a5 = hn::MulAdd(vp, load_kv(r + 5 * N), a5);
-      a6 = hn::MulAdd(vp, load_kv(r + 6 * N), a6);
-      a7 = hn::MulAdd(vp, load_kv(r + 7 * N), a7);
+  for (; x + 2 * N <= D; x += 2 * N) {
+    hn::Vec<DF> a[kHeads][2];
+    for (int h = 0; h < kHeads; ++h) {
+      a[h][0] = hn::LoadU(d, o + h * D + x);
+      a[h][1] = hn::LoadU(d, o + h * D + x + N);
     }
-    hn::StoreU(a0, d, o + x);
-    hn::StoreU(a1, d, o + x + N);
-    hn::StoreU(a2, d, o + x + 2 * N);
-    hn::StoreU(a3, d, o + x + 3 * N);
-    hn::StoreU(a4, d, o + x + 4 * N);
-    hn::StoreU(a5, d, o + x + 5 * N);
-    hn::StoreU(a6, d, o + x + 6 * N);
-    hn::StoreU(a7, d, o + x + 7 * N);
+    for (int64_t i = 0; i < n_rows; ++i) {
+      const int64_t j = rows[i];
+      const KT* r = v + j * D + x;
+      const auto v0 = load_kv(r);
+      const auto v1 = load_kv(r + N);
+      for (int h = 0; h < kHeads; ++h) {
+        const auto w = hn::Set(d, p[h * kBlock + j]);
+        a[h][0] = hn::MulAdd(w, v0, a[h][0]);
+        a[h][1] = hn::MulAdd(w, v1, a[h][1]);
+      }
+    }
+    for (int h = 0; h < kHeads; ++h) {
+      hn::StoreU(a[h][0], d, o + h * D + x);
+      hn::StoreU(a[h][1], d, o + h * D + x + N);
+    }
   }
   for (; x + N <= D; x += N) {
-    auto a = hn::LoadU(d, o + x);
-    for (int64_t j = 0; j < nb; ++j) a = hn::MulAdd(hn::Set(d, p[j]), load_kv(v + j * D + x), a);
-    hn::StoreU(a, d, o + x);
+    hn::Vec<DF> a[kHeads];
+    for (int h = 0; h < kHeads; ++h) a[h] = hn::LoadU(d, o + h * D + x);
+    for (int64_t i = 0; i < n_rows; ++i) {
+      const int64_t j = rows[i];
+      const auto v0 = load_kv(v + j * D + x);
+      for (int h = 0; h < kHeads; ++h) a[h] = hn::MulAdd(hn::Set(d, p[h * kBlock + j]), v0, a[h]);
+    }
+    for (int h = 0; h < kHeads; ++h) hn::StoreU(a[h], d, o + h * D + x);
   }
   for (; x < D; ++x)
-    for (int64_t j = 0; j < nb; ++j) o[x] += p[j] * kv_scalar(v, j * D + x);
+    for (int64_t i = 0; i < n_rows; ++i)
+      for (int h = 0; h < kHeads; ++h)
+        o[h * D + x] += p[h * kBlock + rows[i]] * kv_scalar(v, rows[i] * D + x);
+}
+
+template <typename KT>
+HWY_INLINE void accumulate_group(float* o, int64_t G, int64_t D, const float* p, const KT* v,
+                                 const int32_t* rows, int64_t n_rows) {
+  int64_t g = 0;
+  for (; g + 4 <= G; g += 4) accumulate_heads<4>(o + g * D, D, p + g * kBlock, v, rows, n_rows);
+  switch (G - g) {
+    case 3:
+      return accumulate_heads<3>(o + g * D, D, p + g * kBlock, v, rows, n_rows);
+    case 2:
+      return accumulate_heads<2>(o + g * D, D, p + g * kBlock, v, rows, n_rows);
+    case 1:
+      return accumulate_heads<1>(o + g * D, D, p + g * kBlock, v, rows, n_rows);
+    default:
+      return;
+  }
 }
 
 // p[j] = exp(s[j] - m) for j < n, in place; returns the sum.
@@ -208,22 +231,37 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32
       if (raw != nullptr)
         for (int64_t g = 0; g < G; ++g)
           std::copy_n(scores + g * kBlock, nb, raw + g * (end - begin) + raw_offset + j0);
+      // Per head: the online-softmax update, the block's scores turned into weights
+      // in place (all 0 for a head that sees nothing in the block).
       for (int64_t g = 0; g < G; ++g) {
         float* sg = scores + g * kBlock;
         float block_max = kMasked;
         for (int64_t j = 0; j < nb; ++j) block_max = std::max(block_max, sg[j]);
-        if (block_max <= kMasked) continue;
+        if (block_max <= kMasked) {
+          std::fill_n(sg, nb, 0.f);
+          continue;
+        }
         const float m_new = std::max(m[g], block_max);
         const float correction = std::exp(m[g] - m_new);  // 0 on the first block
-        float* og = o + g * D;
-        if (correction != 1.f) scale(og, correction, D);
+        if (correction != 1.f) scale(o + g * D, correction, D);
         l[g] = l[g] * correction + exp_shifted(sg, nb, m_new);
-        if (ch.dtype == DType::kBF16)
-          accumulate_rows(og, sg, static_cast<const uint16_t*>(ch.v) + j0 * D, nb, D);
-        else
-          accumulate_rows(og, sg, static_cast<const float*>(ch.v) + j0 * D, nb, D);
         m[g] = m_new;
       }
+      // The rows some head weighs (hidden rows, e.g. under a causal mask, are skipped),
+      // then every head's V accumulation in one pass over them.
+      int32_t rows[kBlock];
+      int64_t n_rows = 0;
+      for (int64_t j = 0; j < nb; ++j) {
+        bool weighed = false;
+        for (int64_t g = 0; g < G; ++g) weighed |= scores[g * kBlock + j] != 0.f;
+        if (weighed) rows[n_rows++] = static_cast<int32_t>(j);
+      }
+      if (n_rows == 0) continue;
+      if (ch.dtype == DType::kBF16)
+        accumulate_group(o, G, D, scores, static_cast<const uint16_t*>(ch.v) + j0 * D, rows,
+                         n_rows);
+      else
+        accumulate_group(o, G, D, scores, static_cast<const float*>(ch.v) + j0 * D, rows, n_rows);
     }
   }
   for (int64_t g = 0; g < G; ++g)
