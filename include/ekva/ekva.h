@@ -34,6 +34,9 @@ struct KvCompressionOptions {
   std::string budget =
       "100%";  // tokens per sequence ("2048"), bytes ("64MiB"), or a fraction ("10%")
   std::filesystem::path profile;  // calibration profile from `ekva calibrate` (EKVA allocators)
+  // Compress the prompt layer by layer as the prefill runs (its peak is then one
+  // layer uncompressed plus the compressed rest), or all layers after the last one.
+  bool compress_per_layer = true;
 };
 
 struct EngineOptions {

@@ -74,11 +74,12 @@ void check_profile(std::string_view name, const AllocationInput& input) {
   }
 }
 
-void check_live_scores(std::string_view name, const AllocationInput& input) {
+// Live scores of layers [first, last].
+void check_live_scores(std::string_view name, const AllocationInput& input, int first, int last) {
   if (std::ssize(input.live_scores) != input.n_layers)
     fail("allocator '{}' needs live scores: got them for {} layers, expected {}", name,
          input.live_scores.size(), input.n_layers);
-  for (int l = 0; l < input.n_layers; ++l) {
+  for (int l = first; l <= last; ++l) {
     const auto& segments = input.segments[static_cast<size_t>(l)];
     const auto& scores = input.live_scores[static_cast<size_t>(l)];
     if (scores.size() != segments.size())
@@ -108,7 +109,10 @@ std::unique_ptr<Allocator> make_allocator(std::string_view name) {
   fail("unknown allocator '{}'; expected one of {}", name, names);
 }
 
-void check_allocation_input(const Allocator& allocator, const AllocationInput& input) {
+namespace {
+
+// check_allocation_input but for the live scores.
+void check_segments_and_profile(const Allocator& allocator, const AllocationInput& input) {
   const std::string_view name = allocator.name();
   if (input.n_layers <= 0 || input.n_kv_heads <= 0 || input.n_experts < 0)
     fail(
@@ -142,7 +146,69 @@ void check_allocation_input(const Allocator& allocator, const AllocationInput& i
     }
   }
   if (allocator.needs_profile()) check_profile(name, input);
-  if (allocator.needs_live_scores()) check_live_scores(name, input);
+}
+
+}  // namespace
+
+void check_allocation_input(const Allocator& allocator, const AllocationInput& input) {
+  check_segments_and_profile(allocator, input);
+  if (allocator.needs_live_scores())
+    check_live_scores(allocator.name(), input, 0, input.n_layers - 1);
+}
+
+void check_layer_allocation_input(const Allocator& allocator, const AllocationInput& input,
+                                  int layer, std::span<const int64_t> committed) {
+  const std::string_view name = allocator.name();
+  if (layer < 0 || layer >= input.n_layers)
+    fail("allocator '{}': layer {} to allocate is out of range (0..{})", name, layer,
+         input.n_layers - 1);
+  if (std::ssize(committed) != input.n_layers)
+    fail("allocator '{}': budgets committed for {} layers, expected n_layers = {}", name,
+         committed.size(), input.n_layers);
+  int64_t sum = 0;
+  for (int l = 0; l < layer; ++l) {
+    if (committed[static_cast<size_t>(l)] < 0)
+      fail("allocator '{}': layer {} was committed {} entries", name, l,
+           committed[static_cast<size_t>(l)]);
+    sum += committed[static_cast<size_t>(l)];
+  }
+  if (sum > input.evictable_budget)
+    fail("allocator '{}': the layers before {} were committed {} entries, past the budget of {}",
+         name, layer, sum, input.evictable_budget);
+  for (int l = layer + 1; l < std::ssize(input.segments); ++l)
+    if (!input.segments[static_cast<size_t>(l)].empty())
+      fail("allocator '{}': allocating layer {}, but the later layer {} lists segments", name,
+           layer, l);
+  check_segments_and_profile(allocator, input);
+  if (allocator.needs_live_scores()) check_live_scores(name, input, layer, layer);
+}
+
+std::vector<int64_t> Allocator::allocate_layer(const AllocationInput& input, int layer,
+                                               std::span<const int64_t> committed) const {
+  check_layer_allocation_input(*this, input, layer, committed);
+  EKVA_CHECK(!needs_live_scores(),
+             "allocator '{}' reads live scores of every layer: it must override allocate_layer",
+             name());
+  AllocationInput whole;
+  whole.n_layers = input.n_layers;
+  whole.n_kv_heads = input.n_kv_heads;
+  whole.n_experts = input.n_experts;
+  whole.evictable_budget = input.evictable_budget;
+  whole.profile = input.profile;
+  whole.segments = input.segments;
+  for (int l = layer + 1; l < input.n_layers; ++l) {
+    auto& predicted = whole.segments[static_cast<size_t>(l)];
+    predicted = input.segments[static_cast<size_t>(layer)];
+    for (SegmentInfo& s : predicted) s.key.layer = l;
+  }
+  std::vector<int64_t> out = std::move(allocate(whole)[static_cast<size_t>(layer)]);
+  // A prediction that was off (layers that differ) must still not pass the budget.
+  const int64_t left = uncommitted_budget(input, layer, committed);
+  if (std::accumulate(out.begin(), out.end(), int64_t{0}) > left) {
+    const std::vector<double> weights(out.begin(), out.end());
+    out = water_fill(left, weights, out);
+  }
+  return out;
 }
 
 std::vector<int64_t> water_fill(int64_t total, std::span<const double> weights,
@@ -235,8 +301,28 @@ std::vector<int64_t> equal_layer_shares(const AllocationInput& input) {
   std::vector<int64_t> live(input.segments.size(), 0);  // [n_layers]
   for (size_t l = 0; l < live.size(); ++l)
     for (const SegmentInfo& s : input.segments[l]) live[l] += s.n_entries;
-  const std::vector<double> equal(live.size(), 1.0);
-  return water_fill(input.evictable_budget, equal, live);
+  return equal_layer_shares(input.evictable_budget, live);
+}
+
+std::vector<int64_t> equal_layer_shares(int64_t evictable_budget,
+                                        std::span<const int64_t> layer_entries) {
+  const std::vector<double> equal(layer_entries.size(), 1.0);
+  return water_fill(evictable_budget, equal, layer_entries);
+}
+
+std::vector<int64_t> predicted_layer_entries(const AllocationInput& input, int layer) {
+  std::vector<int64_t> live(input.segments.size(), 0);  // [n_layers]
+  for (size_t l = 0; l <= static_cast<size_t>(layer); ++l)
+    for (const SegmentInfo& s : input.segments[l]) live[l] += s.n_entries;
+  for (size_t l = static_cast<size_t>(layer) + 1; l < live.size(); ++l)
+    live[l] = live[static_cast<size_t>(layer)];
+  return live;
+}
+
+int64_t uncommitted_budget(const AllocationInput& input, int layer,
+                           std::span<const int64_t> committed) {
+  const auto first = committed.begin();
+  return input.evictable_budget - std::accumulate(first, first + layer, int64_t{0});
 }
 
 double coverage_at(const CoverageCurve& curve, double fraction) {

@@ -43,6 +43,23 @@ class Allocator {
   virtual bool needs_profile() const { return false; }
   virtual bool needs_live_scores() const { return false; }
   virtual Allocation allocate(const AllocationInput& input) const = 0;
+  // The budgets of one layer's segments, allocated before the later layers exist
+  // (compression per layer during a prefill): [i] for input.segments[layer][i].
+  // input.segments[l] for l < layer lists those layers as they were when their own
+  // budgets were allocated (before their eviction), committed[l] the budgets they
+  // got in all; input.segments[layer] (and live_scores[layer], when needed) is the
+  // layer now; later layers are listed empty (live_scores: only [layer] is read).
+  // The sum of committed and the result never exceeds evictable_budget.
+  //
+  // In a prefill every layer gets the same tokens, so the later layers hold as many
+  // entries as `layer`. The default predicts each later layer as a copy of `layer`
+  // (the same segments with the same live entries: exact at per-head and per-layer
+  // granularity) and returns that layer's part of allocate() over the whole
+  // sequence, so an allocator whose layers do not compete for budget beyond their
+  // live counts gets exactly what allocate() would give after the last layer.
+  // Allocators whose split over layers depends on more than the counts override it.
+  virtual std::vector<int64_t> allocate_layer(const AllocationInput& input, int layer,
+                                              std::span<const int64_t> committed) const;
 };
 
 // "uniform", "pyramidkv", "adakv", "ekva-entropy", "ekva-mass"; throws ekva::Error
@@ -66,6 +83,12 @@ std::unique_ptr<Allocator> make_ekva_mass_allocator();
 // score per entry, none NaN.
 void check_allocation_input(const Allocator& allocator, const AllocationInput& input);
 
+// check_allocation_input for allocate_layer: layers after `layer` must be empty and
+// live scores (when needed) are checked for `layer` only; committed has n_layers
+// entries, none negative, summing to at most evictable_budget.
+void check_layer_allocation_input(const Allocator& allocator, const AllocationInput& input,
+                                  int layer, std::span<const int64_t> committed);
+
 // Integer water-filling: splits min(total, sum of caps) over items in proportion to
 // `weights`, none above its cap: x_i = min(caps[i], level * weights[i]) with the level
 // at which they sum up, then rounded down with the leftover units going to the largest
@@ -82,6 +105,17 @@ Allocation unflatten(const AllocationInput& input, std::span<const int64_t> flat
 // [n_layers]: evictable_budget split equally over the layers, each capped at its live
 // entries, what a capped layer cannot use going equally to the others.
 std::vector<int64_t> equal_layer_shares(const AllocationInput& input);
+// The same split for given live entries per layer ([n_layers]).
+std::vector<int64_t> equal_layer_shares(int64_t evictable_budget,
+                                        std::span<const int64_t> layer_entries);
+// [n_layers]: live entries per layer for allocate_layer: the layers up to `layer` as
+// listed, every later one as many as `layer` (a prefill appends the same tokens to
+// every layer).
+std::vector<int64_t> predicted_layer_entries(const AllocationInput& input, int layer);
+// What allocate_layer may still give to `layer` and the layers after it:
+// evictable_budget minus the budgets committed to the earlier layers.
+int64_t uncommitted_budget(const AllocationInput& input, int layer,
+                           std::span<const int64_t> committed);
 
 // The coverage curve at `fraction` kept: linear interpolation between its points,
 // fraction clamped to the curve's range (the rule of CoverageCurve::mass_at, here so

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <utility>
 
 #include "core/error.h"
@@ -153,6 +154,8 @@ size_t CompressedKvCache::bytes_used() const { return store_->cache(seq_).bytes_
 
 void CompressedKvCache::clear() {
   store_->cache(seq_).clear();
+  next_layer_ = 0;
+  layer_target_ = -1;
   budgets_.assign(static_cast<size_t>(n_layers_), {});
   scored_positions_.assign(static_cast<size_t>(n_layers_), {});
   scored_by_attention_.assign(static_cast<size_t>(n_layers_), 0);
@@ -181,8 +184,20 @@ int64_t CompressedKvCache::total_target(int64_t length) const {
 
 int64_t CompressedKvCache::protected_total() const {
   int64_t n = 0;
-  for (int l = 0; l < n_layers_; ++l)
-    for (int h = 0; h < n_kv_heads_; ++h) n += store_->protected_entries(seq_, l, h);
+  for (int l = 0; l < n_layers_; ++l) n += layer_protected(l);
+  return n;
+}
+
+int64_t CompressedKvCache::layer_protected(int layer) const {
+  int64_t n = 0;
+  for (int h = 0; h < n_kv_heads_; ++h) n += store_->protected_entries(seq_, layer, h);
+  return n;
+}
+
+int64_t CompressedKvCache::layer_entries(int layer) const {
+  int64_t n = 0;
+  for (int h = 0; h < n_kv_heads_; ++h)
+    for (const ViewRun& r : store_->view_list(seq_, layer, h)) n += r.chunk.n;
   return n;
 }
 
@@ -279,7 +294,86 @@ void CompressedKvCache::score(int layer, std::span<const int32_t> positions, con
   }
 }
 
+void CompressedKvCache::end_layer(int layer) {
+  if (layer != next_layer_)
+    fail("compressed cache: end_layer({}) where layer {} was due (once per layer, in order)", layer,
+         next_layer_);
+  ++next_layer_;
+  if (!config_.per_layer || policy_->name() == "full" || allocated_target_ >= 0) return;
+  if (layer == 0) {
+    // Nothing was evicted before the first allocation, and every layer gets the same
+    // tokens: at the end of this call each later layer holds what layer 0 holds now.
+    // So the decision end_forward would take after the last layer is taken here.
+    const int64_t live = layer_entries(0) * n_layers_;
+    const int64_t protect = layer_protected(0) * n_layers_;
+    const int64_t evictable_target = std::max<int64_t>(0, total_target(length()) - protect);
+    if (live - protect <= evictable_target) return;
+    layer_target_ = evictable_target;
+    allocated_segments_.assign(static_cast<size_t>(n_layers_), {});
+    committed_.assign(static_cast<size_t>(n_layers_), 0);
+  }
+  if (layer_target_ >= 0) allocate_layer(layer);
+}
+
+void CompressedKvCache::allocate_layer(int layer) {
+  const auto l = static_cast<size_t>(layer);
+  std::vector<SegmentInfo>& segments = allocated_segments_[l];
+  segments.clear();
+  store_->segments(seq_, layer, segments);
+  AllocationInput input;
+  input.n_layers = n_layers_;
+  input.n_kv_heads = n_kv_heads_;
+  input.n_experts = n_experts_;
+  input.evictable_budget = layer_target_;
+  input.profile = config_.profile;
+  input.segments = allocated_segments_;  // the later layers still empty
+  // As in reallocate(): Ada-KV reads the policy's ranks, or the mean attention per query.
+  const bool live = allocator_->needs_live_scores();
+  const bool policy_scores = policy_->score_source() != ScoreSource::kNone;
+  if (live) {
+    input.live_scores.resize(static_cast<size_t>(n_layers_));
+    segment_ranks(layer, segments, policy_scores, input.live_scores[l]);
+  }
+  const std::vector<int64_t> allocation = allocator_->allocate_layer(input, layer, committed_);
+  committed_[l] = std::accumulate(allocation.begin(), allocation.end(), int64_t{0});
+  enforce(layer, segments, allocation, live && policy_scores ? &input.live_scores[l] : nullptr);
+}
+
+void CompressedKvCache::enforce(int layer, std::span<const SegmentInfo> segments,
+                                std::span<const int64_t> allocation,
+                                const std::vector<std::vector<float>>* live_scores) {
+  auto& b = budgets_[static_cast<size_t>(layer)];
+  b.assign(static_cast<size_t>(store_->n_segments()), -1);
+  bool any = false;
+  for (size_t i = 0; i < segments.size(); ++i) {
+    b[static_cast<size_t>(segments[i].id)] = allocation[i];
+    any = any || segments[i].n_entries > allocation[i];
+  }
+  if (!any) return;
+  // Ranked together before any is cut: a rank may look at the neighbours of other segments.
+  const std::vector<std::vector<float>>* ranks = live_scores;
+  if (ranks == nullptr) {
+    segment_ranks(layer, segments, /*by_policy=*/true, layer_ranks_);
+    ranks = &layer_ranks_;
+  }
+  for (size_t i = 0; i < segments.size(); ++i)
+    if (segments[i].n_entries > allocation[i])
+      evict(layer, segments[i].id, allocation[i], (*ranks)[i]);
+}
+
 void CompressedKvCache::end_forward() {
+  if (layer_target_ >= 0) {
+    // The first allocation ran layer by layer; a caller that ended fewer layers than
+    // the model has gets the rest allocated the same way now.
+    for (; next_layer_ < n_layers_; ++next_layer_) allocate_layer(next_layer_);
+    allocated_target_ = std::exchange(layer_target_, -1);
+    allocated_length_ = length();
+    stats_.target_entries = total_target(length());
+    ++stats_.compressions;
+    next_layer_ = 0;
+    return;
+  }
+  next_layer_ = 0;
   if (policy_->name() == "full") return;  // keeps everything whatever the budget
   const int64_t length = this->length();
   const int64_t target = total_target(length);
@@ -356,24 +450,9 @@ void CompressedKvCache::reallocate(int64_t evictable_target) {
   }
   const Allocation allocation = allocator_->allocate(input);
   for (int layer = 0; layer < n_layers_; ++layer) {
-    auto& b = budgets_[static_cast<size_t>(layer)];
-    b.assign(static_cast<size_t>(store_->n_segments()), -1);
-    const auto& segs = input.segments[static_cast<size_t>(layer)];
-    bool any = false;
-    for (size_t i = 0; i < segs.size(); ++i) {
-      b[static_cast<size_t>(segs[i].id)] = allocation[static_cast<size_t>(layer)][i];
-      any = any || segs[i].n_entries > allocation[static_cast<size_t>(layer)][i];
-    }
-    if (!any) continue;
-    const std::vector<std::vector<float>>* ranks = &layer_ranks_;
-    if (live && policy_scores)
-      ranks = &input.live_scores[static_cast<size_t>(layer)];
-    else
-      segment_ranks(layer, segs, /*by_policy=*/true, layer_ranks_);
-    for (size_t i = 0; i < segs.size(); ++i) {
-      const int64_t budget = allocation[static_cast<size_t>(layer)][i];
-      if (segs[i].n_entries > budget) evict(layer, segs[i].id, budget, (*ranks)[i]);
-    }
+    const auto l = static_cast<size_t>(layer);
+    enforce(layer, input.segments[l], allocation[l],
+            live && policy_scores ? &input.live_scores[l] : nullptr);
   }
   allocated_target_ = evictable_target;
   allocated_length_ = length();

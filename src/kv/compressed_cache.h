@@ -1,7 +1,12 @@
 // The compressed KV cache of one sequence: entries live in a PagedKvStore (shared
 // with the batch's other sequences, or owned), scored for the policy from the
 // queries the forward pass shows it, and cut to budgets that the allocator derives
-// from the sequence's total budget. Compression runs at the end of a forward call:
+// from the sequence's total budget. The first allocation (after the prompt) runs
+// layer by layer (end_layer) when per_layer is on: each layer is cut to its budget as
+// soon as its attention and router have run, before the next layer appends, so a
+// long prefill peaks at one uncompressed layer plus the compressed rest; the
+// allocator predicts the layers not yet seen (Allocator::allocate_layer). Otherwise,
+// and for everything after it, compression runs at the end of a forward call:
 // after the prompt, and during decode whenever a segment outgrows its budget by
 // more than a slack (evicting in chunks, not at every step), with a full
 // re-allocation when the sequence's total budget or its length has moved by an
@@ -41,6 +46,10 @@ struct CompressionConfig {
   int block_size = 32;
   uint64_t seed = 0;              // the random policy
   DType kv_dtype = DType::kBF16;  // stored K/V (StoreConfig::kv_dtype): kBF16 or kF32
+  // Compress the prompt layer by layer (end_layer) rather than after the last layer.
+  // A prompt fed in chunks (SequenceStep::prompt_continues) is compressed in its last
+  // chunk, layer by layer there.
+  bool per_layer = true;
 };
 
 struct CompressionStats {
@@ -74,6 +83,7 @@ class CompressedKvCache final : public KvCache {
   void tag(int layer, std::span<const int32_t> positions, const int32_t* top1_experts) override;
   int64_t scored_queries(int layer, std::span<const int32_t> positions) override;
   void observe_queries(int layer, std::span<const int32_t> positions, const float* q) override;
+  void end_layer(int layer) override;
   void end_forward() override;
   void view(int layer, int kv_head, std::vector<KvChunk>& out) const override;
   int64_t length() const override;
@@ -96,6 +106,16 @@ class CompressedKvCache final : public KvCache {
   int64_t total_target(int64_t length) const;
   int64_t protected_total() const;
   void reallocate(int64_t evictable_target);
+  // The first allocation of one layer, during the forward call (end_layer).
+  void allocate_layer(int layer);
+  // Cuts the segments of `layer` to their `allocation` ([i] for segments[i]); ranks
+  // are the allocator's live scores when it read the policy's, else the policy's.
+  void enforce(int layer, std::span<const SegmentInfo> segments,
+               std::span<const int64_t> allocation,
+               const std::vector<std::vector<float>>* live_scores);
+  // Live (and protected) entries of one layer, over its kv-heads.
+  int64_t layer_entries(int layer) const;
+  int64_t layer_protected(int layer) const;
   // ranks[i]: the rank of each entry of segments[i] (of `layer`), in its entry order;
   // the policy's ranks, or (by_policy false) the mean attention per query seen.
   void segment_ranks(int layer, std::span<const SegmentInfo> segments, bool by_policy,
@@ -122,6 +142,14 @@ class CompressedKvCache final : public KvCache {
   int64_t allocated_target_ = -1;    // evictable target of the last allocation
   int64_t allocated_length_ = 0;     // sequence length at the last allocation
   std::vector<std::vector<int64_t>> budgets_;
+  // The forward call under way: end_layer has been called for layers [0, next_layer_).
+  int next_layer_ = 0;
+  // Evictable target of the allocation under way layer by layer; -1: none this call.
+  int64_t layer_target_ = -1;
+  // [layer]: the segments of the layers allocated so far in this call as they were
+  // before their eviction, and the budgets they got in all (allocate_layer's input).
+  std::vector<std::vector<SegmentInfo>> allocated_segments_;
+  std::vector<int64_t> committed_;
   std::mt19937_64 rng_;
   CompressionStats stats_;
   // Scratch reused across calls.

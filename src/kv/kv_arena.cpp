@@ -229,6 +229,7 @@ int KvArena::map_slab() {
     s.free[static_cast<size_t>(i)] = slab_blocks() - 1 - i;
   set_has_free(static_cast<int>(slab), true);
   ++slabs_mapped_;
+  peak_slabs_mapped_ = std::max(peak_slabs_mapped_, slabs_mapped_);
   ++slabs_empty_;
   return static_cast<int>(slab);
 }

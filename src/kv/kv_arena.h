@@ -106,9 +106,11 @@ class KvArena {
   int64_t blocks_free() const { return slabs_mapped_ * slab_blocks() - blocks_in_use_; }
   int64_t slabs_mapped() const { return slabs_mapped_; }
   // Bytes mapped from the OS: slabs mapped x slab bytes, whether or not in use.
-  size_t reserved_bytes() const {
-    return static_cast<size_t>(slabs_mapped_) * static_cast<size_t>(slab_blocks()) * block_bytes_;
-  }
+  size_t reserved_bytes() const { return slab_bytes(slabs_mapped_); }
+  // The most reserved_bytes() since construction or the last reset_peak(): what a
+  // prefill needed mapped at its worst moment.
+  size_t peak_reserved_bytes() const { return slab_bytes(peak_slabs_mapped_); }
+  void reset_peak() { peak_slabs_mapped_ = slabs_mapped_; }
 
  private:
   struct Slab {
@@ -118,6 +120,9 @@ class KvArena {
     bool draining = false;      // allocate() skips it; unmapped as soon as it empties
   };
 
+  size_t slab_bytes(int64_t slabs) const {
+    return static_cast<size_t>(slabs) * static_cast<size_t>(slab_blocks()) * block_bytes_;
+  }
   std::byte* base(int32_t block) const {
     return slabs_[static_cast<size_t>(block >> slab_shift_)].base + offset(block);
   }
@@ -137,6 +142,7 @@ class KvArena {
   std::vector<int> draining_;       // slab ids marked by begin_drain()
   int64_t blocks_in_use_ = 0;
   int64_t slabs_mapped_ = 0;
+  int64_t peak_slabs_mapped_ = 0;
   int64_t slabs_empty_ = 0;  // mapped slabs with no block in use
 };
 

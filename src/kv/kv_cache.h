@@ -48,8 +48,14 @@ class KvCache {
     (void)layer, (void)positions;
     return 0;
   }
-  // Called once at the end of every forward call, after the last layer: the point
-  // where a compressing cache enforces its budgets.
+  // Called once per layer and forward call, in layer order, when the layer is done
+  // with the cache: after its tag() (dense layers: after its attention), so the
+  // layer's entries, tags and scores are final. A compressing cache may enforce the
+  // layer's budget here, before the later layers append theirs (the peak of a
+  // prefill is then one layer uncompressed plus the compressed rest).
+  virtual void end_layer(int layer) { (void)layer; }
+  // Called once at the end of every forward call, after the last layer's
+  // end_layer: the point where a compressing cache enforces what end_layer left.
   virtual void end_forward() {}
   // Appends to `out` the chunks holding the live entries of (layer, kv_head).
   virtual void view(int layer, int kv_head, std::vector<KvChunk>& out) const = 0;

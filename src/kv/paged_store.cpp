@@ -428,7 +428,13 @@ int32_t PagedKvStore::take_block(Sequence& s, int layer) {
   cells_.add(block);
   ++layer_blocks_[static_cast<size_t>(layer)];
   ++s.blocks;
+  peak_blocks_ = std::max(peak_blocks_, arena_.blocks_in_use());
   return block;
+}
+
+void PagedKvStore::reset_peak() {
+  peak_blocks_ = arena_.blocks_in_use();
+  arena_.reset_peak();
 }
 
 void PagedKvStore::give_block(Sequence& s, int layer, int32_t block) {

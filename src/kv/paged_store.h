@@ -185,6 +185,13 @@ class PagedKvStore {
   void blocks(int seq, std::vector<int32_t>& out) const;
   StoreBytes bytes(int seq) const;
   StoreBytes bytes() const;  // all sequences
+  // The most bytes().reserved (blocks held by all sequences, K/V and cells) since
+  // construction or the last reset_peak(): the worst moment of a prefill. Blocks
+  // that eviction frees go back to the arena's free lists at once, so the next
+  // layer's entries reuse them and the peak stays the most held at one moment.
+  size_t peak_reserved_bytes() const { return static_cast<size_t>(peak_blocks_) * block_bytes(); }
+  // Restarts both peaks (this one and the arena's mapped bytes) at the present.
+  void reset_peak();
   // Blocks held by all sequences in one layer.
   int64_t blocks_in_use(int layer) const;
   // Packs the blocks of all sequences into the fewest slabs and returns the other
@@ -258,6 +265,7 @@ class PagedKvStore {
   std::vector<std::unique_ptr<Sequence>> sequences_;  // [seq id]; null: removed
   std::vector<int64_t> layer_blocks_;                 // [n_layers] blocks in use per layer
   int64_t entries_ = 0;                               // live entries of all sequences
+  int64_t peak_blocks_ = 0;                           // most blocks held at once
 };
 
 }  // namespace ekva

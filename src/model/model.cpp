@@ -127,6 +127,9 @@ ForwardCounters Model::forward(std::span<const SequenceStep> batch, Activations&
   for (int layer = 0; layer < c.n_layers; ++layer) {
     attention_block(layer, s, a, backend, observer, counters);
     moe_block(layer, s, a, backend, observer, counters);
+    // The layer's entries are tagged and scored: its budget can be enforced now.
+    for (const SequenceStep& st : batch)
+      if (!st.prompt_continues) st.cache->end_layer(layer);
     if (observer && observer->tensor) observer->tensor("hidden", layer, a.x.data(), T, H);
   }
   for (const SequenceStep& st : batch)

@@ -111,6 +111,7 @@ class EngineImpl final : public Engine {
       rt_.compression->budget = budget;
       rt_.compression->profile = kv.profile.empty() ? nullptr : &*rt_.profile;
       rt_.compression->kv_dtype = rt_.kv_dtype;
+      rt_.compression->per_layer = kv.compress_per_layer;
       // Validates the combination now (unknown names, missing profile, impossible
       // budgets) rather than at the first prompt.
       rt_.make_cache(rt_.context, nullptr);

@@ -35,6 +35,7 @@ void PrefillRecording::replay(KvCache& cache) const {
     cache.append(layer, positions, k[l].data(), v[l].data());
     cache.observe_queries(layer, positions, q[l].data());
     if (!top1[l].empty()) cache.tag(layer, positions, top1[l].data());
+    cache.end_layer(layer);
   }
   cache.end_forward();
 }

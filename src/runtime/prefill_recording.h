@@ -1,7 +1,8 @@
 // A prefill recorded for replay: the K, V, queries and expert tags that one
 // forward call showed its KV cache, layer by layer. Replaying it into another cache
-// makes exactly the calls Model::forward makes (append, observe_queries, tag, then
-// end_forward), so many cache configurations can be compared after one prefill.
+// makes exactly the calls Model::forward makes (per layer append, observe_queries,
+// tag, end_layer; then end_forward), so many cache configurations can be compared after one
+// prefill.
 #pragma once
 
 #include <span>

@@ -52,6 +52,7 @@ struct EvalArgs {
   // Stored K/V of every method, the full reference included: the methods then differ
   // from the reference only by what they evict, not by rounding.
   std::string kv_dtype = "bf16";
+  std::string compress_per_layer = "on";  // CompressionConfig::per_layer
   std::string json_out, markdown_out;
 };
 
@@ -154,6 +155,7 @@ void run_eval(const EvalArgs& a) {
       cfg.budget = BudgetSpec::parse(budget);
       cfg.profile = profile ? &*profile : nullptr;
       cfg.kv_dtype = kv_dtype;
+      cfg.per_layer = a.compress_per_layer == "on";  // checked by the option
       CompressedKvCache probe(shape, cfg, probe_context,
                               backend);  // validates names, profile, budget now
       methods.push_back({fmt::format("{}@{}", m, budget), cfg});
@@ -298,6 +300,7 @@ void run_eval(const EvalArgs& a) {
     json j = {{"model", a.model_dir},
               {"profile", a.profile},
               {"kv_dtype", a.kv_dtype},
+              {"compress_per_layer", a.compress_per_layer},
               {"retrieval_prompts_per_context", a.max_retrieval},
               {"retrieval_contexts", a.contexts},
               {"ppl_context", a.ppl_context},
@@ -341,6 +344,10 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--kv-dtype", args->kv_dtype,
                   "Stored K/V of every method and the full reference: bf16 or f32")
       ->check(CLI::IsMember({"bf16", "f32"}))
+      ->capture_default_str();
+  cmd->add_option("--compress-per-layer", args->compress_per_layer,
+                  "Compress the prompt layer by layer (on) or after the last layer (off)")
+      ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
   cmd->add_option("--json-out", args->json_out, "Write the results as JSON");
   cmd->add_option("--markdown-out", args->markdown_out, "Write the table as markdown");

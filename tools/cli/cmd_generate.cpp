@@ -36,7 +36,8 @@ struct GenerateArgs {
   bool ignore_eos = false;
   ekva::KvCompressionOptions kv;
   std::string kv_dtype = "bf16";  // stored K/V, full and compressed cache alike
-  std::string prompts_file;       // JSONL: many prompts through the scheduler
+  std::string compress_per_layer = "on";
+  std::string prompts_file;  // JSONL: many prompts through the scheduler
   int max_batch = 16;
   int64_t step_tokens = 512;
 };
@@ -46,6 +47,7 @@ ekva::EngineOptions engine_options(const GenerateArgs& a) {
   eo.threads = a.threads;
   eo.context = a.context;
   eo.kv = a.kv;
+  eo.kv.compress_per_layer = a.compress_per_layer == "on";  // checked by the option
   eo.kv_dtype = a.kv_dtype;
   eo.max_step_tokens = a.step_tokens;
   return eo;
@@ -277,6 +279,10 @@ void add_generate_command(CLI::App& app) {
                   "Calibration profile (ekva calibrate), for the EKVA allocators");
   gen->add_option("--kv-dtype", g.kv_dtype, "Stored K/V element type: bf16 or f32")
       ->check(CLI::IsMember({"bf16", "f32"}))
+      ->capture_default_str();
+  gen->add_option("--compress-per-layer", g.compress_per_layer,
+                  "Compress the prompt layer by layer (on) or after the last layer (off)")
+      ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
   gen->callback([args] {
     if (!args->prompts_file.empty()) return run_prompts(*args);

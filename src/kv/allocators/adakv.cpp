@@ -46,37 +46,54 @@ class AdaKvAllocator final : public Allocator {
     check_allocation_input(*this, input);
     const std::vector<int64_t> layer_budget = equal_layer_shares(input);  // [n_layers]
     Allocation out(input.segments.size());
+    for (size_t l = 0; l < input.segments.size(); ++l)
+      out[l] = layer_budgets(input.segments[l], input.live_scores[l], layer_budget[l]);
+    return out;
+  }
+
+  // Exact per layer: a layer's budgets read its own scores and its equal share, which
+  // only the live entries of the other layers move.
+  std::vector<int64_t> allocate_layer(const AllocationInput& input, int layer,
+                                      std::span<const int64_t> committed) const override {
+    check_layer_allocation_input(*this, input, layer, committed);
+    const auto l = static_cast<size_t>(layer);
+    const int64_t share = std::min(
+        equal_layer_shares(input.evictable_budget, predicted_layer_entries(input, layer))[l],
+        uncommitted_budget(input, layer, committed));
+    return layer_budgets(input.segments[l], input.live_scores[l], share);
+  }
+
+ private:
+  // The budgets of one layer's (layer, kv-head) segments from its share, at most its
+  // live entries.
+  static std::vector<int64_t> layer_budgets(std::span<const SegmentInfo> segments,
+                                            std::span<const std::vector<float>> scores,
+                                            int64_t layer_budget) {
+    const size_t heads = segments.size();
+    std::vector<int64_t> budget(heads, 0);
+    if (heads == 0) return budget;
+    const auto safeguard = static_cast<int64_t>(kAlpha * static_cast<double>(layer_budget) /
+                                                static_cast<double>(heads));
+    // Each head's entries past its floor, by score (ties: earlier entry first).
     std::vector<float> sorted;
     std::vector<Candidate> rest;
-    for (size_t l = 0; l < input.segments.size(); ++l) {
-      const auto& segments = input.segments[l];
-      const size_t heads = segments.size();
-      std::vector<int64_t>& budget = out[l];
-      budget.assign(heads, 0);
-      if (heads == 0) continue;
-      const auto safeguard = static_cast<int64_t>(kAlpha * static_cast<double>(layer_budget[l]) /
-                                                  static_cast<double>(heads));
-      // Each head's entries past its floor, by score (ties: earlier entry first).
-      rest.clear();
-      for (size_t h = 0; h < heads; ++h) {
-        budget[h] = std::min(safeguard, segments[h].n_entries);
-        const std::vector<float>& scores = input.live_scores[l][h];
-        sorted = scores;
-        std::stable_sort(sorted.begin(), sorted.end(), std::greater<float>());
-        for (size_t r = static_cast<size_t>(budget[h]); r < sorted.size(); ++r)
-          rest.push_back({sorted[r], static_cast<int32_t>(h), static_cast<int64_t>(r)});
-      }
-      const int64_t adaptive =
-          layer_budget[l] - std::accumulate(budget.begin(), budget.end(), int64_t{0});
-      // The top `adaptive` of the rest; layer_budget <= live entries, so there are enough.
-      const auto first = rest.begin(), nth = first + adaptive;
-      std::nth_element(first, nth, rest.end(), [](const Candidate& a, const Candidate& b) {
-        if (a.score != b.score) return a.score > b.score;
-        return a.head != b.head ? a.head < b.head : a.rank < b.rank;
-      });
-      for (auto c = first; c != nth; ++c) ++budget[static_cast<size_t>(c->head)];
+    for (size_t h = 0; h < heads; ++h) {
+      budget[h] = std::min(safeguard, segments[h].n_entries);
+      sorted = scores[h];
+      std::stable_sort(sorted.begin(), sorted.end(), std::greater<float>());
+      for (size_t r = static_cast<size_t>(budget[h]); r < sorted.size(); ++r)
+        rest.push_back({sorted[r], static_cast<int32_t>(h), static_cast<int64_t>(r)});
     }
-    return out;
+    const int64_t adaptive =
+        layer_budget - std::accumulate(budget.begin(), budget.end(), int64_t{0});
+    // The top `adaptive` of the rest; layer_budget <= live entries, so there are enough.
+    const auto first = rest.begin(), nth = first + adaptive;
+    std::nth_element(first, nth, rest.end(), [](const Candidate& a, const Candidate& b) {
+      if (a.score != b.score) return a.score > b.score;
+      return a.head != b.head ? a.head < b.head : a.rank < b.rank;
+    });
+    for (auto c = first; c != nth; ++c) ++budget[static_cast<size_t>(c->head)];
+    return budget;
   }
 };
 

@@ -40,39 +40,57 @@ class EkvaEntropyAllocator final : public Allocator {
     check_allocation_input(*this, input);
     const std::vector<int64_t> layer_budget = equal_layer_shares(input);  // [n_layers]
     Allocation out(input.segments.size());
-    for (size_t l = 0; l < input.segments.size(); ++l) {
-      const auto& segments = input.segments[l];
-      const size_t n = segments.size();
-      if (n == 0) continue;
-      std::vector<double> weight(n, 0.0);  // [segments of the layer]
-      double tagged_sum = 0;
-      int tagged = 0;
-      for (size_t i = 0; i < n; ++i) {
-        if (segments[i].key.expert == kNoExpert) continue;
-        weight[i] = expert_weight(input, static_cast<int>(l), segments[i].key.expert);
-        tagged_sum += weight[i];
-        ++tagged;
-      }
-      for (size_t i = 0; i < n; ++i)
-        if (segments[i].key.expert == kNoExpert) weight[i] = tagged > 0 ? tagged_sum / tagged : 1.0;
-
-      const auto minimum = static_cast<int64_t>(kMinShare * static_cast<double>(layer_budget[l]) /
-                                                static_cast<double>(n));
-      std::vector<int64_t> room(n);  // [segments of the layer] live entries past the minimum
-      out[l].resize(n);
-      int64_t rest = layer_budget[l];
-      for (size_t i = 0; i < n; ++i) {
-        out[l][i] = std::min(minimum, segments[i].n_entries);
-        room[i] = segments[i].n_entries - out[l][i];
-        rest -= out[l][i];
-      }
-      const std::vector<int64_t> extra = water_fill(rest, weight, room);
-      for (size_t i = 0; i < n; ++i) out[l][i] += extra[i];
-    }
+    for (size_t l = 0; l < input.segments.size(); ++l)
+      out[l] = layer_budgets(input, static_cast<int>(l), layer_budget[l]);
     return out;
   }
 
+  // Exact per layer: a layer's budgets read its own segments and its equal share,
+  // which only the live entries of the other layers move.
+  std::vector<int64_t> allocate_layer(const AllocationInput& input, int layer,
+                                      std::span<const int64_t> committed) const override {
+    check_layer_allocation_input(*this, input, layer, committed);
+    const int64_t share = std::min(
+        equal_layer_shares(input.evictable_budget,
+                           predicted_layer_entries(input, layer))[static_cast<size_t>(layer)],
+        uncommitted_budget(input, layer, committed));
+    return layer_budgets(input, layer, share);
+  }
+
  private:
+  // The budgets of the segments of `layer` from its share, at most its live entries.
+  static std::vector<int64_t> layer_budgets(const AllocationInput& input, int layer,
+                                            int64_t layer_budget) {
+    const auto& segments = input.segments[static_cast<size_t>(layer)];
+    const size_t n = segments.size();
+    std::vector<int64_t> out(n);
+    if (n == 0) return out;
+    std::vector<double> weight(n, 0.0);  // [segments of the layer]
+    double tagged_sum = 0;
+    int tagged = 0;
+    for (size_t i = 0; i < n; ++i) {
+      if (segments[i].key.expert == kNoExpert) continue;
+      weight[i] = expert_weight(input, layer, segments[i].key.expert);
+      tagged_sum += weight[i];
+      ++tagged;
+    }
+    for (size_t i = 0; i < n; ++i)
+      if (segments[i].key.expert == kNoExpert) weight[i] = tagged > 0 ? tagged_sum / tagged : 1.0;
+
+    const auto minimum = static_cast<int64_t>(kMinShare * static_cast<double>(layer_budget) /
+                                              static_cast<double>(n));
+    std::vector<int64_t> room(n);  // [segments of the layer] live entries past the minimum
+    int64_t rest = layer_budget;
+    for (size_t i = 0; i < n; ++i) {
+      out[i] = std::min(minimum, segments[i].n_entries);
+      room[i] = segments[i].n_entries - out[i];
+      rest -= out[i];
+    }
+    const std::vector<int64_t> extra = water_fill(rest, weight, room);
+    for (size_t i = 0; i < n; ++i) out[i] += extra[i];
+    return out;
+  }
+
   static double expert_weight(const AllocationInput& input, int layer, int expert) {
     const ExpertStats& s =
         input.profile->layers[static_cast<size_t>(layer)].experts[static_cast<size_t>(expert)];

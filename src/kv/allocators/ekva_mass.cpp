@@ -32,6 +32,7 @@
 // average, every one left gains at most mu, so only the curvature inside one chunk per
 // segment can be misplaced). Ties go to the segment listed first.
 #include <algorithm>
+#include <cmath>
 #include <queue>
 #include <string>
 
@@ -69,23 +70,82 @@ class EkvaMassAllocator final : public Allocator {
   Allocation allocate(const AllocationInput& input) const override {
     check_allocation_input(*this, input);
     std::vector<Segment> segments;  // [S] layer after layer, as flat_live_entries
-    int64_t live = 0;
-    for (size_t l = 0; l < input.segments.size(); ++l) {
-      const LayerStats& stats = input.profile->layers[l];
-      const size_t first = segments.size();
-      double layer_mass = 0;
-      for (const SegmentInfo& info : input.segments[l]) {
-        const auto [curve, density] = statistics(stats, static_cast<int>(l), info.key.expert);
-        segments.push_back(
-            {curve, static_cast<double>(info.n_entries) * density, info.n_entries, 0});
-        layer_mass += segments.back().mass;
-        live += info.n_entries;
-      }
-      for (size_t i = first; i < segments.size(); ++i)
-        segments[i].mass = layer_mass > 0 ? segments[i].mass / layer_mass : 0.0;
-    }
+    for (size_t l = 0; l < input.segments.size(); ++l)
+      add_layer(*input.profile, static_cast<int>(l), input.segments[l], segments);
+    fill(segments, input.evictable_budget);
+    std::vector<int64_t> budgets(segments.size());
+    for (size_t i = 0; i < segments.size(); ++i) budgets[i] = segments[i].budget;
+    return unflatten(input, budgets);
+  }
 
-    int64_t remaining = std::min(input.evictable_budget, live);
+  // Not exact per layer: the layers compete for one budget through the mass of their
+  // segments, which for the later layers is not known yet. Each later layer is
+  // predicted from the calibration profile: as many live entries as `layer`, split
+  // over the experts in proportion to the layer's calibrated entries_fraction (what
+  // the calibration text routed to each). What the earlier layers were committed is
+  // spent; `layer` and the predicted ones share the rest by the same water-filling.
+  std::vector<int64_t> allocate_layer(const AllocationInput& input, int layer,
+                                      std::span<const int64_t> committed) const override {
+    check_layer_allocation_input(*this, input, layer, committed);
+    const auto& own = input.segments[static_cast<size_t>(layer)];
+    std::vector<Segment> segments;  // [S] `layer` first, then the predicted layers
+    add_layer(*input.profile, layer, own, segments);
+    int64_t live = 0;
+    for (const SegmentInfo& s : own) live += s.n_entries;
+    std::vector<SegmentInfo> predicted;
+    for (int l = layer + 1; l < input.n_layers; ++l) {
+      predict_layer(*input.profile, l, live, predicted);
+      add_layer(*input.profile, l, predicted, segments);
+    }
+    fill(segments, uncommitted_budget(input, layer, committed));
+    std::vector<int64_t> budgets(own.size());
+    for (size_t i = 0; i < own.size(); ++i) budgets[i] = segments[i].budget;
+    return budgets;
+  }
+
+ private:
+  // Appends the segments of one layer with their mass M_s, normalised within the layer.
+  static void add_layer(const CalibrationProfile& profile, int layer,
+                        std::span<const SegmentInfo> infos, std::vector<Segment>& segments) {
+    const LayerStats& stats = profile.layers[static_cast<size_t>(layer)];
+    const size_t first = segments.size();
+    double layer_mass = 0;
+    for (const SegmentInfo& info : infos) {
+      const auto [curve, density] = statistics(stats, layer, info.key.expert);
+      segments.push_back({curve, static_cast<double>(info.n_entries) * density, info.n_entries, 0});
+      layer_mass += segments.back().mass;
+    }
+    for (size_t i = first; i < segments.size(); ++i)
+      segments[i].mass = layer_mass > 0 ? segments[i].mass / layer_mass : 0.0;
+  }
+
+  // The segments a layer not yet seen is expected to hold, `live` entries in all:
+  // split over its experts by the calibrated entries_fraction (one untagged segment
+  // for a dense layer, or one whose experts the calibration never saw).
+  static void predict_layer(const CalibrationProfile& profile, int layer, int64_t live,
+                            std::vector<SegmentInfo>& out) {
+    out.clear();
+    const LayerStats& stats = profile.layers[static_cast<size_t>(layer)];
+    std::vector<double> fraction;
+    for (const ExpertStats& e : stats.experts)
+      fraction.push_back(std::isfinite(e.entries_fraction) ? std::max(0.0, e.entries_fraction)
+                                                           : 0.0);
+    const bool any = std::any_of(fraction.begin(), fraction.end(), [](double f) { return f > 0; });
+    if (!stats.moe || !any) {
+      if (live > 0) out.push_back({0, {layer, kAllHeads, kNoExpert}, live, 0});
+      return;
+    }
+    const std::vector<int64_t> caps(fraction.size(), live);
+    const std::vector<int64_t> n = water_fill(live, fraction, caps);
+    for (size_t e = 0; e < n.size(); ++e)
+      if (n[e] > 0) out.push_back({0, {layer, kAllHeads, static_cast<int>(e)}, n[e], 0});
+  }
+
+  // Greedy water-filling of `total` (at most the live entries) over the segments.
+  static void fill(std::vector<Segment>& segments, int64_t total) {
+    int64_t live = 0;
+    for (const Segment& s : segments) live += s.live;
+    int64_t remaining = std::min(total, live);
     const int64_t chunk = std::max<int64_t>(1, remaining / kChunks);
     // (gain per entry, segment index); the top is the highest gain, then the lowest index.
     using Item = std::pair<double, size_t>;
@@ -104,13 +164,8 @@ class EkvaMassAllocator final : public Allocator {
       remaining -= step;
       if (s.budget < s.live) queue.push({next_gain(s, chunk), i});
     }
-
-    std::vector<int64_t> budgets(segments.size());
-    for (size_t i = 0; i < segments.size(); ++i) budgets[i] = segments[i].budget;
-    return unflatten(input, budgets);
   }
 
- private:
   // The coverage curve and the density rho of a segment tagged `expert` in `layer`.
   static std::pair<const CoverageCurve*, double> statistics(const LayerStats& stats, int layer,
                                                             int expert) {
