@@ -34,14 +34,6 @@ const Model& model() {
   return *m;
 }
 
-std::vector<int32_t> random_tokens(int n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  t[0] = 1;
-  for (int i = 1; i < n; ++i) t[static_cast<size_t>(i)] = 100 + static_cast<int32_t>(rng() % 20000);
-  return t;
-}
-
 CompressionConfig config(const std::string& allocator, const std::string& policy,
                          const std::string& budget) {
   CompressionConfig c;
@@ -70,7 +62,7 @@ std::vector<std::vector<float>> run(KvCache& cache, const std::vector<int32_t>& 
 // stored values, so the same logits.
 TEST(CompressedCache, FullBudgetReproducesTheFullCache) {
   const ModelConfig& c = model().config();
-  const auto prompt = random_tokens(150, 1);
+  const auto prompt = test::random_tokens(150, 1);
   for (const DType dtype : {DType::kBF16, DType::kF32}) {
     FullKvCache full({c.n_layers, c.n_kv_heads, c.head_dim}, 256, dtype);
     const auto want = run(full, prompt, 20);
@@ -131,7 +123,7 @@ void check_invariants(CompressedKvCache& cache, const ModelConfig& c, int64_t le
 
 TEST(CompressedCache, BudgetsHoldDuringDecode) {
   const ModelConfig& c = model().config();
-  const auto prompt = random_tokens(400, 2);
+  const auto prompt = test::random_tokens(400, 2);
   for (const auto& [alloc, policy] :
        std::vector<std::pair<std::string, std::string>>{{"uniform", "snapkv"},
                                                         {"pyramidkv", "h2o"},
@@ -178,7 +170,7 @@ TEST(CompressedCache, BatchSharesOneStoreWithPerSequenceBudgets) {
     seqs.push_back(std::make_unique<CompressedKvCache>(store, c, cfg(b, dtype), test::cpu()));
   std::vector<std::vector<float>> logits(seqs.size());
   for (size_t i = 0; i < seqs.size(); ++i)
-    model().forward(random_tokens(300, 10 + i), *seqs[i], logits[i], false, test::cpu());
+    model().forward(test::random_tokens(300, 10 + i), *seqs[i], logits[i], false, test::cpu());
   for (int s = 0; s < 150; ++s) {
     for (size_t i = 0; i < seqs.size(); ++i) {  // interleaved decode steps
       const auto next = static_cast<int32_t>(std::max_element(logits[i].begin(), logits[i].end()) -
@@ -196,7 +188,7 @@ TEST(CompressedCache, BatchSharesOneStoreWithPerSequenceBudgets) {
   }
   // The uncompressed sequence matches its own full-cache run; the others hold less.
   FullKvCache full({c.n_layers, c.n_kv_heads, c.head_dim}, 1024, store.config().kv_dtype);
-  const auto want = run(full, random_tokens(300, 10), 150);
+  const auto want = run(full, test::random_tokens(300, 10), 150);
   // The same stored dtype, so only summation order differs (one chunk per block
   // against one chunk); bf16 storage turns that f32 noise into the odd flipped
   // rounding of a K/V element, which 150 steps accumulate to ~5e-5 (f32: ~2e-7).
@@ -241,7 +233,7 @@ TEST(CompressedCache, ReplayedPrefillEqualsARealForward) {
   // What `ekva eval` relies on: a recorded prefill replayed into a cache leaves it
   // in the state a real forward would, compression included.
   const ModelConfig& c = model().config();
-  const auto prompt = random_tokens(300, 5);
+  const auto prompt = test::random_tokens(300, 5);
   for (const std::string policy : {"snapkv", "h2o"}) {
     const CompressionConfig cfg = config("adakv", policy, "12%");
     CompressedKvCache real(c, cfg, 512, test::cpu());

@@ -37,17 +37,9 @@ const CalibrationProfile& profile() {
   return p;
 }
 
-std::vector<int32_t> random_tokens(int n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  t[0] = 1;
-  for (int i = 1; i < n; ++i) t[static_cast<size_t>(i)] = 100 + static_cast<int32_t>(rng() % 20000);
-  return t;
-}
-
 // One recording of a 1024-token prompt, shared by the tests (a prefill is the slow part).
 const std::vector<int32_t>& prompt() {
-  static const std::vector<int32_t> p = random_tokens(1024, 11);
+  static const std::vector<int32_t> p = test::random_tokens(1024, 11);
   return p;
 }
 const PrefillRecording& recording() {
@@ -134,7 +126,7 @@ std::vector<std::string> expected_log(bool ends) {
 }
 
 TEST(PerLayerCompression, ForwardAndReplayEndEveryLayerOnceInOrder) {
-  const auto tokens = random_tokens(40, 3);
+  const auto tokens = test::random_tokens(40, 3);
   std::vector<float> logits;
   LoggingCache forward(64);
   model().forward(tokens, forward, logits, false, test::cpu());

@@ -18,6 +18,14 @@ std::vector<float> random_floats(size_t n, uint64_t seed, float scale) {
   return out;
 }
 
+std::vector<int32_t> random_tokens(int n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  t[0] = 1;
+  for (int i = 1; i < n; ++i) t[static_cast<size_t>(i)] = 100 + static_cast<int32_t>(rng() % 20000);
+  return t;
+}
+
 std::vector<uint16_t> random_bf16(size_t n, uint64_t seed, float scale) {
   const auto f = random_floats(n, seed, scale);
   std::vector<uint16_t> out(n);

@@ -19,6 +19,9 @@ std::vector<float> random_floats(size_t n, uint64_t seed, float scale = 1.f);
 // bf16 bit patterns of random normal values.
 std::vector<uint16_t> random_bf16(size_t n, uint64_t seed, float scale = 1.f);
 
+// A token prompt for the shipped model: BOS (1), then ids drawn from [100, 20100).
+std::vector<int32_t> random_tokens(int n, uint64_t seed);
+
 // ||a - b|| / ||b||
 double rel_error(const float* a, const float* b, size_t n);
 

@@ -320,12 +320,7 @@ void CompressedKvCache::allocate_layer(int layer) {
   std::vector<SegmentInfo>& segments = allocated_segments_[l];
   segments.clear();
   store_->segments(seq_, layer, segments);
-  AllocationInput input;
-  input.n_layers = n_layers_;
-  input.n_kv_heads = n_kv_heads_;
-  input.n_experts = n_experts_;
-  input.evictable_budget = layer_target_;
-  input.profile = config_.profile;
+  AllocationInput input = allocation_input(layer_target_);
   input.segments = allocated_segments_;  // the later layers still empty
   // As in reallocate(): Ada-KV reads the policy's ranks, or the mean attention per query.
   const bool live = allocator_->needs_live_scores();
@@ -427,13 +422,18 @@ void CompressedKvCache::end_forward() {
   }
 }
 
-void CompressedKvCache::reallocate(int64_t evictable_target) {
+AllocationInput CompressedKvCache::allocation_input(int64_t evictable_budget) const {
   AllocationInput input;
   input.n_layers = n_layers_;
   input.n_kv_heads = n_kv_heads_;
   input.n_experts = n_experts_;
-  input.evictable_budget = evictable_target;
+  input.evictable_budget = evictable_budget;
   input.profile = config_.profile;
+  return input;
+}
+
+void CompressedKvCache::reallocate(int64_t evictable_target) {
+  AllocationInput input = allocation_input(evictable_target);
   input.segments.resize(static_cast<size_t>(n_layers_));
   for (int layer = 0; layer < n_layers_; ++layer)
     store_->segments(seq_, layer, input.segments[static_cast<size_t>(layer)]);

@@ -105,6 +105,8 @@ class CompressedKvCache final : public KvCache {
   void init(const KvModelShape& model, int64_t max_context);
   int64_t total_target(int64_t length) const;
   int64_t protected_total() const;
+  // The allocator's input with this cache's shape, profile and budget (no segments).
+  AllocationInput allocation_input(int64_t evictable_budget) const;
   void reallocate(int64_t evictable_target);
   // The first allocation of one layer, during the forward call (end_layer).
   void allocate_layer(int layer);
