@@ -11,7 +11,7 @@ Outputs:
                                  "tokens"} with tokens = [BOS] + the first context-1 ids
                                  of a long test document (contexts 4096..32768)
   data/evalsets/retrieval.jsonl  pass-key and multi-key retrieval prompts at contexts
-                                 1k..8k and needle depths 0.1..0.9: {"id", "task",
+                                 1k..16k and needle depths 0.1..0.9: {"id", "task",
                                  "context", "depth", "n_tokens", "prompt", "answer",
                                  "answer_tokens", "needle_token_pos", "query_token_pos"}.
                                  n_tokens counts BOS; tokenize(prompt) with BOS gives
@@ -38,8 +38,8 @@ import retrieval as R  # noqa: E402
 
 BOS, NL, SPACE = 1, 13, 28705
 SEED = "ekva-evalsets-v1"
-PPL_PLAN = [(32768, 2), (16384, 2), (8192, 4), (4096, 8)]  # (context, sequences): half prose, half code
-RET_CONTEXTS = [1024, 2048, 4096, 8192]
+PPL_PLAN = [(32768, 2), (16384, 4), (8192, 8), (4096, 8)]  # (context, sequences): half prose, half code
+RET_CONTEXTS = [1024, 2048, 4096, 8192, 16384]
 RET_DEPTHS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 RET_SAMPLES = {"passkey": 3, "multikey": 2}
 MK_KEYS = 4

@@ -104,6 +104,36 @@ def build_model(args, cfg_dict):
     return model
 
 
+def load_initial_weights(model, folder: Path, cfg_dict: dict, args) -> dict:
+    """Continued training: copy a saved checkpoint's weights (loaded and converted by transformers
+    itself) into the freshly built model, after checking the architectures agree field by field."""
+    from transformers import MixtralForCausalLM
+    saved = json.loads((folder / "config.json").read_text())
+    arch_keys = ["hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+                 "num_hidden_layers", "num_local_experts", "num_experts_per_tok", "vocab_size", "rope_theta",
+                 "rms_norm_eps", "tie_word_embeddings"]
+    diff = {k: (saved.get(k), cfg_dict.get(k)) for k in arch_keys if saved.get(k) != cfg_dict.get(k)}
+    if diff:
+        raise SystemExit(f"--init-from {folder}: config differs from the model being trained: {diff}")
+    src = MixtralForCausalLM.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="sdpa")
+    sd = src.state_dict()
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise SystemExit(f"--init-from {folder}: missing {missing[:8]}, unexpected {list(unexpected)[:8]}")
+    with torch.no_grad():
+        x = torch.tensor([[BOS, 22557, 1526, 13, 13, 1014, 1455, 1945, 349]], device="cuda")
+        a = model(input_ids=x, use_cache=False).logits.float()
+        b = src.cuda()(input_ids=x, use_cache=False).logits.float()
+        d = float((a - b).abs().max())
+    del src
+    torch.cuda.empty_cache()
+    if d > 0.1 * max(1.0, float(b.abs().max()) / 10):  # TF32 rounding only; a wrong copy is off by O(1)
+        raise SystemExit(f"--init-from {folder}: copied model's logits differ from the loaded one's by {d}")
+    log(f"initial weights from {folder} ({len(sd)} tensors; logits equal the loaded checkpoint's within {d:.1e})")
+    return {"folder": str(folder), "tensors": len(sd), "max_abs_logit_diff_vs_loaded": d}
+
+
 def check_model(model, args):
     sa = model.model.layers[0].self_attn
     assert tuple(sa.q_proj.weight.shape) == (args.heads * args.head_dim, args.hidden), sa.q_proj.weight.shape
@@ -565,6 +595,13 @@ def main():
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--eval-limit", type=int, default=0, help="smoke: evaluate only this many records")
     ap.add_argument("--skip-eval", action="store_true")
+    ap.add_argument("--short-seq", type=int, default=0,
+                    help="also train on windows of this length (same tokens per micro-batch), for --short-share of them")
+    ap.add_argument("--short-share", type=float, default=0.5)
+    ap.add_argument("--init-from", default="",
+                    help="continue training from this checkpoint folder (same architecture) instead of a fresh init")
+    ap.add_argument("--eval-before", action="store_true",
+                    help="with --init-from: evaluate retrieval and perplexity before training too")
     args = ap.parse_args()
 
     out = Path(args.out)
@@ -609,6 +646,9 @@ def main():
     cfg_dict = model_config_dict(args)
     model = build_model(args, cfg_dict).cuda()
     n_params = check_model(model, args)
+    init_info = None
+    if args.init_from:
+        init_info = load_initial_weights(model, Path(args.init_from), cfg_dict, args)
     model.config.output_router_logits = True
     decay, no_decay = [], []
     for n, p in model.named_parameters():
@@ -616,13 +656,34 @@ def main():
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=True)
     if args.compile:
+        if args.short_seq:  # two fixed shapes: one static graph each, not a dynamic-shape recompile
+            import torch._dynamo as _dynamo_cfg
+            _dynamo_cfg.config.automatic_dynamic_shapes = False
         t = time.time()
         for layer in model.model.layers:
             layer.compile()
         log(f"regional torch.compile set up ({time.time() - t:.1f}s)")
 
+    evd = Path(args.evalsets)
+    before = {}
+    if args.init_from and args.eval_before and not args.skip_eval:
+        model.eval()
+        try:
+            before["retrieval"] = eval_retrieval(model, tok, evd / "retrieval.jsonl", args.eval_limit, n_generate=0)
+            before["ppl_eval"] = eval_ppl(model, evd / "ppl.jsonl", args.eval_limit)
+        except Exception as e:  # noqa: BLE001
+            before["error"] = repr(e)[:1000]
+            log("evaluation before training FAILED:", repr(e)[:1000])
+        model.train()
+        torch.cuda.empty_cache()
+
     synth = SynthBuilder(tk, train_ids, args.seed + 1)
     batcher = Batcher(train_ids, synth, args.seq, args.micro_batch, args.synthetic, args.seed + 2)
+    short_batcher = None
+    if args.short_seq:  # mixed lengths: keeps the short-context skills while training long
+        short_batcher = Batcher(train_ids, SynthBuilder(tk, train_ids, args.seed + 11), args.short_seq,
+                                args.micro_batch * args.seq // args.short_seq, args.synthetic, args.seed + 12)
+    mix_rng = random.Random(args.seed + 13)
     val_x = plain_windows(val_ids, args.seq, 16, args.seed + 3)
     tokens_per_step = args.micro_batch * args.grad_accum * args.seq
 
@@ -648,7 +709,8 @@ def main():
         for g in opt.param_groups:
             g["lr"] = lr
         for _ in range(args.grad_accum):
-            xb, n_syn = batcher.next()
+            use_short = short_batcher is not None and mix_rng.random() < args.short_share
+            xb, n_syn = (short_batcher if use_short else batcher).next()
             syn_seen += n_syn
             xb = xb.cuda(non_blocking=True)
             try:
@@ -709,6 +771,8 @@ def main():
             log("time guard: stopping early at step", step)
             break
     batcher.stop = True
+    if short_batcher is not None:
+        short_batcher.stop = True
     torch.cuda.synchronize()
     train_time = time.time() - t_train
     tokens_trained = step * tokens_per_step
@@ -740,7 +804,8 @@ def main():
     summary = {"device": dev, "torch": torch.__version__, "transformers": transformers.__version__,
                "params": n_params, "param_bytes_bf16": n_params * 2, "config": cfg_dict,
                "train": {"steps": step, "tokens": tokens_trained, "tokens_per_step": tokens_per_step,
-                         "train_seconds": round(train_time, 1), "seq": args.seq, "micro_batch": args.micro_batch,
+                         "train_seconds": round(train_time, 1), "seq": args.seq, "short_seq": args.short_seq, "short_share": args.short_share if args.short_seq else 0,
+                         "micro_batch": args.micro_batch,
                          "grad_accum": args.grad_accum, "lr": args.lr, "min_lr_ratio": args.min_lr_ratio,
                          "warmup": args.warmup, "weight_decay": args.wd, "synthetic_fraction": args.synthetic,
                          "aux_coef": args.aux_coef, "seed": args.seed, "compile": bool(args.compile) and not compile_fallback,
@@ -749,6 +814,10 @@ def main():
                          "epochs": round(tokens_trained * (1 - args.synthetic) / len(train_ids), 2),
                          "synthetic_sequences": syn_seen, "bf16_grouped_mm": gmm_info},
                "curve": curve, "val_curve": val_curve}
+    if init_info is not None:
+        summary["train"]["init_from"] = init_info
+    if before:
+        summary["before"] = before
 
     def dump():
         (out / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -803,7 +872,6 @@ def main():
         log("reload check FAILED:", repr(e)[:1000])
     dump()
 
-    evd = Path(args.evalsets)
     try:
         reference_logits(save_dir, evd / "ppl.jsonl", out / "ekva_moe_tiny_reference.safetensors")
     except Exception as e:  # noqa: BLE001
