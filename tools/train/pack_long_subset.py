@@ -30,7 +30,8 @@ def pick(path: Path, budget: int, long_share: float, seed: int) -> tuple[list[st
         chosen.append(i)
         used += lens[i]
     n_long, shortest_long = len(chosen), lens[chosen[-1]] if chosen else 0
-    rest = [i for i in range(len(docs)) if i not in set(chosen)]
+    taken = set(chosen)
+    rest = [i for i in range(len(docs)) if i not in taken]
     random.Random(seed).shuffle(rest)
     for i in rest:
         if used >= budget:

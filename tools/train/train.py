@@ -104,7 +104,7 @@ def build_model(args, cfg_dict):
     return model
 
 
-def load_initial_weights(model, folder: Path, cfg_dict: dict, args) -> dict:
+def load_initial_weights(model, folder: Path, cfg_dict: dict) -> dict:
     """Continued training: copy a saved checkpoint's weights (loaded and converted by transformers
     itself) into the freshly built model, after checking the architectures agree field by field."""
     from transformers import MixtralForCausalLM
@@ -648,7 +648,7 @@ def main():
     n_params = check_model(model, args)
     init_info = None
     if args.init_from:
-        init_info = load_initial_weights(model, Path(args.init_from), cfg_dict, args)
+        init_info = load_initial_weights(model, Path(args.init_from), cfg_dict)
     model.config.output_router_logits = True
     decay, no_decay = [], []
     for n, p in model.named_parameters():
@@ -804,8 +804,8 @@ def main():
     summary = {"device": dev, "torch": torch.__version__, "transformers": transformers.__version__,
                "params": n_params, "param_bytes_bf16": n_params * 2, "config": cfg_dict,
                "train": {"steps": step, "tokens": tokens_trained, "tokens_per_step": tokens_per_step,
-                         "train_seconds": round(train_time, 1), "seq": args.seq, "short_seq": args.short_seq, "short_share": args.short_share if args.short_seq else 0,
-                         "micro_batch": args.micro_batch,
+                         "train_seconds": round(train_time, 1), "seq": args.seq, "short_seq": args.short_seq,
+                         "short_share": args.short_share if args.short_seq else 0, "micro_batch": args.micro_batch,
                          "grad_accum": args.grad_accum, "lr": args.lr, "min_lr_ratio": args.min_lr_ratio,
                          "warmup": args.warmup, "weight_decay": args.wd, "synthetic_fraction": args.synthetic,
                          "aux_coef": args.aux_coef, "seed": args.seed, "compile": bool(args.compile) and not compile_fallback,
