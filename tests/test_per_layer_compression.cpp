@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <random>
 #include <string>
@@ -282,7 +283,20 @@ TEST(PerLayerCompression, ChunkedPrefillCompressesInItsLastChunk) {
   EXPECT_EQ(chunked_on.stats().live_entries, whole.stats().live_entries);
   EXPECT_EQ(kept_positions(chunked_on), kept_positions(chunked_off));
   EXPECT_EQ(next_logits(chunked_on, logits_on), next_logits(chunked_off, logits_off));
-  EXPECT_LT(test::rel_error(logits_on.data(), logits_whole.data(), logits_whole.size()), 1e-4);
+  // Chunks and the whole prompt differ in GEMM shapes, so in rounding: the same
+  // prompt through a full cache in the same chunks sets the scale (3e-4 on an
+  // AVX-512 host, below 1e-4 on AVX2 ones).
+  const int64_t context = T + 2;
+  FullKvCache full_chunked({c.n_layers, c.n_kv_heads, c.head_dim}, context, DType::kBF16);
+  FullKvCache full_whole({c.n_layers, c.n_kv_heads, c.head_dim}, context, DType::kBF16);
+  std::vector<float> full_chunked_logits, full_whole_logits;
+  model().forward(prompt(), full_chunked, full_chunked_logits, false, test::cpu(), nullptr, 300);
+  model().forward(prompt(), full_whole, full_whole_logits, false, test::cpu());
+  const double rounding = test::rel_error(full_chunked_logits.data(), full_whole_logits.data(),
+                                          full_whole_logits.size());
+  const double err = test::rel_error(logits_on.data(), logits_whole.data(), logits_whole.size());
+  std::printf("[ chunked prefill ] compressed %.2e, full cache %.2e\n", err, rounding);
+  EXPECT_LT(err, std::max(1e-4, 4 * rounding));
 }
 
 // Decode after a per-layer prefill: the budgets hold and the sequence keeps its sinks
