@@ -129,20 +129,27 @@ CudaOpsCase embedding_bad_token_case() {
       "embedding_bad_token", "embedding", true, [](CudaBackend& g, Backend& ref) -> Metrics {
         const int64_t vocab = 101, width = 33, n = 9;
         const Weights table = make_weights(DType::kBF16, vocab, width, 7, 0.5f);
-        std::vector<int32_t> ids = {3, 100, 0, 57, 8, 1000, 44, 44, 9};
+        std::vector<int32_t> ids = {3, 100, 0, 57, 8, -1, 44, 44, 9};
         const auto d_table = weights_to_device(g, table);
-        const auto d_ids = to_device(g, ids);
         auto d_y = to_device(g, poison(static_cast<size_t>(n * width)));
         const WeightMatrix wm{DType::kBF16, vocab, width, d_table.data()};
-        g.embedding({wm, d_ids.data(), n, d_y.data()});
-        double named = 1;  // 0 once the error names the token and the bound
-        try {
-          g.synchronize();
-        } catch (const Error& e) {
-          const std::string m = e.what();
-          if (m.find("token 1000") != std::string::npos && m.find("row 5") != std::string::npos &&
-              m.find("outside [0, 101)") != std::string::npos)
-            named = 0;
+        // One bad id per call, at row 5: just past the end, negative, far out. Counts the
+        // calls whose error did not name the token, its row and the bound.
+        double unnamed = 0;
+        for (int32_t bad : {101, -1, 1000}) {
+          ids[5] = bad;
+          const auto d_ids = to_device(g, ids);
+          g.embedding({wm, d_ids.data(), n, d_y.data()});
+          bool named = false;
+          try {
+            g.synchronize();
+          } catch (const Error& e) {
+            const std::string m = e.what();
+            named = m.find("token " + std::to_string(bad) + " ") != std::string::npos &&
+                    m.find("row 5") != std::string::npos &&
+                    m.find("outside [0, 101)") != std::string::npos;
+          }
+          unnamed += named ? 0 : 1;
         }
         // The good rows against the reference (with the bad id replaced).
         std::vector<int32_t> fixed = ids;
@@ -163,7 +170,7 @@ CudaOpsCase embedding_bad_token_case() {
           after = rel_err(to_host(g, d_y, y_ref.size()), y_ref);
         } catch (const Error&) {
         }
-        return {{"error_names_token", named, kExact},
+        return {{"errors_not_naming_token", unnamed, kExact},
                 {"good_rows", rows_err, kExact},
                 {"after_fault", after, kExact}};
       }};

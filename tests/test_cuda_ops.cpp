@@ -3,7 +3,6 @@
 // no GPU.
 #include <gtest/gtest.h>
 
-#include <memory>
 #include <ostream>
 
 #include "cuda/check.cuh"
@@ -18,9 +17,10 @@ void PrintTo(const CudaOpsCase& c, std::ostream* os) { *os << c.name; }
 
 namespace {
 
-// One backend for all cases (its cuBLAS handle and scratch are worth reusing).
+// One backend for all cases (its cuBLAS handle and scratch are worth reusing), never
+// destroyed: a static destructor could run after the CUDA runtime has torn down.
 cuda::CudaBackend& gpu() {
-  static std::unique_ptr<cuda::CudaBackend> backend = std::make_unique<cuda::CudaBackend>(0);
+  static auto* backend = new cuda::CudaBackend(0);
   return *backend;
 }
 
