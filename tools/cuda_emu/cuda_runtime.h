@@ -1,4 +1,4 @@
-// Fake CUDA runtime for tools/cuda_emu: runs the kernels of src/cuda/attention.cu as host
+// Fake CUDA runtime for tools/cuda_emu: runs the kernels of src/cuda/ as host
 // threads (one per CUDA thread) on machines without a GPU. Verification only.
 #pragma once
 #include <algorithm>
@@ -203,14 +203,65 @@ inline cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t) {
   std::memset(d, v, n);
   return cudaSuccess;
 }
+constexpr int cudaErrorMemoryAllocation = 2;
+namespace emu {
+// What cudaMalloc handed out, so that cudaPointerGetAttributes can tell device memory.
+inline std::mutex alloc_mutex;
+inline std::vector<std::pair<uintptr_t, size_t>> allocations;
+}  // namespace emu
 template <typename T>
 inline cudaError_t cudaMalloc(T** p, size_t n) {
   *p = static_cast<T*>(std::aligned_alloc(256, (n + 255) / 256 * 256));
+  if (*p == nullptr) return cudaErrorMemoryAllocation;
+  std::lock_guard<std::mutex> g(emu::alloc_mutex);
+  emu::allocations.emplace_back(reinterpret_cast<uintptr_t>(*p), n);
   return cudaSuccess;
 }
 inline cudaError_t cudaFree(void* p) {
+  {
+    std::lock_guard<std::mutex> g(emu::alloc_mutex);
+    auto& a = emu::allocations;
+    for (size_t i = 0; i < a.size(); ++i)
+      if (a[i].first == reinterpret_cast<uintptr_t>(p)) {
+        a.erase(a.begin() + static_cast<std::ptrdiff_t>(i));
+        break;
+      }
+  }
   std::free(p);
   return cudaSuccess;
+}
+enum cudaMemoryType { cudaMemoryTypeUnregistered, cudaMemoryTypeHost, cudaMemoryTypeDevice };
+struct cudaPointerAttributes {
+  cudaMemoryType type = cudaMemoryTypeUnregistered;
+};
+inline cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* p) {
+  std::lock_guard<std::mutex> g(emu::alloc_mutex);
+  attr->type = cudaMemoryTypeUnregistered;
+  const auto u = reinterpret_cast<uintptr_t>(p);
+  for (const auto& [base, n] : emu::allocations)
+    if (u >= base && u < base + std::max<size_t>(n, 1)) attr->type = cudaMemoryTypeDevice;
+  return cudaSuccess;
+}
+inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
+inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+inline const char* cudaGetErrorString(cudaError_t e) {
+  return e == cudaErrorMemoryAllocation ? "out of memory" : "emulated error";
+}
+inline const char* cudaGetErrorName(cudaError_t e) {
+  return e == cudaErrorMemoryAllocation ? "cudaErrorMemoryAllocation" : "cudaErrorUnknown";
+}
+inline int atomicCAS(int* p, int compare, int value) {
+  std::lock_guard<std::mutex> g(emu::atomic_mutex);
+  const int old = *p;
+  if (old == compare) *p = value;
+  return old;
+}
+// Kernels of any signature (the ops' launches pass several arguments).
+template <typename Kernel, typename... Args>
+void emu_launch_args(Kernel kernel, unsigned grid, unsigned threads, size_t smem_bytes,
+                     const Args&... args) {
+  struct Pack {};
+  emu_launch([&](const Pack&) { kernel(args...); }, grid, threads, smem_bytes, Pack{});
 }
 inline cudaError_t cudaStreamCreate(cudaStream_t* s) {
   *s = nullptr;
