@@ -341,5 +341,47 @@ TEST(KvArena, PeakReservedBytesFollowTheMappedSlabs) {
   EXPECT_EQ(arena.peak_reserved_bytes(), slab);
 }
 
+// H2O's scores recorded by the prefill's own attention (every query scored) replace
+// the replay's scoring pass: the same entries are kept, from the whole prompt and
+// from a prefix (the split), as when each replay scores its queries itself.
+TEST(PrefillRecordingScores, RecordedAllQueryScoresKeepWhatTheScoringPassKeeps) {
+  const ModelConfig& c = model().config();
+  const auto T = static_cast<int64_t>(prompt().size());
+  const int64_t split = T - 37;
+  const PrefillRecording scored = PrefillRecording::record(
+      model(), prompt(), test::cpu(), DType::kBF16, {.all_query_scores = true, .split = split});
+  ASSERT_EQ(scored.size(), T);
+  ASSERT_EQ(scored.scores.size(), static_cast<size_t>(c.n_layers));
+  ASSERT_EQ(scored.split_scores.front().size(), static_cast<size_t>(split * c.n_kv_heads));
+  // The recorded tensors are one call's, up to the rounding of the split's GEMM shapes.
+  ASSERT_EQ(scored.k.back().size(), recording().k.back().size());
+  EXPECT_LT(test::rel_error(scored.k.back().data(), recording().k.back().data(),
+                            recording().k.back().size()),
+            1e-3);
+  for (const int64_t n : {T, split}) {
+    for (const char* allocator : {"uniform", "adakv"}) {
+      CompressedKvCache by_record(c, config(allocator, "h2o", "10%", true), T + 2, test::cpu());
+      CompressedKvCache by_pass(c, config(allocator, "h2o", "10%", true), T + 2, test::cpu());
+      scored.replay(by_record, n);
+      recording().replay(by_pass, n);  // no recorded scores: the scoring pass
+      const auto a = kept_positions(by_record);
+      auto b = kept_positions(by_pass);
+      for (auto& positions : b) std::sort(positions.begin(), positions.end());
+      int64_t same = 0, total = 0;
+      for (size_t i = 0; i < a.size(); ++i) {
+        total += static_cast<int64_t>(b[i].size());
+        for (int32_t p : a[i]) same += std::binary_search(b[i].begin(), b[i].end(), p);
+      }
+      // Rounding (two computations of the same probabilities) may swap a few near ties.
+      EXPECT_GE(static_cast<double>(same), 0.99 * static_cast<double>(total))
+          << allocator << " n=" << n << ": " << same << " of " << total;
+      EXPECT_EQ(by_record.stats().live_entries, by_pass.stats().live_entries);
+    }
+  }
+  // A replay longer than the recording is an error.
+  CompressedKvCache cache(c, config("uniform", "h2o", "10%", true), T + 2, test::cpu());
+  EXPECT_THROW(scored.replay(cache, T + 1), Error);
+}
+
 }  // namespace
 }  // namespace ekva

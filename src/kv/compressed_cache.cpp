@@ -229,6 +229,28 @@ void CompressedKvCache::observe_queries(int layer, std::span<const int32_t> posi
   scored.insert(scored.end(), positions.begin() + first, positions.end());
 }
 
+bool CompressedKvCache::observe_all_query_scores(int layer, std::span<const int32_t> positions,
+                                                 const float* scores) {
+  if (score_source_ != ScoreSource::kAccumulatedAttention || positions.empty()) return false;
+  const auto n = static_cast<int64_t>(positions.size());
+  const int32_t first = positions.front();
+  if (positions.back() - first + 1 != n)
+    fail("compressed cache: observe_all_query_scores needs consecutive positions");
+  for (int h = 0; h < n_kv_heads_; ++h) {
+    runs_.clear();
+    store_->view_runs(seq_, layer, h, runs_);
+    const float* head = scores + static_cast<int64_t>(h) * n;
+    for (const EntryRun& run : runs_)
+      for (int64_t i = 0; i < run.n; ++i) {
+        const int64_t at = int64_t{run.positions[i]} - first;
+        if (at >= 0 && at < n) run.scores[i] += head[at];
+      }
+  }
+  auto& scored = scored_positions_[static_cast<size_t>(layer)];
+  scored.insert(scored.end(), positions.begin(), positions.end());
+  return true;
+}
+
 int64_t CompressedKvCache::queries_seen(int layer, int32_t position) const {
   // Queries see the keys at or before them (within the sliding window, if any).
   const auto& scored = scored_positions_[static_cast<size_t>(layer)];

@@ -83,6 +83,8 @@ class CompressedKvCache final : public KvCache {
   void tag(int layer, std::span<const int32_t> positions, const int32_t* top1_experts) override;
   int64_t scored_queries(int layer, std::span<const int32_t> positions) override;
   void observe_queries(int layer, std::span<const int32_t> positions, const float* q) override;
+  bool observe_all_query_scores(int layer, std::span<const int32_t> positions,
+                                const float* scores) override;
   void end_layer(int layer) override;
   void end_forward() override;
   void view(int layer, int kv_head, std::vector<KvChunk>& out) const override;

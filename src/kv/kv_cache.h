@@ -40,6 +40,17 @@ class KvCache {
   virtual void observe_queries(int layer, std::span<const int32_t> positions, const float* q) {
     (void)layer, (void)positions, (void)q;
   }
+  // A replayed recording's form of observe_queries (runtime/prefill_recording.h):
+  // the attention probabilities the tokens just appended to `layer` gave each other
+  // (causal, every one of them a query), summed over each GQA group's query heads,
+  // as a prefill's attention op computed them: scores[kv_head * n + i] for the entry
+  // at positions[i]. Returns false when the cache does not score by every query (it
+  // then wants observe_queries).
+  virtual bool observe_all_query_scores(int layer, std::span<const int32_t> positions,
+                                        const float* scores) {
+    (void)layer, (void)positions, (void)scores;
+    return false;
+  }
   // How many of the last of the tokens just appended to `layer` should have their
   // attention probabilities added to the entries' scores by the attention op
   // itself (KvChunk::scores, which view() then points at the entries' score
