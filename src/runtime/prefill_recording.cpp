@@ -54,8 +54,7 @@ class ScoringFullCache final : public KvCache {
 }  // namespace
 
 PrefillRecording PrefillRecording::record(const Model& model, std::span<const int32_t> tokens,
-                                          Backend& backend, DType kv_dtype,
-                                          RecordOptions options) {
+                                          Backend& backend, DType kv_dtype, RecordOptions options) {
   const ModelConfig& c = model.config();
   const auto T = static_cast<int64_t>(tokens.size());
   if (options.split < 0 || options.split >= T) options.split = 0;
@@ -89,8 +88,8 @@ PrefillRecording PrefillRecording::record(const Model& model, std::span<const in
       r.split_scores.resize(L);
       for (int l = 0; l < c.n_layers; ++l)
         r.split_scores[static_cast<size_t>(l)] = cache.scores(l, options.split);
-      model.forward(tokens.subspan(static_cast<size_t>(options.split)), cache, r.last_logits,
-                    false, backend, &obs);
+      model.forward(tokens.subspan(static_cast<size_t>(options.split)), cache, r.last_logits, false,
+                    backend, &obs);
     } else {
       model.forward(tokens, cache, r.last_logits, false, backend, &obs);
     }
@@ -108,10 +107,10 @@ PrefillRecording PrefillRecording::record(const Model& model, std::span<const in
 void PrefillRecording::replay(KvCache& cache, int64_t n) const {
   if (n < 0) n = size();
   if (n == 0 || n > size()) fail("prefill recording: cannot replay {} of its {} tokens", n, size());
-  const std::vector<std::vector<float>>* recorded =
-      n == size() && !scores.empty() ? &scores
-      : n == split && !split_scores.empty() ? &split_scores
-                                            : nullptr;
+  const std::vector<std::vector<float>>* recorded = n == size() && !scores.empty() ? &scores
+                                                    : n == split && !split_scores.empty()
+                                                        ? &split_scores
+                                                        : nullptr;
   const auto pos = std::span(positions).first(static_cast<size_t>(n));
   for (size_t l = 0; l < k.size(); ++l) {
     const int layer = static_cast<int>(l);

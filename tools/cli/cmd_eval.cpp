@@ -9,9 +9,11 @@
 // the same KvCache calls a forward pass makes, and decodes on its own from there.
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <sstream>
 
@@ -24,6 +26,7 @@
 #include "cpu/cpu_backend.h"
 #include "kv/compressed_cache.h"
 #include "kv/profile.h"
+#include "model/activations.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
 #include "runtime/prefill_recording.h"
@@ -42,12 +45,20 @@ struct EvalArgs {
       "uniform:snapkv",      "pyramidkv:snapkv", "adakv:snapkv",
       "ekva-entropy:snapkv", "ekva-mass:snapkv", "uniform:streamingllm",
       "uniform:h2o",         "uniform:knorm",    "uniform:random"};
-  std::vector<std::string> budgets = {"5%", "10%"};
-  std::vector<int> contexts = {2048, 4096};
+  std::vector<std::string> budgets = {"2%", "5%", "10%", "20%", "30%", "50%"};
+  std::vector<int> contexts = {4096, 8192, 16384};
+  // prompt: the whole prompt compressed, then the answer; context: the context
+  // compressed before the question arrives, then question and answer on that cache.
+  std::vector<std::string> settings = {"prompt", "context"};
   int max_retrieval = 0;  // per context; 0: all
-  int ppl_context = 4096;
+  std::vector<int> ppl_contexts = {4096, 8192, 16384};
   int ppl_continuation = 512;
-  int max_ppl = 0;  // 0: all documents of ppl_context
+  int max_ppl = 0;  // per context; 0: all documents
+  // Long generation: a prompt of gen_prompt tokens, then gen_continuation tokens
+  // scored teacher-forced with the budget enforced through decode.
+  int gen_docs = 0;  // documents (0: skip)
+  int gen_prompt = 2048;
+  int gen_continuation = 2048;
   int threads = 0;
   // Stored K/V of every method, the full reference included: the methods then differ
   // from the reference only by what they evict, not by rounding.
@@ -68,25 +79,46 @@ double nll(std::span<const float> logits, int32_t target) {
 }
 
 struct Method {
-  std::string name;  // "full" or "allocator:policy@budget"
+  std::string method;       // "full" or "allocator:policy"
+  std::string budget;       // "100%" for the full cache
+  double budget_pct = NAN;  // the budget as a percentage of the full cache, if a fraction
   std::optional<CompressionConfig> config;
+  std::string name() const { return config ? method + "@" + budget : method; }
 };
 
+struct Nll {
+  double sum = 0;
+  int64_t count = 0;
+  void add(double x) { sum += x, ++count; }
+  double ppl() const { return count ? std::exp(sum / static_cast<double>(count)) : NAN; }
+};
+
+// What one method measured in one setting.
 struct Tally {
   std::map<int, std::pair<int, int>> retrieval;  // context -> (correct, total)
-  double nll_sum = 0;
-  int64_t nll_count = 0;
-  double kv_bytes_sum = 0, full_bytes_sum = 0;  // after the prompt, per prompt
-  int64_t prompts = 0;                          // retrieval prompts and perplexity contexts
-  double seconds = 0;
+  std::map<int, Nll> ppl;                        // context -> continuation NLL
+  Nll gen, gen_last_half;                        // long generation
+  double kv_bytes_sum = 0, full_bytes_sum = 0;   // after the compressed part, per prompt
+  int64_t prompts = 0;
+  double replay_seconds = 0;
 
-  // The KV bytes a cache holds right after a prompt of `tokens` tokens, and what the
-  // full cache would hold.
+  // The KV bytes a cache holds right after `tokens` tokens, and what the full cache
+  // would hold.
   void add_prompt(const KvCache& cache, int64_t tokens, const KvModelShape& shape, DType kv_dtype) {
     kv_bytes_sum += static_cast<double>(cache.bytes_used());
     full_bytes_sum += static_cast<double>(tokens) * shape.n_layers * shape.n_kv_heads * 2 *
                       shape.head_dim * dtype_size(kv_dtype);
     ++prompts;
+  }
+  double accuracy(int ctx) const {
+    const auto it = retrieval.find(ctx);
+    return it == retrieval.end() || it->second.second == 0
+               ? NAN
+               : 100.0 * it->second.first / it->second.second;
+  }
+  double ppl_at(int ctx) const {
+    const auto it = ppl.find(ctx);
+    return it == ppl.end() ? NAN : it->second.ppl();
   }
 };
 
@@ -124,6 +156,77 @@ std::string figure(double value, const char* format) {
 }
 json figure_json(double value) { return std::isfinite(value) ? json(value) : json(nullptr); }
 
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Every method's cache steps together: one forward call per step for all of them
+// (the weights are read once per step, not once per method).
+class Lockstep {
+ public:
+  Lockstep(const Model& model, Backend& backend, int sequences, int64_t max_step_tokens)
+      : model_(model),
+        backend_(backend),
+        act_(model.config(), backend,
+             ForwardLimits{sequences, std::max<int64_t>(1, max_step_tokens * sequences), 0}) {}
+
+  // Feeds tokens[i] to caches[i] (entries with no tokens sit out) and copies each
+  // fed cache's last logits to logits[i].
+  void step(std::span<KvCache* const> caches, std::span<const std::span<const int32_t>> tokens,
+            std::vector<std::vector<float>>& logits) {
+    batch_.clear();
+    index_.clear();
+    for (size_t i = 0; i < caches.size(); ++i) {
+      if (tokens[i].empty()) continue;
+      batch_.push_back({caches[i], tokens[i]});
+      index_.push_back(i);
+    }
+    if (batch_.empty()) return;
+    model_.forward(batch_, act_, backend_);
+    const auto vocab = static_cast<size_t>(model_.config().vocab_size);
+    for (size_t b = 0; b < batch_.size(); ++b) {
+      const float* row =
+          act_.logits.data() + static_cast<size_t>(act_.logit_begin[b + 1] - 1) * vocab;
+      logits[index_[b]].assign(row, row + vocab);
+    }
+  }
+
+ private:
+  const Model& model_;
+  Backend& backend_;
+  Activations act_;
+  std::vector<SequenceStep> batch_;
+  std::vector<size_t> index_;
+};
+
+// The smallest swept budget from which on (it and every larger one) the method keeps
+// quality: retrieval at least 95% of the full cache's and perplexity within 2%, at
+// every context measured (or at `only` alone). NaN: none does, or the budgets are
+// not fractions.
+double iso_quality_budget(const std::vector<const Method*>& sweep, const std::vector<Tally*>& t,
+                          const Tally& full, const std::vector<int>& contexts,
+                          const std::vector<int>& ppl_contexts, int only_retrieval = 0,
+                          int only_ppl = 0) {
+  double best = NAN;
+  for (size_t i = sweep.size(); i-- > 0;) {  // largest budget first
+    if (!std::isfinite(sweep[i]->budget_pct)) return NAN;
+    bool ok = true;
+    for (int ctx : contexts) {
+      if (only_ppl != 0 || (only_retrieval != 0 && ctx != only_retrieval)) continue;
+      const double ref = full.accuracy(ctx), got = t[i]->accuracy(ctx);
+      if (std::isfinite(ref) && !(got >= 0.95 * ref)) ok = false;
+    }
+    for (int ctx : ppl_contexts) {
+      if (only_retrieval != 0 || (only_ppl != 0 && ctx != only_ppl)) continue;
+      const double ref = full.ppl_at(ctx), got = t[i]->ppl_at(ctx);
+      if (std::isfinite(ref) && !(got <= 1.02 * ref)) ok = false;
+    }
+    if (!ok) break;
+    best = sweep[i]->budget_pct;
+  }
+  return best;
+}
+
 void run_eval(const EvalArgs& a) {
   CpuBackend backend(a.threads);
   const auto model = Model::load(a.model_dir);
@@ -133,6 +236,16 @@ void run_eval(const EvalArgs& a) {
   const DType kv_dtype = a.kv_dtype == "f32" ? DType::kF32 : DType::kBF16;  // checked by the option
   std::optional<CalibrationProfile> profile;
   if (!a.profile.empty()) profile = CalibrationProfile::load(a.profile, shape);
+  const bool setting_prompt =
+      std::find(a.settings.begin(), a.settings.end(), "prompt") != a.settings.end();
+  const bool setting_context =
+      std::find(a.settings.begin(), a.settings.end(), "context") != a.settings.end();
+  std::vector<std::string> settings;  // in a fixed order
+  if (setting_prompt) settings.push_back("prompt");
+  if (setting_context) settings.push_back("context");
+  if (settings.empty()) fail("--settings: none of prompt, context");
+  if (a.gen_docs > 0 && (a.gen_prompt <= 0 || a.gen_continuation <= 0))
+    fail("--gen-prompt and --gen-continuation must be positive");
   // The shortest context a method will run with: budgets are validated there now,
   // not after the first prompts (a fraction must hold the protected entries).
   int64_t probe_context = 0;
@@ -141,14 +254,17 @@ void run_eval(const EvalArgs& a) {
   };
   if (!a.retrieval.empty())
     for (int ctx : a.contexts) shortest(ctx);
-  if (!a.ppl.empty()) shortest(a.ppl_context);
+  if (!a.ppl.empty())
+    for (int ctx : a.ppl_contexts) shortest(ctx - a.ppl_continuation);
+  if (a.gen_docs > 0) shortest(a.gen_prompt);
   if (probe_context <= 0) probe_context = 64;
 
-  std::vector<Method> methods = {{"full", std::nullopt}};
-  for (const std::string& budget : a.budgets) {
-    for (const std::string& m : a.methods) {
-      const auto colon = m.find(':');
-      if (colon == std::string::npos) fail("--methods: '{}' is not allocator:policy", m);
+  std::vector<Method> methods = {{"full", "100%", 100.0, std::nullopt}};
+  bool any_h2o = false;
+  for (const std::string& m : a.methods) {
+    const auto colon = m.find(':');
+    if (colon == std::string::npos) fail("--methods: '{}' is not allocator:policy", m);
+    for (const std::string& budget : a.budgets) {
       CompressionConfig cfg;
       cfg.allocator = m.substr(0, colon);
       cfg.policy = m.substr(colon + 1);
@@ -158,23 +274,58 @@ void run_eval(const EvalArgs& a) {
       cfg.per_layer = a.compress_per_layer == "on";  // checked by the option
       CompressedKvCache probe(shape, cfg, probe_context,
                               backend);  // validates names, profile, budget now
-      methods.push_back({fmt::format("{}@{}", m, budget), cfg});
+      const double pct =
+          cfg.budget.unit == BudgetSpec::Unit::kFraction ? 100.0 * cfg.budget.value : NAN;
+      any_h2o = any_h2o || cfg.policy == "h2o";
+      methods.push_back({m, budget, pct, cfg});
     }
   }
-  std::vector<Tally> tally(methods.size());
+  const size_t M = methods.size();
+  const size_t S = settings.size();
+  std::vector<Tally> tally(M * S);  // [method * S + setting]
+  std::vector<Tally> shared(M);     // perplexity and long generation: one protocol
   const bool tty = ::isatty(STDERR_FILENO) != 0;
   const auto t_start = std::chrono::steady_clock::now();
+  const auto progress = [&](const std::string& what) {
+    fmt::print(stderr, "{}{} {:.0f} s{}", tty ? "\r" : "", what, seconds_since(t_start),
+               tty ? "   " : "\n");
+  };
+  std::vector<std::unique_ptr<KvCache>> owned(M);
+  std::vector<KvCache*> caches(M);
+  std::vector<std::vector<float>> logits(M);
+  std::vector<std::span<const int32_t>> feed(M);
+  // Replays the first n tokens of a recording into a fresh cache per method.
+  const auto replay_all = [&](const PrefillRecording& rec, int64_t n, int64_t context,
+                              Tally* per_method, size_t stride, size_t offset) {
+    for (size_t mi = 0; mi < M; ++mi) {
+      const auto t0 = std::chrono::steady_clock::now();
+      owned[mi] = make_cache(methods[mi], shape, context, kv_dtype, backend);
+      caches[mi] = owned[mi].get();
+      rec.replay(*caches[mi], n);
+      Tally& t = per_method[mi * stride + offset];
+      t.add_prompt(*caches[mi], n, shape, kv_dtype);
+      t.replay_seconds += seconds_since(t0);
+      logits[mi] = rec.last_logits;
+    }
+  };
 
-  // Retrieval: greedy answers after the compressed prompt.
+  // Retrieval: greedy answers after the compressed prompt (or context + question).
   std::vector<json> prompts;
   if (!a.retrieval.empty()) {
-    std::map<int, int> taken;
+    // --max-retrieval N takes N prompts of each context spread evenly over the set's
+    // order (so over its tasks, depths and seeds), not the first N.
+    std::map<int, std::vector<json>> by_context;
     for (json& p : read_jsonl(a.retrieval)) {
       const int ctx = p.at("context").get<int>();
       if (std::find(a.contexts.begin(), a.contexts.end(), ctx) == a.contexts.end()) continue;
-      if (a.max_retrieval > 0 && taken[ctx] >= a.max_retrieval) continue;
-      ++taken[ctx];
-      prompts.push_back(std::move(p));
+      by_context[ctx].push_back(std::move(p));
+    }
+    for (int ctx : a.contexts) {
+      std::vector<json>& all = by_context[ctx];
+      const size_t n = a.max_retrieval > 0
+                           ? std::min(all.size(), static_cast<size_t>(a.max_retrieval))
+                           : all.size();
+      for (size_t i = 0; i < n; ++i) prompts.push_back(std::move(all[i * all.size() / n]));
     }
   }
   for (size_t i = 0; i < prompts.size(); ++i) {
@@ -182,132 +333,242 @@ void run_eval(const EvalArgs& a) {
     const int ctx = p.at("context").get<int>();
     const auto tokens = tokenizer.encode(p.at("prompt").get<std::string>());
     const auto answer = p.at("answer_tokens").get<std::vector<int32_t>>();
-    const int64_t context = static_cast<int64_t>(tokens.size() + answer.size()) + 1;
-    const PrefillRecording rec = PrefillRecording::record(*model, tokens, backend, kv_dtype);
-    for (size_t mi = 0; mi < methods.size(); ++mi) {
-      const auto t0 = std::chrono::steady_clock::now();
-      auto cache = make_cache(methods[mi], shape, context, kv_dtype, backend);
-      rec.replay(*cache);
-      Tally& t = tally[mi];
-      t.add_prompt(*cache, static_cast<int64_t>(tokens.size()), shape, kv_dtype);
-      std::vector<float> logits = rec.last_logits;
-      bool correct = true;
-      for (size_t j = 0; j < answer.size(); ++j) {
-        const int32_t next = argmax(logits);
-        if (next != answer[j]) {
-          correct = false;
-          break;
-        }
-        if (j + 1 < answer.size()) model->forward({&next, 1}, *cache, logits, false, backend);
+    const auto T = static_cast<int64_t>(tokens.size());
+    const int64_t query = p.value("query_token_pos", int64_t{0});
+    if (setting_context && (query <= 0 || query >= T))
+      fail(
+          "{}: prompt '{}' has no query_token_pos inside its {} tokens (needed by --settings "
+          "context)",
+          a.retrieval, p.value("id", std::string("?")), T);
+    if (answer.empty())
+      fail("{}: prompt '{}' has no answer_tokens", a.retrieval, p.value("id", ""));
+    const int64_t context = T + static_cast<int64_t>(answer.size()) + 1;
+    const PrefillRecording rec = PrefillRecording::record(
+        *model, tokens, backend, kv_dtype,
+        {.all_query_scores = any_h2o, .split = setting_context ? query : 0});
+    Lockstep lockstep(*model, backend, static_cast<int>(M), std::max<int64_t>(1, T - query));
+    for (size_t si = 0; si < S; ++si) {
+      const bool whole = settings[si] == "prompt";
+      replay_all(rec, whole ? T : query, context, tally.data(), S, si);
+      if (!whole) {  // the question on the compressed context
+        const auto question = std::span(tokens).subspan(static_cast<size_t>(query));
+        std::fill(feed.begin(), feed.end(), question);
+        lockstep.step(caches, feed, logits);
       }
-      auto& [ok, n] = t.retrieval[ctx];
-      ok += correct;
-      ++n;
-      t.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::vector<uint8_t> alive(M, 1);
+      for (size_t j = 0; j < answer.size(); ++j) {
+        for (size_t mi = 0; mi < M; ++mi) {
+          feed[mi] = {};
+          if (!alive[mi]) continue;
+          if (argmax(logits[mi]) != answer[j]) {
+            alive[mi] = 0;
+          } else if (j + 1 < answer.size()) {
+            feed[mi] = std::span(answer).subspan(j, 1);
+          }
+        }
+        if (j + 1 < answer.size()) lockstep.step(caches, feed, logits);
+      }
+      for (size_t mi = 0; mi < M; ++mi) {
+        auto& [ok, n] = tally[mi * S + si].retrieval[ctx];
+        ok += alive[mi];
+        ++n;
+      }
     }
-    const double el =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-    fmt::print(stderr, "{}retrieval {}/{} ({} tokens) {:.0f} s{}", tty ? "\r" : "", i + 1,
-               prompts.size(), tokens.size(), el, tty ? "   " : "\n");
+    progress(fmt::format("retrieval {}/{} ({} tokens)", i + 1, prompts.size(), T));
   }
 
-  // Perplexity of a continuation after a compressed long context.
-  std::vector<json> docs;
-  if (!a.ppl.empty()) {
-    for (json& d : read_jsonl(a.ppl)) {
-      if (d.at("context").get<int>() != a.ppl_context) continue;
-      if (a.max_ppl > 0 && static_cast<int>(docs.size()) >= a.max_ppl) break;
-      docs.push_back(std::move(d));
-    }
-  }
-  for (size_t i = 0; i < docs.size(); ++i) {
-    const auto tokens = docs[i].at("tokens").get<std::vector<int32_t>>();
-    if (static_cast<int>(tokens.size()) <= a.ppl_continuation)
-      fail("--ppl-continuation {} leaves no context in a {}-token document", a.ppl_continuation,
-           tokens.size());
-    const auto prefix = static_cast<int64_t>(tokens.size()) - a.ppl_continuation;
-    const PrefillRecording rec = PrefillRecording::record(
-        *model, std::span(tokens).first(static_cast<size_t>(prefix)), backend, kv_dtype);
-    for (size_t mi = 0; mi < methods.size(); ++mi) {
-      const auto t0 = std::chrono::steady_clock::now();
-      auto cache =
-          make_cache(methods[mi], shape, static_cast<int64_t>(tokens.size()), kv_dtype, backend);
-      rec.replay(*cache);
-      std::vector<float> logits = rec.last_logits;
-      Tally& t = tally[mi];
-      t.add_prompt(*cache, prefix, shape, kv_dtype);  // the compressed context is a prompt too
-      for (int64_t pos = prefix; pos < static_cast<int64_t>(tokens.size()); ++pos) {
-        t.nll_sum += nll(logits, tokens[static_cast<size_t>(pos)]);
-        ++t.nll_count;
-        if (pos + 1 < static_cast<int64_t>(tokens.size()))
-          model->forward(std::span(tokens).subspan(static_cast<size_t>(pos), 1), *cache, logits,
-                         false, backend);
+  // Perplexity of a continuation after a compressed long context (and the long
+  // generation: the same protocol, a shorter prompt and a longer continuation).
+  const auto continuation = [&](const std::vector<int32_t>& tokens, int64_t prefix,
+                                const std::function<void(size_t, int64_t, double)>& add) {
+    const PrefillRecording rec =
+        PrefillRecording::record(*model, std::span(tokens).first(static_cast<size_t>(prefix)),
+                                 backend, kv_dtype, {.all_query_scores = any_h2o});
+    replay_all(rec, prefix, static_cast<int64_t>(tokens.size()), shared.data(), 1, 0);
+    Lockstep lockstep(*model, backend, static_cast<int>(M), 1);
+    for (auto pos = static_cast<size_t>(prefix); pos < tokens.size(); ++pos) {
+      for (size_t mi = 0; mi < M; ++mi)
+        add(mi, static_cast<int64_t>(pos) - prefix, nll(logits[mi], tokens[pos]));
+      if (pos + 1 < tokens.size()) {
+        std::fill(feed.begin(), feed.end(), std::span(tokens).subspan(pos, 1));
+        lockstep.step(caches, feed, logits);
       }
-      t.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
-    const double el =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-    fmt::print(stderr, "{}perplexity {}/{} {:.0f} s{}", tty ? "\r" : "", i + 1, docs.size(), el,
-               tty ? "   " : "\n");
+  };
+  std::vector<json> all_docs;
+  if (!a.ppl.empty() && (!a.ppl_contexts.empty() || a.gen_docs > 0)) all_docs = read_jsonl(a.ppl);
+  std::map<int, int> ppl_docs;
+  for (int ctx : a.ppl_contexts) {
+    std::vector<std::vector<int32_t>> docs;
+    for (const json& d : all_docs) {
+      if (d.at("context").get<int>() != ctx) continue;
+      if (a.max_ppl > 0 && static_cast<int>(docs.size()) >= a.max_ppl) break;
+      docs.push_back(d.at("tokens").get<std::vector<int32_t>>());
+      if (static_cast<int>(docs.back().size()) <= a.ppl_continuation)
+        fail("--ppl-continuation {} leaves no context in a {}-token document", a.ppl_continuation,
+             docs.back().size());
+    }
+    for (size_t i = 0; i < docs.size(); ++i) {
+      const auto prefix = static_cast<int64_t>(docs[i].size()) - a.ppl_continuation;
+      continuation(docs[i], prefix,
+                   [&](size_t mi, int64_t, double x) { shared[mi].ppl[ctx].add(x); });
+      progress(fmt::format("perplexity@{} {}/{}", ctx, i + 1, docs.size()));
+    }
+    ppl_docs[ctx] = static_cast<int>(docs.size());
+  }
+  int gen_done = 0;
+  if (a.gen_docs > 0) {
+    const size_t want = static_cast<size_t>(a.gen_prompt) + static_cast<size_t>(a.gen_continuation);
+    for (const json& d : all_docs) {
+      if (gen_done >= a.gen_docs) break;
+      auto tokens = d.at("tokens").get<std::vector<int32_t>>();
+      if (tokens.size() < want) continue;
+      tokens.resize(want);
+      continuation(tokens, a.gen_prompt, [&](size_t mi, int64_t k, double x) {
+        shared[mi].gen.add(x);
+        if (2 * k >= a.gen_continuation) shared[mi].gen_last_half.add(x);
+      });
+      ++gen_done;
+      progress(fmt::format("long generation {}/{}", gen_done, a.gen_docs));
+    }
+    if (gen_done < a.gen_docs)
+      fail("{}: only {} documents have the {} tokens --gen-prompt + --gen-continuation need", a.ppl,
+           gen_done, want);
   }
   if (tty) fmt::print(stderr, "\n");
+  for (size_t mi = 0; mi < M; ++mi)
+    for (size_t si = 0; si < S; ++si) {
+      Tally& t = tally[mi * S + si];
+      t.ppl = shared[mi].ppl;
+      t.gen = shared[mi].gen;
+      t.gen_last_half = shared[mi].gen_last_half;
+      t.kv_bytes_sum += shared[mi].kv_bytes_sum;  // the compressed contexts count too
+      t.full_bytes_sum += shared[mi].full_bytes_sum;
+      t.prompts += shared[mi].prompts;
+      t.replay_seconds += shared[mi].replay_seconds;
+    }
 
-  // Report.
-  const Tally& full = tally[0];
-  const double full_ppl =
-      full.nll_count ? std::exp(full.nll_sum / static_cast<double>(full.nll_count)) : NAN;
+  // Report: one table per setting, then the iso-quality budgets.
+  std::vector<int> ppl_measured;
+  for (int ctx : a.ppl_contexts)
+    if (ppl_docs[ctx] > 0) ppl_measured.push_back(ctx);
+  std::vector<int> ret_measured;
+  for (int ctx : a.contexts)
+    if (std::isfinite(tally[0].accuracy(ctx))) ret_measured.push_back(ctx);
   json rows = json::array();
   std::ostringstream md;
-  md << "| method | budget | KV after prompt | ";
-  for (int ctx : a.contexts) md << "retrieval@" << ctx << " | ";
-  md << "ppl@" << a.ppl_context << " | Δppl |\n|---|---|---|";
-  for (size_t i = 0; i < a.contexts.size(); ++i) md << "---|";
-  md << "---|---|\n";
-  for (size_t mi = 0; mi < methods.size(); ++mi) {
-    const Tally& t = tally[mi];
-    const std::string& name = methods[mi].name;
-    const auto at = name.find('@');
-    const std::string method = name.substr(0, at);
-    const std::string budget = at == std::string::npos ? "100%" : name.substr(at + 1);
-    const double kv_frac = t.full_bytes_sum > 0 ? t.kv_bytes_sum / t.full_bytes_sum : NAN;
-    const double ppl = t.nll_count ? std::exp(t.nll_sum / static_cast<double>(t.nll_count)) : NAN;
-    const double delta = 100.0 * (ppl / full_ppl - 1.0);
-    json row = {{"method", method},
-                {"budget", budget},
-                {"kv_fraction_after_prompt", figure_json(kv_frac)},
-                {"kv_bytes_after_prompt_mean",
-                 t.prompts ? json(t.kv_bytes_sum / static_cast<double>(t.prompts)) : json(nullptr)},
-                {"perplexity", figure_json(ppl)},
-                {"perplexity_delta_pct", figure_json(delta)},
-                {"seconds", t.seconds}};
-    md << "| " << method << " | " << budget << " | " << figure(100 * kv_frac, "{:.1f}%") << " | ";
-    for (int ctx : a.contexts) {
-      const auto it = t.retrieval.find(ctx);
-      const double acc = it == t.retrieval.end() || it->second.second == 0
-                             ? NAN
-                             : 100.0 * it->second.first / it->second.second;
-      row["retrieval"][std::to_string(ctx)] = {
-          {"accuracy_pct", figure_json(acc)},
-          {"n", it == t.retrieval.end() ? 0 : it->second.second}};
-      md << figure(acc, "{:.1f}%") << " | ";
+  for (size_t si = 0; si < S; ++si) {
+    md << "\n**Setting `" << settings[si] << "`** ("
+       << (settings[si] == "prompt" ? "the whole prompt compressed"
+                                    : "the context compressed before the question")
+       << ")\n\n| method | budget | KV held | ";
+    for (int ctx : ret_measured) md << "retrieval@" << ctx << " | ";
+    for (int ctx : ppl_measured) md << "ppl@" << ctx << " | ";
+    if (gen_done) md << "gen ppl | gen ppl, 2nd half | ";
+    md << "\n|---|---|---|";
+    for (size_t i = 0; i < ret_measured.size() + ppl_measured.size() + (gen_done ? 2 : 0); ++i)
+      md << "---|";
+    md << "\n";
+    const Tally& full = tally[si];
+    for (size_t mi = 0; mi < M; ++mi) {
+      const Tally& t = tally[mi * S + si];
+      const double kv_frac = t.full_bytes_sum > 0 ? t.kv_bytes_sum / t.full_bytes_sum : NAN;
+      json row = {{"method", methods[mi].method},
+                  {"budget", methods[mi].budget},
+                  {"budget_pct", figure_json(methods[mi].budget_pct)},
+                  {"setting", settings[si]},
+                  {"kv_fraction_held", figure_json(kv_frac)},
+                  {"replay_seconds", t.replay_seconds}};
+      md << "| " << methods[mi].method << " | " << methods[mi].budget << " | "
+         << figure(100 * kv_frac, "{:.1f}%") << " | ";
+      for (int ctx : ret_measured) {
+        const double acc = t.accuracy(ctx);
+        row["retrieval"][std::to_string(ctx)] = {
+            {"accuracy_pct", figure_json(acc)},
+            {"n", t.retrieval.count(ctx) ? t.retrieval.at(ctx).second : 0}};
+        md << figure(acc, "{:.1f}%") << " | ";
+      }
+      for (int ctx : ppl_measured) {
+        const double ppl = t.ppl_at(ctx);
+        row["perplexity"][std::to_string(ctx)] = {
+            {"ppl", figure_json(ppl)},
+            {"delta_pct", figure_json(100.0 * (ppl / full.ppl_at(ctx) - 1.0))}};
+        md << figure(ppl, "{:.3f}") << " | ";
+      }
+      if (gen_done) {
+        row["generation"] = {
+            {"ppl", figure_json(t.gen.ppl())},
+            {"ppl_second_half", figure_json(t.gen_last_half.ppl())},
+            {"delta_pct", figure_json(100.0 * (t.gen.ppl() / full.gen.ppl() - 1.0))}};
+        md << figure(t.gen.ppl(), "{:.3f}") << " | " << figure(t.gen_last_half.ppl(), "{:.3f}")
+           << " | ";
+      }
+      md << "\n";
+      rows.push_back(row);
     }
-    md << figure(ppl, "{:.3f}") << " | " << figure(delta, "{:+.2f}%") << " |\n";
-    rows.push_back(row);
+  }
+  // Iso-quality budgets: per method and setting.
+  json iso = json::array();
+  md << "\n**Iso-quality budget** (smallest swept budget from which on retrieval is at least "
+        "95% of the full cache's and perplexity within 2%, at every context)\n\n| method | ";
+  for (const std::string& s : settings) md << s << " | ";
+  md << "\n|---|";
+  for (size_t i = 0; i < S; ++i) md << "---|";
+  md << "\n";
+  for (const std::string& m : a.methods) {
+    md << "| " << m << " | ";
+    for (size_t si = 0; si < S; ++si) {
+      std::vector<const Method*> sweep;
+      std::vector<Tally*> t;
+      for (size_t mi = 1; mi < M; ++mi)
+        if (methods[mi].method == m)
+          sweep.push_back(&methods[mi]), t.push_back(&tally[mi * S + si]);
+      std::vector<size_t> order(sweep.size());
+      for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+      std::sort(order.begin(), order.end(),
+                [&](size_t x, size_t y) { return sweep[x]->budget_pct < sweep[y]->budget_pct; });
+      std::vector<const Method*> ss;
+      std::vector<Tally*> ts;
+      for (size_t i : order) ss.push_back(sweep[i]), ts.push_back(t[i]);
+      const Tally& full = tally[si];
+      const double all = iso_quality_budget(ss, ts, full, ret_measured, ppl_measured);
+      json entry = {
+          {"method", m}, {"setting", settings[si]}, {"iso_quality_budget_pct", figure_json(all)}};
+      for (int ctx : ret_measured)
+        entry["retrieval_only"][std::to_string(ctx)] =
+            figure_json(iso_quality_budget(ss, ts, full, ret_measured, ppl_measured, ctx, 0));
+      for (int ctx : ppl_measured)
+        entry["perplexity_only"][std::to_string(ctx)] =
+            figure_json(iso_quality_budget(ss, ts, full, ret_measured, ppl_measured, 0, ctx));
+      iso.push_back(entry);
+      md << (std::isfinite(all) ? fmt::format("{:g}%", all) : std::string("> swept")) << " | ";
+    }
+    md << "\n";
   }
   fmt::print("{}", md.str());
   if (!a.markdown_out.empty()) std::ofstream(a.markdown_out) << md.str();
   if (!a.json_out.empty()) {
-    json j = {{"model", a.model_dir},
-              {"profile", a.profile},
-              {"kv_dtype", a.kv_dtype},
-              {"compress_per_layer", a.compress_per_layer},
-              {"retrieval_prompts_per_context", a.max_retrieval},
-              {"retrieval_contexts", a.contexts},
-              {"ppl_context", a.ppl_context},
-              {"ppl_continuation", a.ppl_continuation},
-              {"ppl_documents", docs.size()},
-              {"retrieval_prompts", prompts.size()},
-              {"rows", rows}};
+    json j = {
+        {"model", a.model_dir},
+        {"profile", a.profile},
+        {"kv_dtype", a.kv_dtype},
+        {"compress_per_layer", a.compress_per_layer},
+        {"settings", settings},
+        {"budgets", a.budgets},
+        {"retrieval_prompts_per_context", a.max_retrieval},
+        {"retrieval_contexts", ret_measured},
+        {"retrieval_prompts", prompts.size()},
+        {"ppl_contexts", ppl_measured},
+        {"ppl_documents", ppl_docs},
+        {"ppl_continuation", a.ppl_continuation},
+        {"perplexity_protocol",
+         "the continuation runs on the compressed context in both settings (there is "
+         "no question), so the figure is measured once and shown in both"},
+        {"generation",
+         {{"documents", gen_done}, {"prompt", a.gen_prompt}, {"continuation", a.gen_continuation}}},
+        {"seconds", seconds_since(t_start)},
+        {"rows", rows},
+        {"iso_quality", iso}};
     std::ofstream(a.json_out) << j.dump(2) << "\n";
   }
 }
@@ -333,13 +594,30 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--contexts", args->contexts, "Retrieval context lengths")
       ->delimiter(',')
       ->capture_default_str();
-  cmd->add_option("--max-retrieval", args->max_retrieval, "Prompts per context (0: all)");
-  cmd->add_option("--ppl-context", args->ppl_context, "Documents of this context length")
+  cmd->add_option("--settings", args->settings,
+                  "prompt (the whole prompt compressed), context (the context compressed "
+                  "before the question)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"prompt", "context"}))
+      ->capture_default_str();
+  cmd->add_option("--max-retrieval", args->max_retrieval,
+                  "Prompts per context, spread over the set (0: all)");
+  cmd->add_option("--ppl-contexts", args->ppl_contexts,
+                  "Perplexity documents of these context lengths")
+      ->delimiter(',')
       ->capture_default_str();
   cmd->add_option("--ppl-continuation", args->ppl_continuation,
                   "Tokens scored after the compressed context")
       ->capture_default_str();
-  cmd->add_option("--max-ppl", args->max_ppl, "Documents (0: all)");
+  cmd->add_option("--max-ppl", args->max_ppl, "Documents per context (0: all)");
+  cmd->add_option("--gen-docs", args->gen_docs,
+                  "Long generation: documents (0: skip), scored teacher-forced through decode")
+      ->capture_default_str();
+  cmd->add_option("--gen-prompt", args->gen_prompt, "Long generation: prompt tokens")
+      ->capture_default_str();
+  cmd->add_option("--gen-continuation", args->gen_continuation,
+                  "Long generation: tokens decoded and scored after the prompt")
+      ->capture_default_str();
   cmd->add_option("-t,--threads", args->threads, "Threads (0 = one per core)");
   cmd->add_option("--kv-dtype", args->kv_dtype,
                   "Stored K/V of every method and the full reference: bf16 or f32")
