@@ -1,11 +1,18 @@
 #!/usr/bin/python3
-"""Plot `ekva eval --json-out` results: quality against KV bytes, one line per method.
+"""Plot `ekva eval --json-out` results: quality against budget, one line per method.
 
-usage: tools/plot_eval.py RESULTS.json OUT.png
-Left: retrieval accuracy at the longest evaluated context; right: perplexity of the
-continuation after the compressed context. The full cache is the dashed reference.
+usage: tools/plot_eval.py OUT.png RESULTS.json [MORE.json ...] [--merged-out ALL.json]
+
+Several result files (runs over different contexts with the same methods and budgets)
+are merged by (method, budget, setting). Panels: retrieval accuracy per context and
+setting, perplexity of the continuation after the compressed context per context, and
+the long generation's perplexity when measured. The full cache is the dotted line.
+--merged-out writes the merged rows with the iso-quality budget recomputed over every
+context of the merge (the rule of `ekva eval`: the smallest swept budget from which
+on retrieval is at least 95% of the full cache's and perplexity within 2%).
 """
 import json
+import math
 import sys
 
 import matplotlib
@@ -14,32 +21,118 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def merge(paths):
+    rows, meta = {}, {"sources": []}
+    for path in paths:
+        res = json.load(open(path))
+        meta["sources"].append({k: v for k, v in res.items() if k not in ("rows", "iso_quality")}
+                               | {"file": path})
+        for r in res["rows"]:
+            key = (r["method"], r["budget"], r["setting"])
+            into = rows.setdefault(key, {k: v for k, v in r.items()
+                                         if k not in ("retrieval", "perplexity", "generation")})
+            for part in ("retrieval", "perplexity"):
+                into.setdefault(part, {}).update(r.get(part, {}))
+            if "generation" in r:
+                into["generation"] = r["generation"]
+    return list(rows.values()), meta
+
+
+def iso_quality(rows, method, setting, only=None):
+    sweep = sorted((r for r in rows if r["method"] == method and r["setting"] == setting),
+                   key=lambda r: r["budget_pct"] if r["budget_pct"] is not None else math.inf)
+    full = next(r for r in rows if r["method"] == "full" and r["setting"] == setting)
+    best = None
+    for r in reversed(sweep):
+        if r["budget_pct"] is None:
+            return None
+        ok = True
+        for ctx, ref in full.get("retrieval", {}).items():
+            if only not in (None, ("retrieval", ctx)) or ref["accuracy_pct"] is None:
+                continue
+            got = r["retrieval"].get(ctx, {}).get("accuracy_pct")
+            ok = ok and got is not None and got >= 0.95 * ref["accuracy_pct"]
+        for ctx, ref in full.get("perplexity", {}).items():
+            if only not in (None, ("perplexity", ctx)) or ref["ppl"] is None:
+                continue
+            got = r["perplexity"].get(ctx, {}).get("ppl")
+            ok = ok and got is not None and got <= 1.02 * ref["ppl"]
+        if not ok:
+            break
+        best = r["budget_pct"]
+    return best
+
+
 def main() -> None:
-    if len(sys.argv) != 3:
+    args = sys.argv[1:]
+    merged_out = None
+    if "--merged-out" in args:
+        i = args.index("--merged-out")
+        merged_out = args[i + 1]
+        del args[i:i + 2]
+    if len(args) < 2:
         sys.exit(__doc__)
-    results = json.load(open(sys.argv[1]))
-    rows = results["rows"]
-    ctx = str(max(results["retrieval_contexts"]))
-    full = next(r for r in rows if r["method"] == "full")
+    out_png, paths = args[0], args[1:]
+    rows, meta = merge(paths)
+    settings = sorted({r["setting"] for r in rows}, key=["prompt", "context"].index)
     methods = sorted({r["method"] for r in rows if r["method"] != "full"})
-    fig, (ax_r, ax_p) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for m in methods:
-        pts = sorted((r["kv_fraction_after_prompt"] * 100, r) for r in rows if r["method"] == m)
-        xs = [x for x, _ in pts]
-        style = "-o" if m.startswith("ekva") else "--s"
-        ax_r.plot(xs, [r["retrieval"][ctx]["accuracy_pct"] for _, r in pts], style, label=m, ms=4)
-        ax_p.plot(xs, [r["perplexity"] for _, r in pts], style, label=m, ms=4)
-    ax_r.axhline(full["retrieval"][ctx]["accuracy_pct"], color="k", ls=":", label="full cache")
-    ax_p.axhline(full["perplexity"], color="k", ls=":", label="full cache")
-    ax_r.set(xlabel="KV bytes kept after the prompt (% of full)", ylabel=f"retrieval accuracy @ {ctx} (%)")
-    ax_p.set(xlabel="KV bytes kept after the prompt (% of full)",
-             ylabel=f"perplexity @ {results['ppl_context']} (lower is better)")
-    ax_p.set_yscale("log")
-    ax_r.legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"{results['model']}: KV compression, quality against memory")
+    ret_ctx = sorted({c for r in rows for c in r.get("retrieval", {})}, key=int)
+    ppl_ctx = sorted({c for r in rows for c in r.get("perplexity", {})}, key=int)
+    has_gen = any("generation" in r for r in rows)
+    panels = [("retrieval", s, c) for s in settings for c in ret_ctx]
+    panels += [("perplexity", settings[0], c) for c in ppl_ctx]
+    if has_gen:
+        panels.append(("generation", settings[0], None))
+    ncols = max(1, len(ret_ctx), len(ppl_ctx) + has_gen)
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+
+    def value(r, kind, ctx):
+        if kind == "retrieval":
+            return r.get("retrieval", {}).get(ctx, {}).get("accuracy_pct")
+        if kind == "perplexity":
+            return r.get("perplexity", {}).get(ctx, {}).get("ppl")
+        return r.get("generation", {}).get("ppl")
+
+    for ax, (kind, setting, ctx) in zip(axes.flat, panels):
+        for m in methods:
+            pts = sorted((r["budget_pct"], value(r, kind, ctx)) for r in rows
+                         if r["method"] == m and r["setting"] == setting
+                         and r["budget_pct"] is not None and value(r, kind, ctx) is not None)
+            style = "-o" if m.startswith("ekva") else "--s"
+            ax.plot([x for x, _ in pts], [y for _, y in pts], style, label=m, ms=3, lw=1.2)
+        full = next(r for r in rows if r["method"] == "full" and r["setting"] == setting)
+        ref = value(full, kind, ctx)
+        if ref is not None:
+            ax.axhline(ref, color="k", ls=":", label="full cache")
+        ax.set_xscale("log")
+        ax.set_xlabel("KV budget (% of the full cache)")
+        if kind == "retrieval":
+            ax.set(ylabel="retrieval accuracy (%)", ylim=(-3, 103),
+                   title=f"retrieval @{ctx}, setting '{setting}'")
+        else:
+            ax.set_yscale("log")
+            ax.set(ylabel="perplexity (lower is better)",
+                   title=f"perplexity @{ctx}" if kind == "perplexity" else "long generation ppl")
+        ax.grid(alpha=0.3, which="both")
+    axes.flat[0].legend(fontsize=6, loc="lower right")
+    fig.suptitle(f"{meta['sources'][0]['model']}: quality against KV budget")
     fig.tight_layout()
-    fig.savefig(sys.argv[2], dpi=120)
-    print(f"wrote {sys.argv[2]}")
+    fig.savefig(out_png, dpi=110)
+    print(f"wrote {out_png}")
+    if merged_out:
+        iso = []
+        for m in methods:
+            for s in settings:
+                e = {"method": m, "setting": s, "iso_quality_budget_pct": iso_quality(rows, m, s)}
+                e["retrieval_only"] = {c: iso_quality(rows, m, s, ("retrieval", c)) for c in ret_ctx}
+                e["perplexity_only"] = {c: iso_quality(rows, m, s, ("perplexity", c))
+                                        for c in ppl_ctx}
+                iso.append(e)
+        json.dump(meta | {"rows": rows, "iso_quality": iso}, open(merged_out, "w"), indent=1)
+        print(f"wrote {merged_out}")
 
 
 if __name__ == "__main__":
