@@ -53,5 +53,5 @@ PY
 
 echo; echo "== a short evaluation (the full grid: bench/results/eval_ekva-moe-tiny.md)"
 $ekva eval -m "$model" --profile "$out/profile.json" --contexts 4096 --max-retrieval 6 \
-  --max-ppl 1 --ppl-continuation 256 --budgets 10% \
+  --ppl-contexts 4096 --max-ppl 1 --ppl-continuation 256 --budgets 10% \
   --methods uniform:snapkv,pyramidkv:snapkv,adakv:snapkv,ekva-entropy:snapkv,ekva-mass:snapkv

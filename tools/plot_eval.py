@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 
 def merge(paths):
@@ -78,6 +79,8 @@ def main() -> None:
     methods = sorted({r["method"] for r in rows if r["method"] != "full"})
     ret_ctx = sorted({c for r in rows for c in r.get("retrieval", {})}, key=int)
     ppl_ctx = sorted({c for r in rows for c in r.get("perplexity", {})}, key=int)
+    budgets = sorted({r["budget_pct"] for r in rows
+                      if r["method"] != "full" and r["budget_pct"] is not None})
     has_gen = any("generation" in r for r in rows)
     panels = [("retrieval", s, c) for s in settings for c in ret_ctx]
     panels += [("perplexity", settings[0], c) for c in ppl_ctx]
@@ -108,12 +111,16 @@ def main() -> None:
         if ref is not None:
             ax.axhline(ref, color="k", ls=":", label="full cache")
         ax.set_xscale("log")
+        ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("KV budget (% of the full cache)")
         if kind == "retrieval":
             ax.set(ylabel="retrieval accuracy (%)", ylim=(-3, 103),
                    title=f"retrieval @{ctx}, setting '{setting}'")
         else:
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
             ax.set(ylabel="perplexity (lower is better)",
                    title=f"perplexity @{ctx}" if kind == "perplexity" else "long generation ppl")
         ax.grid(alpha=0.3, which="both")
