@@ -13,6 +13,7 @@
 #include <functional>
 #include <initializer_list>
 #include <limits>
+#include <map>
 #include <numeric>
 #include <random>
 #include <string>
@@ -29,8 +30,8 @@
 namespace ekva {
 namespace {
 
-constexpr std::array<const char*, 5> kNames = {"uniform", "pyramidkv", "adakv", "ekva-entropy",
-                                               "ekva-mass"};
+constexpr std::array<const char*, 6> kNames = {"uniform",      "pyramidkv", "adakv",
+                                               "ekva-entropy", "ekva-mass", "ekva-joint"};
 
 using test::expect_error;
 
@@ -217,7 +218,12 @@ void random_case(std::mt19937_64& rng, Granularity granularity, Case& c) {
         if (!moe || rng() % 3 == 0) add_segment(c.input, l, kAllHeads, kNoExpert, random_live(rng));
         break;
       case Granularity::kPerHeadExpert:
-        FAIL() << "no allocator works per (layer, kv-head, expert)";
+        for (int h = 0; h < n_kv_heads; ++h) {
+          for (int e = 0; moe && e < n_experts; ++e)
+            if (present()) add_segment(c.input, l, h, e, random_live(rng));
+          if (!moe || rng() % 3 == 0) add_segment(c.input, l, h, kNoExpert, random_live(rng));
+        }
+        break;
     }
   }
   // Scores on a coarse grid, so that ties between heads and entries occur.
@@ -274,10 +280,13 @@ TEST(Allocators, NamesAndNeeds) {
   EXPECT_EQ(make_allocator("adakv")->granularity(), Granularity::kPerHead);
   EXPECT_EQ(make_allocator("ekva-entropy")->granularity(), Granularity::kPerExpert);
   EXPECT_EQ(make_allocator("ekva-mass")->granularity(), Granularity::kPerExpert);
+  EXPECT_EQ(make_allocator("ekva-joint")->granularity(), Granularity::kPerHeadExpert);
   for (const char* name : kNames) {
     const auto a = make_allocator(name);
     EXPECT_EQ(a->needs_profile(), std::string(name).starts_with("ekva-")) << name;
-    EXPECT_EQ(a->needs_live_scores(), std::string(name) == "adakv") << name;
+    EXPECT_EQ(a->needs_live_scores(),
+              std::string(name) == "adakv" || std::string(name) == "ekva-joint")
+        << name;
   }
 }
 
@@ -472,6 +481,68 @@ TEST(AdaKv, FollowsTheScoresOnRandomInputs) {
     }
     if (::testing::Test::HasFailure()) return;
   }
+}
+
+// ---- ekva-joint ----
+
+// Layers get what ekva-mass gives their (layer, expert) segments in all; within a layer
+// every kv-head keeps its floor and past the floors the kept entries are the layer's
+// highest scores, in whichever (kv-head, expert) segment they sit.
+TEST(EkvaJoint, MassSharesAcrossLayersLiveScoresWithin) {
+  std::mt19937_64 rng(29);
+  const auto joint = make_allocator("ekva-joint"), mass = make_allocator("ekva-mass");
+  int checked = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    SCOPED_TRACE(fmt::format("trial {}", trial));
+    Case c;
+    random_case(rng, Granularity::kPerHeadExpert, c);
+    const AllocationInput& in = c.input;
+    const Allocation a = joint->allocate(in);
+    AllocationInput by_expert =
+        empty_input(in.n_layers, in.n_kv_heads, in.n_experts, in.evictable_budget);
+    by_expert.profile = in.profile;
+    for (size_t l = 0; l < in.segments.size(); ++l) {
+      std::map<int, int64_t> n;
+      for (const SegmentInfo& s : in.segments[l]) n[s.key.expert] += s.n_entries;
+      for (const auto& [e, live] : n)
+        add_segment(by_expert, static_cast<int>(l), kAllHeads, e, live);
+    }
+    const Allocation shares = mass->allocate(by_expert);
+    for (size_t l = 0; l < in.segments.size(); ++l) {
+      const int64_t layer_budget = total(a[l]);
+      EXPECT_EQ(layer_budget, total(shares[l])) << "layer " << l;
+      const auto floor = static_cast<int64_t>(0.2 * static_cast<double>(layer_budget) /
+                                              static_cast<double>(in.n_kv_heads));
+      float lowest_kept = std::numeric_limits<float>::infinity();
+      float highest_dropped = -std::numeric_limits<float>::infinity();
+      for (int h = 0; h < in.n_kv_heads; ++h) {
+        std::vector<float> kept, dropped;  // this head's entries, over its segments
+        for (size_t i = 0; i < in.segments[l].size(); ++i) {
+          if (in.segments[l][i].key.kv_head != h) continue;
+          std::vector<float> sorted = in.live_scores[l][i];
+          std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+          const auto b = static_cast<size_t>(a[l][i]);
+          kept.insert(kept.end(), sorted.begin(), sorted.begin() + static_cast<ptrdiff_t>(b));
+          dropped.insert(dropped.end(), sorted.begin() + static_cast<ptrdiff_t>(b), sorted.end());
+        }
+        const int64_t n = std::ssize(kept) + std::ssize(dropped);
+        EXPECT_GE(std::ssize(kept), std::min(floor, n)) << "layer " << l << " head " << h;
+        std::sort(kept.begin(), kept.end(), std::greater<float>());
+        // The entries past the floor compete layer-wide.
+        if (std::ssize(kept) > std::min(floor, n)) lowest_kept = std::min(lowest_kept, kept.back());
+        for (float d : dropped) highest_dropped = std::max(highest_dropped, d);
+        // Within a head the kept entries are its best: none dropped beats one kept.
+        if (!kept.empty() && !dropped.empty()) {
+          EXPECT_GE(kept.back(), *std::max_element(dropped.begin(), dropped.end()))
+              << "layer " << l << " head " << h;
+        }
+      }
+      EXPECT_GE(lowest_kept, highest_dropped) << "layer " << l;
+      ++checked;
+    }
+    if (::testing::Test::HasFailure()) return;
+  }
+  EXPECT_GT(checked, 300);
 }
 
 // ---- ekva-entropy ----
