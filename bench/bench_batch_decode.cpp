@@ -92,7 +92,10 @@ int main(int argc, char** argv) {
     std::vector<int32_t> prompt(static_cast<size_t>(context));
     for (auto& t : prompt) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(c.vocab_size));
     const auto t0 = std::chrono::steady_clock::now();
-    const ekva::PrefillRecording rec = ekva::PrefillRecording::record(*model, prompt, backend);
+    // Every query's scores recorded too: an H2O cache then replays them instead of
+    // running a scoring pass over all the prompt's queries per sequence.
+    const ekva::PrefillRecording rec = ekva::PrefillRecording::record(
+        *model, prompt, backend, ekva::DType::kF32, {.all_query_scores = true});
     const double prefill_s =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     fmt::print("prefill          {} tokens in {:.1f} s ({:.1f} tok/s), recorded once\n", context,
