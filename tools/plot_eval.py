@@ -9,7 +9,8 @@ setting, perplexity of the continuation after the compressed context per context
 the long generation's perplexity when measured. The full cache is the dotted line.
 --merged-out writes the merged rows with the iso-quality budget recomputed over every
 context of the merge (the rule of `ekva eval`: the smallest swept budget from which
-on retrieval is at least 95% of the full cache's and perplexity within 2%).
+on retrieval is at least 95% of the full cache's and perplexity within 2%, at every
+context the method was measured at: contexts_measured).
 """
 import json
 import math
@@ -52,12 +53,12 @@ def iso_quality(rows, method, setting, only=None):
             if only not in (None, ("retrieval", ctx)) or ref["accuracy_pct"] is None:
                 continue
             got = r["retrieval"].get(ctx, {}).get("accuracy_pct")
-            ok = ok and got is not None and got >= 0.95 * ref["accuracy_pct"]
+            ok = ok and (got is None or got >= 0.95 * ref["accuracy_pct"])  # None: not measured
         for ctx, ref in full.get("perplexity", {}).items():
             if only not in (None, ("perplexity", ctx)) or ref["ppl"] is None:
                 continue
             got = r["perplexity"].get(ctx, {}).get("ppl")
-            ok = ok and got is not None and got <= 1.02 * ref["ppl"]
+            ok = ok and (got is None or got <= 1.02 * ref["ppl"])
         if not ok:
             break
         best = r["budget_pct"]
@@ -134,9 +135,14 @@ def main() -> None:
         for m in methods:
             for s in settings:
                 e = {"method": m, "setting": s, "iso_quality_budget_pct": iso_quality(rows, m, s)}
-                e["retrieval_only"] = {c: iso_quality(rows, m, s, ("retrieval", c)) for c in ret_ctx}
+                mine = [r for r in rows if r["method"] == m and r["setting"] == s]
+                e["contexts_measured"] = {
+                    "retrieval": sorted({c for r in mine for c in r.get("retrieval", {})}, key=int),
+                    "perplexity": sorted({c for r in mine for c in r.get("perplexity", {})}, key=int)}
+                e["retrieval_only"] = {c: iso_quality(rows, m, s, ("retrieval", c))
+                                       for c in e["contexts_measured"]["retrieval"]}
                 e["perplexity_only"] = {c: iso_quality(rows, m, s, ("perplexity", c))
-                                        for c in ppl_ctx}
+                                        for c in e["contexts_measured"]["perplexity"]}
                 iso.append(e)
         json.dump(meta | {"rows": rows, "iso_quality": iso}, open(merged_out, "w"), indent=1)
         print(f"wrote {merged_out}")
