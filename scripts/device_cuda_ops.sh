@@ -92,7 +92,8 @@ grep -E '^(PASS|FAIL|SKIP)|cases failed' "$OUT/check.txt" | sed 's/^/    /' >> "
 
 if [ -n "$SANITIZER" ]; then
   step "compute-sanitizer memcheck (small cases)" 150 "$OUT/memcheck.txt" \
-    "$SANITIZER" --tool memcheck --error-exitcode 3 --leak-check full "$CHECK" --small
+    "$SANITIZER" --tool memcheck --error-exitcode 3 --leak-check full "$CHECK" --small \
+    --skip allocate_align_and_errors  # its 1 PiB cudaMalloc fails on purpose (an API error)
   grep -E 'ERROR SUMMARY|LEAK SUMMARY' "$OUT/memcheck.txt" | tail -2 | sed 's/^/    /' >> "$OUT/summary.txt"
   step "compute-sanitizer racecheck (route, rope: small cases)" 120 "$OUT/racecheck.txt" \
     "$SANITIZER" --tool racecheck --racecheck-report all --error-exitcode 3 "$CHECK" --small \

@@ -1,6 +1,6 @@
 // The CUDA backend's op checks without gtest (tests/cuda_ops_check.cpp's table), against
 // ref:: behind the Backend interface (the CPU backend needs hwy, which GPU machines lack):
-//   ekva_cuda_ops_check [--small] [--case NAME]... [--op OP]...
+//   ekva_cuda_ops_check [--small] [--case NAME]... [--skip NAME]... [--op OP]...
 // Exit status 0 only when every case that ran passed; one line per case either way.
 #include <algorithm>
 #include <cstdio>
@@ -52,17 +52,20 @@ class ReferenceBackend final : public ekva::Backend {
 
 int main(int argc, char** argv) {
   bool small = false;
-  std::set<std::string> only, ops;
+  std::set<std::string> only, skip, ops;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--small")
       small = true;
     else if (a == "--case" && i + 1 < argc)
       only.insert(argv[++i]);
+    else if (a == "--skip" && i + 1 < argc)
+      skip.insert(argv[++i]);
     else if (a == "--op" && i + 1 < argc)
       ops.insert(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: %s [--small] [--case NAME]... [--op OP]...\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--small] [--case NAME]... [--skip NAME]... [--op OP]...\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -78,6 +81,7 @@ int main(int argc, char** argv) {
     for (const auto& c : ekva::test::cuda_ops_cases()) {
       if (small && !c.small) continue;
       if (!only.empty() && only.count(c.name) == 0) continue;
+      if (skip.count(c.name) != 0) continue;
       if (!ops.empty() && ops.count(c.op) == 0) continue;
       const auto r = ekva::test::run_cuda_ops_case(c, gpu, reference);
       if (r.skipped) {
