@@ -51,7 +51,7 @@ for name, r in rows:
           f"{r['prefill_tokens_per_second']:>15.0f}{r['decode_tokens_per_second']:>14.1f}")
 PY
 
-echo; echo "== a short evaluation (the full grid: bench/results/eval_ekva-moe-tiny.md)"
+echo; echo "== a short evaluation (the budget sweeps: bench/results/eval_ekva-moe-tiny_2026-12-03.md)"
 $ekva eval -m "$model" --profile "$out/profile.json" --contexts 4096 --max-retrieval 6 \
   --ppl-contexts 4096 --max-ppl 1 --ppl-continuation 256 --budgets 10% \
   --methods uniform:snapkv,pyramidkv:snapkv,adakv:snapkv,ekva-entropy:snapkv,ekva-mass:snapkv
