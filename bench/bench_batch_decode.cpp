@@ -205,7 +205,10 @@ int main(int argc, char** argv) {
           const double bytes = static_cast<double>(r.weight_bytes + r.kv_bytes) / steps;
           r.row["step_ms_median"] = med * 1e3;
           r.row["step_ms_range"] = {lo * 1e3, hi * 1e3};
-          r.row["step_ms_all"] = r.step_s;
+          std::vector<double> ms(r.step_s.size());
+          std::transform(r.step_s.begin(), r.step_s.end(), ms.begin(),
+                         [](double t) { return t * 1e3; });
+          r.row["step_ms_all"] = ms;
           r.row["tokens_per_s"] = B / med;
           r.row["bytes_per_step"] = bytes;
           r.row["weight_bytes_per_step"] = static_cast<double>(r.weight_bytes) / steps;
