@@ -203,26 +203,28 @@ class Lockstep {
 // quality: retrieval at least 95% of the full cache's and perplexity within 2%, at
 // every context measured (or at `only` alone). NaN: none does, or the budgets are
 // not fractions.
-double iso_quality_budget(const std::vector<const Method*>& sweep, const std::vector<Tally*>& t,
+// `sweep`: one method's (budget, tally) pairs in ascending budget order.
+double iso_quality_budget(std::span<const std::pair<const Method*, const Tally*>> sweep,
                           const Tally& full, const std::vector<int>& contexts,
                           const std::vector<int>& ppl_contexts, int only_retrieval = 0,
                           int only_ppl = 0) {
   double best = NAN;
   for (size_t i = sweep.size(); i-- > 0;) {  // largest budget first
-    if (!std::isfinite(sweep[i]->budget_pct)) return NAN;
+    const auto& [method, t] = sweep[i];
+    if (!std::isfinite(method->budget_pct)) return NAN;
     bool ok = true;
     for (int ctx : contexts) {
       if (only_ppl != 0 || (only_retrieval != 0 && ctx != only_retrieval)) continue;
-      const double ref = full.accuracy(ctx), got = t[i]->accuracy(ctx);
+      const double ref = full.accuracy(ctx), got = t->accuracy(ctx);
       if (std::isfinite(ref) && !(got >= 0.95 * ref)) ok = false;
     }
     for (int ctx : ppl_contexts) {
       if (only_retrieval != 0 || (only_ppl != 0 && ctx != only_ppl)) continue;
-      const double ref = full.ppl_at(ctx), got = t[i]->ppl_at(ctx);
+      const double ref = full.ppl_at(ctx), got = t->ppl_at(ctx);
       if (std::isfinite(ref) && !(got <= 1.02 * ref)) ok = false;
     }
     if (!ok) break;
-    best = sweep[i]->budget_pct;
+    best = method->budget_pct;
   }
   return best;
 }
@@ -518,28 +520,25 @@ void run_eval(const EvalArgs& a) {
   for (const std::string& m : a.methods) {
     md << "| " << m << " | ";
     for (size_t si = 0; si < S; ++si) {
-      std::vector<const Method*> sweep;
-      std::vector<Tally*> t;
+      std::vector<std::pair<const Method*, const Tally*>> sweep;
       for (size_t mi = 1; mi < M; ++mi)
-        if (methods[mi].method == m)
-          sweep.push_back(&methods[mi]), t.push_back(&tally[mi * S + si]);
-      std::vector<size_t> order(sweep.size());
-      for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-      std::sort(order.begin(), order.end(),
-                [&](size_t x, size_t y) { return sweep[x]->budget_pct < sweep[y]->budget_pct; });
-      std::vector<const Method*> ss;
-      std::vector<Tally*> ts;
-      for (size_t i : order) ss.push_back(sweep[i]), ts.push_back(t[i]);
+        if (methods[mi].method == m) sweep.emplace_back(&methods[mi], &tally[mi * S + si]);
+      // Ascending budget; budgets that are not fractions (NaN) first, so that
+      // iso_quality_budget meets them and gives up (and the order stays strict weak).
+      std::stable_sort(sweep.begin(), sweep.end(), [](const auto& x, const auto& y) {
+        const double bx = x.first->budget_pct, by = y.first->budget_pct;
+        return std::isnan(bx) ? !std::isnan(by) : !std::isnan(by) && bx < by;
+      });
       const Tally& full = tally[si];
-      const double all = iso_quality_budget(ss, ts, full, ret_measured, ppl_measured);
+      const double all = iso_quality_budget(sweep, full, ret_measured, ppl_measured);
       json entry = {
           {"method", m}, {"setting", settings[si]}, {"iso_quality_budget_pct", figure_json(all)}};
       for (int ctx : ret_measured)
         entry["retrieval_only"][std::to_string(ctx)] =
-            figure_json(iso_quality_budget(ss, ts, full, ret_measured, ppl_measured, ctx, 0));
+            figure_json(iso_quality_budget(sweep, full, ret_measured, ppl_measured, ctx, 0));
       for (int ctx : ppl_measured)
         entry["perplexity_only"][std::to_string(ctx)] =
-            figure_json(iso_quality_budget(ss, ts, full, ret_measured, ppl_measured, 0, ctx));
+            figure_json(iso_quality_budget(sweep, full, ret_measured, ppl_measured, 0, ctx));
       iso.push_back(entry);
       md << (std::isfinite(all) ? fmt::format("{:g}%", all) : std::string("> swept")) << " | ";
     }
