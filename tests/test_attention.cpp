@@ -2,6 +2,7 @@
 // odd head dims, several chunks per kv-head, causal masks, sliding windows, and
 // caches long enough that decode splits one (query, kv-head) into pieces.
 #include <gtest/gtest.h>
+#include <hwy/targets.h>
 
 #include <numeric>
 
@@ -95,6 +96,80 @@ TEST(Attention, SplittingChunksDoesNotChangeTheResult) {
   p.out = b.data();
   cpu::attention(p, many, pool);
   EXPECT_LT(test::rel_error(a.data(), b.data(), a.size()), 1e-6);
+}
+
+// The kernel is compiled for every SIMD target Highway supports and dispatched to
+// the best one of the host, so a host runs one of them; here each target this host
+// can run is run in turn (AVX2 and SSE4 on an AVX-512 host, for instance), on
+// shapes that take every path: head groups of 4 + 2 + 1, head dims that are not a
+// multiple of any vector length, a causal mask over shuffled positions, a block
+// shorter than a vector of tokens, f32 and bf16 storage.
+TEST(Attention, EveryCompiledTargetMatchesTheReference) {
+  ThreadPool pool(2);
+  struct Shape {
+    int64_t n_queries, n_heads, n_kv_heads, head_dim, entries;
+    DType dtype;
+  };
+  const Shape shapes[] = {{1, 14, 2, 128, 301, DType::kBF16},
+                          {3, 7, 1, 19, 45, DType::kF32},
+                          {1, 16, 2, 64, 2, DType::kBF16},
+                          {5, 8, 8, 33, 130, DType::kBF16},
+                          {1, 32, 4, 80, 700, DType::kF32}};
+  for (const uint32_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    for (const Shape& c : shapes) {
+      SCOPED_TRACE(::testing::Message()
+                   << hwy::TargetName(target) << " G=" << c.n_heads / c.n_kv_heads
+                   << " D=" << c.head_dim << " n=" << c.entries);
+      const int64_t D = c.head_dim;
+      std::vector<int32_t> positions(static_cast<size_t>(c.entries));
+      std::iota(positions.begin(), positions.end(), 0);
+      std::mt19937 rng(11);
+      std::shuffle(positions.begin(), positions.end(), rng);
+      std::vector<std::vector<float>> k32, v32;
+      std::vector<std::vector<uint16_t>> k16, v16;
+      std::vector<std::vector<KvChunk>> chunks(static_cast<size_t>(c.n_kv_heads));
+      for (int64_t h = 0; h < c.n_kv_heads; ++h) {
+        k32.push_back(test::random_floats(static_cast<size_t>(c.entries * D), 300 + h));
+        v32.push_back(test::random_floats(static_cast<size_t>(c.entries * D), 400 + h));
+        k16.emplace_back(k32.back().size());
+        v16.emplace_back(v32.back().size());
+        for (size_t i = 0; i < k32.back().size(); ++i) {
+          k16.back()[i] = f32_to_bf16(k32.back()[i]);
+          v16.back()[i] = f32_to_bf16(v32.back()[i]);
+        }
+        // Three chunks of uneven length per kv-head.
+        const int64_t cuts[] = {0, c.entries / 3, c.entries / 3 + (c.entries + 1) / 2, c.entries};
+        for (int i = 0; i < 3; ++i) {
+          const auto b = static_cast<size_t>(cuts[i] * D);
+          const bool bf16 = c.dtype == DType::kBF16;
+          chunks[static_cast<size_t>(h)].push_back(
+              {bf16 ? static_cast<const void*>(&k16.back()[b]) : &k32.back()[b],
+               bf16 ? static_cast<const void*>(&v16.back()[b]) : &v32.back()[b],
+               &positions[static_cast<size_t>(cuts[i])], cuts[i + 1] - cuts[i], c.dtype});
+        }
+      }
+      const auto q = test::random_floats(static_cast<size_t>(c.n_queries * c.n_heads * D), 9);
+      std::vector<int32_t> q_pos(static_cast<size_t>(c.n_queries));
+      for (int64_t t = 0; t < c.n_queries; ++t)
+        q_pos[static_cast<size_t>(t)] = static_cast<int32_t>(c.entries - c.n_queries + t);
+      AttentionParams p;
+      p.n_queries = c.n_queries;
+      p.n_heads = c.n_heads;
+      p.n_kv_heads = c.n_kv_heads;
+      p.head_dim = D;
+      p.scale = 1.f / std::sqrt(static_cast<float>(D));
+      p.q = q.data();
+      p.q_positions = q_pos.data();
+      std::vector<float> out(q.size(), NAN), out_ref(q.size(), NAN);
+      p.out = out.data();
+      cpu::attention(p, chunks, pool);
+      p.out = out_ref.data();
+      ref::attention(p, chunks);
+      EXPECT_LT(test::rel_error(out.data(), out_ref.data(), out.size()), 2e-6);
+    }
+  }
+  hwy::SetSupportedTargetsForTest(0);  // back to the host's own
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 // pieces so that a single decode token keeps every thread busy.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "cpu/attention.cpp"
+#include <hwy/cache_control.h>
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 #include <hwy/highway.h>
 // After highway.h, in every target pass.
@@ -56,24 +57,131 @@ HWY_INLINE float kv_scalar(const KT* p, int64_t i) {
 // score; a block whose maximum is this low has nothing visible.
 constexpr float kMasked = -1e30f;
 
-// s[i] = q_i · k for up to four query heads at once: each K vector loaded feeds
-// four FMAs (the group's heads share the key).
+// Rows [j0, j1) of another chunk's K and V, fetched ahead of their use. A list's
+// chunks are blocks scattered over the arena (one kv-head's blocks interleave with
+// every other head's and layer's), so the hardware prefetcher, which follows a
+// stream within a page, starts cold at every block and the loads stall on memory
+// latency with nothing to overlap them; the scorer of one block fetches the next
+// block's rows as it goes, a few lines at a time.
+struct RowPrefetch {
+  const char* k = nullptr;
+  const char* v = nullptr;
+  int64_t n = 0;  // rows that exist
+  size_t row_bytes = 0;
+
+  void rows(int64_t j0, int64_t j1) const {
+    const int64_t j_end = std::min(j1, n);
+    if (j0 >= j_end) return;
+    const char* kp = k + static_cast<size_t>(j0) * row_bytes;
+    const char* vp = v + static_cast<size_t>(j0) * row_bytes;
+    const size_t bytes = static_cast<size_t>(j_end - j0) * row_bytes;
+    for (size_t b = 0; b < bytes; b += 64) {
+      line(kp + b);
+      line(vp + b);
+    }
+  }
+  // GCC 12's dead-code elimination drops __builtin_prefetch (and hwy::Prefetch)
+  // here at -O2, so on x86 the instruction is written out.
+  static HWY_INLINE void line(const char* p) {
+#if HWY_ARCH_X86
+    asm volatile("prefetcht0 %0" : : "m"(*p));
+#else
+    hwy::Prefetch(p);
+#endif
+  }
+};
+
+// Lane i of the result is the sum of the lanes of a[i], for the N = Lanes(d)
+// vectors a[0..N): a tree of even/odd concatenations that halves the vector count
+// per level, about three operations per sum where a horizontal reduction of each
+// vector apart takes a dependent chain of log2(N) shuffles and adds apiece (the
+// score pass spent most of its time in those).
+#if HWY_TARGET != HWY_SCALAR
+template <size_t kCount>
+HWY_INLINE void fold_pairs(hn::Vec<DF>* a) {
+  if constexpr (kCount > 1) {
+    const DF d;
+    // A constant trip count per level, so that the loops unroll and the
+    // accumulators stay in registers (a loop bound that halves at run time kept
+    // them on the stack).
+    for (size_t i = 0; i < kCount / 2; ++i)
+      a[i] = hn::Add(hn::ConcatEven(d, a[2 * i + 1], a[2 * i]),
+                     hn::ConcatOdd(d, a[2 * i + 1], a[2 * i]));
+    fold_pairs<kCount / 2>(a);
+  }
+}
+#endif
+template <size_t kN>
+HWY_INLINE hn::Vec<DF> sum_lanes_transposed(hn::Vec<DF>* a) {
+#if HWY_TARGET != HWY_SCALAR
+  fold_pairs<kN>(a);
+#endif  // one lane: the vector is its own sum
+  return a[0];
+}
+
+// Scaled scores of kHeads query heads q[0..kHeads) against the K rows
+// k[0..n) of a block: out[h * kBlock + j] = scale * q_h · k_j. Every K vector
+// loaded (and widened) feeds all the heads, and kTokens = N / kHeads rows are taken
+// at a time so that the kHeads x kTokens accumulators are exactly N vectors,
+// reduced together by sum_lanes_transposed.
 template <int kHeads, typename KT>
-HWY_INLINE void dots(const float* const* q, const KT* k, int64_t D, float* s) {
+HWY_INLINE void block_scores(const float* const* q, const KT* k, int64_t D, int64_t n, float scale,
+                             float* out, const RowPrefetch& prefetch) {
   const DF d;
+  constexpr size_t kN = hn::MaxLanes(DF());
+  constexpr int kTokens = static_cast<int>(kN) / kHeads;
+  static_assert(kTokens >= 1 && kHeads * kTokens == static_cast<int>(kN));
   const auto N = static_cast<int64_t>(hn::Lanes(d));
-  hn::Vec<DF> acc[kHeads];
-  for (int i = 0; i < kHeads; ++i) acc[i] = hn::Zero(d);
-  int64_t x = 0;
-  for (; x + N <= D; x += N) {
-    const auto kv = load_kv(k + x);
-    for (int i = 0; i < kHeads; ++i) acc[i] = hn::MulAdd(hn::LoadU(d, q[i] + x), kv, acc[i]);
+  const auto vscale = hn::Set(d, scale);
+  const int64_t D_vec = D - D % N;
+  for (int64_t j0 = 0; j0 < n; j0 += kTokens) {
+    // Rows past the block's end repeat its last row; their sums are dropped.
+    const KT* rows[kTokens];
+    for (int t = 0; t < kTokens; ++t) rows[t] = k + std::min<int64_t>(j0 + t, n - 1) * D;
+    prefetch.rows(j0, std::min<int64_t>(j0 + kTokens, n));
+    hn::Vec<DF> acc[kN];
+    for (size_t i = 0; i < kN; ++i) acc[i] = hn::Zero(d);
+    for (int64_t x = 0; x < D_vec; x += N) {
+      hn::Vec<DF> kv[kTokens];
+      for (int t = 0; t < kTokens; ++t) kv[t] = load_kv(rows[t] + x);
+      for (int h = 0; h < kHeads; ++h) {
+        const auto qv = hn::LoadU(d, q[h] + x);
+        for (int t = 0; t < kTokens; ++t)
+          acc[h * kTokens + t] = hn::MulAdd(qv, kv[t], acc[h * kTokens + t]);
+      }
+    }
+    HWY_ALIGN float sums[kN];
+    hn::Store(hn::Mul(sum_lanes_transposed<kN>(acc), vscale), d, sums);
+    if (D_vec < D)  // head dims that are not a multiple of the vector length
+      for (int h = 0; h < kHeads; ++h)
+        for (int t = 0; t < kTokens; ++t) {
+          float tail = 0.f;
+          for (int64_t y = D_vec; y < D; ++y) tail += q[h][y] * kv_scalar(rows[t], y);
+          sums[h * kTokens + t] += scale * tail;
+        }
+    const int64_t valid = std::min<int64_t>(kTokens, n - j0);
+    for (int h = 0; h < kHeads; ++h) std::copy_n(sums + h * kTokens, valid, out + h * kBlock + j0);
   }
-  for (int i = 0; i < kHeads; ++i) {
-    float sum = hn::GetLane(hn::SumOfLanes(d, acc[i]));
-    for (int64_t y = x; y < D; ++y) sum += q[i][y] * kv_scalar(k, y);
-    s[i] = sum;
-  }
+}
+
+// block_scores for all G heads, in the widest head groups the vector allows.
+template <typename KT>
+HWY_INLINE void group_scores(const float* const* q, int64_t G, const KT* k, int64_t D, int64_t n,
+                             float scale, float* out, const RowPrefetch& prefetch) {
+  const RowPrefetch none;
+  constexpr size_t kN = hn::MaxLanes(DF());
+  int64_t g = 0;
+  if constexpr (kN >= 8)
+    for (; g + 8 <= G; g += 8)
+      block_scores<8>(q + g, k, D, n, scale, out + g * kBlock, g == 0 ? prefetch : none);
+  if constexpr (kN >= 4)
+    for (; g + 4 <= G; g += 4)
+      block_scores<4>(q + g, k, D, n, scale, out + g * kBlock, g == 0 ? prefetch : none);
+  if constexpr (kN >= 2)
+    for (; g + 2 <= G; g += 2)
+      block_scores<2>(q + g, k, D, n, scale, out + g * kBlock, g == 0 ? prefetch : none);
+  for (; g < G; ++g)
+    block_scores<1>(q + g, k, D, n, scale, out + g * kBlock, g == 0 ? prefetch : none);
 }
 
 // o *= c
@@ -153,21 +261,29 @@ HWY_INLINE void accumulate_group(float* o, int64_t G, int64_t D, const float* p,
   }
 }
 
-// p[j] = exp(s[j] - m) for j < n, in place; returns the sum.
-HWY_INLINE float exp_shifted(float* s, int64_t n, float m) {
+static_assert(kBlock % hn::MaxLanes(DF()) == 0, "a block of scores is whole vectors");
+
+// The largest of a block's kBlock scores.
+HWY_INLINE float max_of(const float* s) {
+  const DF d;
+  const auto N = static_cast<int64_t>(hn::Lanes(d));
+  auto v = hn::Load(d, s);
+  for (int64_t j = N; j < kBlock; j += N) v = hn::Max(v, hn::Load(d, s + j));
+  return hn::GetLane(hn::MaxOfLanes(d, v));
+}
+
+// p[j] = exp(s[j] - m) for the kBlock scores of a block, in place; returns the sum.
+HWY_INLINE float exp_shifted(float* s, float m) {
   const DF d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   const auto vm = hn::Set(d, m);
   auto sum = hn::Zero(d);
-  int64_t j = 0;
-  for (; j + N <= n; j += N) {
-    const auto p = hn::Exp(d, hn::Sub(hn::LoadU(d, s + j), vm));
-    hn::StoreU(p, d, s + j);
+  for (int64_t j = 0; j < kBlock; j += N) {
+    const auto p = hn::Exp(d, hn::Sub(hn::Load(d, s + j), vm));
+    hn::Store(p, d, s + j);
     sum = hn::Add(sum, p);
   }
-  float total = hn::GetLane(hn::SumOfLanes(d, sum));
-  for (; j < n; ++j) total += s[j] = std::exp(s[j] - m);
-  return total;
+  return hn::GetLane(hn::SumOfLanes(d, sum));
 }
 
 // Attention of G query heads q [G, D] over entries [begin, end) of the
@@ -195,56 +311,72 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32
     const KvChunk& ch = chunks[c];
     const int64_t lo = std::max(begin, chunk_start) - chunk_start;
     const int64_t hi = std::min(end, chunk_start + ch.n) - chunk_start;
+    // What the block after each of this chunk's blocks reads: the next block of the
+    // chunk, or the first of the next chunk.
+    RowPrefetch next_chunk;
+    if (c + 1 < n_chunks && chunk_start + ch.n < end) {
+      const KvChunk& next = chunks[c + 1];
+      next_chunk = {.k = static_cast<const char*>(next.k),
+                    .v = static_cast<const char*>(next.v),
+                    .n = std::min({next.n, end - chunk_start - ch.n, kBlock}),
+                    .row_bytes = static_cast<size_t>(D) * dtype_size(next.dtype)};
+    }
+    const size_t row_bytes = static_cast<size_t>(D) * dtype_size(ch.dtype);
     const int64_t raw_offset =
         chunk_start - begin;  // entry j of the chunk is raw column raw_offset + j
     chunk_start += ch.n;
-    // Scores of query heads against entry j of this chunk, in its stored dtype.
-    const auto key_dots4 = [&](const float* const* qs, int64_t j, float* out) {
-      if (ch.dtype == DType::kBF16)
-        dots<4>(qs, static_cast<const uint16_t*>(ch.k) + j * D, D, out);
-      else
-        dots<4>(qs, static_cast<const float*>(ch.k) + j * D, D, out);
-    };
-    const auto key_dots1 = [&](const float* const* qs, int64_t j, float* out) {
-      if (ch.dtype == DType::kBF16)
-        dots<1>(qs, static_cast<const uint16_t*>(ch.k) + j * D, D, out);
-      else
-        dots<1>(qs, static_cast<const float*>(ch.k) + j * D, D, out);
-    };
     for (int64_t j0 = lo; j0 < hi; j0 += kBlock) {
       const int64_t nb = std::min(kBlock, hi - j0);
+      RowPrefetch ahead = next_chunk;
+      if (j0 + kBlock < hi)
+        ahead = {.k = static_cast<const char*>(ch.k) + static_cast<size_t>(j0 + kBlock) * row_bytes,
+                 .v = static_cast<const char*>(ch.v) + static_cast<size_t>(j0 + kBlock) * row_bytes,
+                 .n = std::min(kBlock, hi - j0 - kBlock),
+                 .row_bytes = row_bytes};
+      // Entries the query does not see (causal mask, sliding window) are masked in
+      // every head. A decode query sees them all and the block skips the row list
+      // below; a block a prefill query sees none of is not scored at all.
+      bool visible[kBlock];
+      int64_t n_visible = 0;
       for (int64_t j = 0; j < nb; ++j) {
         const int32_t k_pos = ch.positions[j0 + j];
-        const bool visible = k_pos <= q_pos && (window == 0 || q_pos - k_pos < window);
-        float s[4];
-        int64_t g = 0;
-        for (; g + 4 <= G; g += 4) {
-          if (visible) key_dots4(qh + g, j0 + j, s);
-          for (int i = 0; i < 4; ++i)
-            scores[(g + i) * kBlock + j] = visible ? s[i] * scale_factor : kMasked;
-        }
-        for (; g < G; ++g) {
-          if (visible) key_dots1(qh + g, j0 + j, s);
-          scores[g * kBlock + j] = visible ? s[0] * scale_factor : kMasked;
-        }
+        visible[j] = k_pos <= q_pos && (window == 0 || q_pos - k_pos < window);
+        n_visible += visible[j] ? 1 : 0;
       }
+      const bool all_visible = n_visible == nb;
+      if (n_visible == 0) {
+        for (int64_t g = 0; g < G; ++g) std::fill_n(scores + g * kBlock, nb, kMasked);
+      } else if (ch.dtype == DType::kBF16) {
+        group_scores(qh, G, static_cast<const uint16_t*>(ch.k) + j0 * D, D, nb, scale_factor,
+                     scores, ahead);
+      } else {
+        group_scores(qh, G, static_cast<const float*>(ch.k) + j0 * D, D, nb, scale_factor, scores,
+                     ahead);
+      }
+      if (!all_visible)
+        for (int64_t j = 0; j < nb; ++j)
+          if (!visible[j])
+            for (int64_t g = 0; g < G; ++g) scores[g * kBlock + j] = kMasked;
       if (raw != nullptr)
         for (int64_t g = 0; g < G; ++g)
           std::copy_n(scores + g * kBlock, nb, raw + g * (end - begin) + raw_offset + j0);
       // Per head: the online-softmax update, the block's scores turned into weights
-      // in place (all 0 for a head that sees nothing in the block).
+      // in place (all 0 for a head that sees nothing in the block). A short block
+      // is padded with masked scores so that every head's row is whole vectors.
+      if (nb < kBlock)
+        for (int64_t g = 0; g < G; ++g)
+          std::fill(scores + g * kBlock + nb, scores + (g + 1) * kBlock, kMasked);
       for (int64_t g = 0; g < G; ++g) {
         float* sg = scores + g * kBlock;
-        float block_max = kMasked;
-        for (int64_t j = 0; j < nb; ++j) block_max = std::max(block_max, sg[j]);
+        const float block_max = max_of(sg);
         if (block_max <= kMasked) {
-          std::fill_n(sg, nb, 0.f);
+          std::fill_n(sg, kBlock, 0.f);
           continue;
         }
         const float m_new = std::max(m[g], block_max);
         const float correction = std::exp(m[g] - m_new);  // 0 on the first block
         if (correction != 1.f) scale(o + g * D, correction, D);
-        l[g] = l[g] * correction + exp_shifted(sg, nb, m_new);
+        l[g] = l[g] * correction + exp_shifted(sg, m_new);
         m[g] = m_new;
       }
       // The rows some head weighs (hidden rows, e.g. under a causal mask, are skipped),
@@ -252,8 +384,8 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32
       int32_t rows[kBlock];
       int64_t n_rows = 0;
       for (int64_t j = 0; j < nb; ++j) {
-        bool weighed = false;
-        for (int64_t g = 0; g < G; ++g) weighed |= scores[g * kBlock + j] != 0.f;
+        bool weighed = all_visible;
+        for (int64_t g = 0; g < G && !weighed; ++g) weighed = scores[g * kBlock + j] != 0.f;
         if (weighed) rows[n_rows++] = static_cast<int32_t>(j);
       }
       if (n_rows == 0) continue;
