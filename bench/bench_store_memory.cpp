@@ -12,7 +12,7 @@
 // every (layer, kv-head), how much of the budget moved between layers, the share of
 // the observation window's attention mass the survivors hold, the next decode
 // step's logits, and the greedy retrieval accuracy over the evaluation prompts of
-// one context (data/evalsets/retrieval.jsonl). Store accounting only: the figures
+// one context (data/evalsets/retrieval.jsonl.xz). Store accounting only: the figures
 // do not depend on the machine.
 //
 //   ekva_bench_store_memory -m DIR --profile FILE [--budget 10%] [--prompt-id ID]
@@ -25,12 +25,14 @@
 #include <fstream>
 #include <map>
 #include <optional>
+#include <sstream>
 
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/xz_file.h"
 #include "cpu/cpu_backend.h"
 #include "kv/compressed_cache.h"
 #include "kv/profile.h"
@@ -154,7 +156,7 @@ int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress lines show as they come, even in a log
   CLI::App app{"EKVA store memory: a long prefill compressed per layer against after the last"};
   std::string model_dir, profile_path, json_out, commit = "unknown", budget = "10%", produced_by;
-  std::string retrieval = "data/evalsets/retrieval.jsonl", prompt_id = "passkey-4096-d0.1-s0";
+  std::string retrieval = "data/evalsets/retrieval.jsonl.xz", prompt_id = "passkey-4096-d0.1-s0";
   std::vector<std::string> allocators = {"uniform", "pyramidkv", "adakv", "ekva-entropy",
                                          "ekva-mass"};
   // Retrieval only where per_layer on can differ from off (the others keep the same
@@ -163,7 +165,8 @@ int main(int argc, char** argv) {
   int retrieval_context = 4096, max_retrieval = 0, threads = 0;
   app.add_option("-m,--model", model_dir, "Model directory")->required();
   app.add_option("--profile", profile_path, "Calibration profile (the EKVA allocators)");
-  app.add_option("--retrieval", retrieval, "Evaluation prompts (JSONL)")->capture_default_str();
+  app.add_option("--retrieval", retrieval, "Evaluation prompts (JSONL, or JSONL.xz)")
+      ->capture_default_str();
   app.add_option("--prompt-id", prompt_id, "The prompt whose memory is measured")
       ->capture_default_str();
   app.add_option("--budget", budget, "KV budget")->capture_default_str();
@@ -201,8 +204,7 @@ int main(int argc, char** argv) {
 
     std::optional<Prompt> measured;
     std::vector<Prompt> prompts;
-    std::ifstream in(retrieval);
-    if (!in) ekva::fail("{}: cannot open", retrieval);
+    std::istringstream in(ekva::read_text_file(retrieval));
     for (std::string line; std::getline(in, line);) {
       const auto j = nlohmann::json::parse(line);
       const bool is_measured = j.at("id") == prompt_id;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA ragged attention on a GPU machine (H200, CUDA 13, CMake, nvcc; no package
 # registry): builds the standalone project bench/cuda/ (CUDA toolkit only: the main
-# library's fmt, nlohmann-json, CLI11, hwy, pcre2 and icu are not needed, and their
+# library's fmt, nlohmann-json, CLI11, hwy, pcre2, icu and liblzma are not needed, and their
 # presence is only reported), runs the correctness checker, compute-sanitizer memcheck
 # and racecheck on small cases, and the benchmark. Everything goes under $OUT:
 #   summary.txt               one PASS/FAIL/SKIP line per step, the verdict last
@@ -28,11 +28,11 @@ say "commit $COMMIT; $(nvidia-smi --query-gpu=name,driver_version --format=csv,n
   for h in fmt/format.h nlohmann/json.hpp CLI/CLI.hpp hwy/highway.h gtest/gtest.h; do
     if [ -e "/usr/include/$h" ] || [ -e "/usr/local/include/$h" ]; then echo "found   $h"; else echo "missing $h"; fi
   done
-  for pc in libpcre2-8 icu-uc; do
+  for pc in libpcre2-8 icu-uc liblzma; do
     if command -v pkg-config > /dev/null && pkg-config --exists "$pc"; then echo "found   $pc"; else echo "missing $pc"; fi
   done
 } > "$OUT/main_build_deps.txt" 2>&1
-say "main-library packages: $(grep -c '^missing' "$OUT/main_build_deps.txt") of 7 missing (see main_build_deps.txt; not needed here)"
+say "main-library packages: $(grep -c '^missing' "$OUT/main_build_deps.txt") of 8 missing (see main_build_deps.txt; not needed here)"
 
 for tool in nvcc cmake g++; do
   if ! command -v $tool > /dev/null; then

@@ -24,9 +24,9 @@ $ekva calibrate -m "$model" --data data/calibration/validation_sample.txt -o "$o
 
 echo; echo "== a 4096-token pass-key prompt: full cache vs 10% EKVA-mass budget"
 /usr/bin/python3 - "$out" <<'PY'
-import json, sys
+import json, lzma, sys
 out = sys.argv[1]
-for line in open("data/evalsets/retrieval.jsonl"):
+for line in lzma.open("data/evalsets/retrieval.jsonl.xz", "rt", encoding="utf-8"):
     p = json.loads(line)
     if p["context"] == 4096 and p["task"] == "passkey" and p["depth"] == 0.5:
         break

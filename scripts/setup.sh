@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   build-essential cmake pkg-config git
-  nlohmann-json3-dev libcli11-dev libfmt-dev libpcre2-dev libicu-dev libhwy-dev
+  nlohmann-json3-dev libcli11-dev libfmt-dev libpcre2-dev libicu-dev libhwy-dev liblzma-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-numpy python3-matplotlib
   clang libclang-rt-14-dev clang-format

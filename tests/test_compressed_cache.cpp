@@ -11,10 +11,12 @@
 #include <fstream>
 #include <random>
 #include <set>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "core/thread_pool.h"
+#include "core/xz_file.h"
 #include "ekva/error.h"
 #include "kv/compressed_cache.h"
 #include "kv/profile.h"
@@ -271,7 +273,7 @@ namespace {
 // the figures as JSON.
 TEST(CompressedCache, HeldBytesStayWithinATenthOfLiveAtTenPercent) {
   const std::filesystem::path source(EKVA_SOURCE_DIR);
-  std::ifstream in(source / "data/evalsets/retrieval.jsonl");
+  std::istringstream in(read_text_file(source / "data/evalsets/retrieval.jsonl.xz"));
   std::string line, prompt;
   while (std::getline(in, line)) {
     const auto j = nlohmann::json::parse(line);

