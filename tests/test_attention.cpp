@@ -103,7 +103,8 @@ TEST(Attention, SplittingChunksDoesNotChangeTheResult) {
 // can run is run in turn (AVX2 and SSE4 on an AVX-512 host, for instance), on
 // shapes that take every path: head groups of 4 + 2 + 1, head dims that are not a
 // multiple of any vector length, a causal mask over shuffled positions, a block
-// shorter than a vector of tokens, f32 and bf16 storage.
+// shorter than a vector of tokens, f32 and bf16 storage; every query scored, so
+// the entries' probabilities are checked too.
 TEST(Attention, EveryCompiledTargetMatchesTheReference) {
   ThreadPool pool(2);
   struct Shape {
@@ -161,12 +162,29 @@ TEST(Attention, EveryCompiledTargetMatchesTheReference) {
       p.scale = 1.f / std::sqrt(static_cast<float>(D));
       p.q = q.data();
       p.q_positions = q_pos.data();
+      // Every query scored: the entries' probabilities summed into their slots.
+      const std::vector<uint8_t> scored(static_cast<size_t>(c.n_queries), 1);
+      p.q_scored = scored.data();
+      std::vector<float> slots(static_cast<size_t>(c.n_kv_heads * c.entries), 0.f),
+          slots_ref(slots.size(), 0.f);
+      const auto point_scores = [&](std::vector<float>& to) {
+        for (int64_t h = 0; h < c.n_kv_heads; ++h) {
+          int64_t at = h * c.entries;
+          for (KvChunk& ch : chunks[static_cast<size_t>(h)]) {
+            ch.scores = &to[static_cast<size_t>(at)];
+            at += ch.n;
+          }
+        }
+      };
       std::vector<float> out(q.size(), NAN), out_ref(q.size(), NAN);
       p.out = out.data();
+      point_scores(slots);
       cpu::attention(p, chunks, pool);
       p.out = out_ref.data();
+      point_scores(slots_ref);
       ref::attention(p, chunks);
       EXPECT_LT(test::rel_error(out.data(), out_ref.data(), out.size()), 2e-6);
+      EXPECT_LT(test::rel_error(slots.data(), slots_ref.data(), slots.size()), 2e-6);
     }
   }
   hwy::SetSupportedTargetsForTest(0);  // back to the host's own

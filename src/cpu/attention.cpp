@@ -56,39 +56,73 @@ HWY_INLINE float kv_scalar(const KT* p, int64_t i) {
 // Masked scores: finite (so the vector exp stays in its domain), far below any real
 // score; a block whose maximum is this low has nothing visible.
 constexpr float kMasked = -1e30f;
+constexpr float kRescaleSlack = 8.f;
 
-// Rows [j0, j1) of another chunk's K and V, fetched ahead of their use. A list's
-// chunks are blocks scattered over the arena (one kv-head's blocks interleave with
-// every other head's and layer's), so the hardware prefetcher, which follows a
-// stream within a page, starts cold at every block and the loads stall on memory
-// latency with nothing to overlap them; the scorer of one block fetches the next
-// block's rows as it goes, a few lines at a time.
-struct RowPrefetch {
-  const char* k = nullptr;
-  const char* v = nullptr;
-  int64_t n = 0;  // rows that exist
-  size_t row_bytes = 0;
+// K and V rows fetched a fixed distance ahead of their use. A list's chunks are
+// blocks scattered over the arena (one kv-head's blocks interleave with every other
+// head's and layer's), so the hardware prefetcher, which follows a stream within a
+// page and only some twenty lines ahead, starts cold at every block, and the loads
+// stalled on memory latency with nothing to overlap them. A cursor runs
+// kAheadEntries entries in front of the scorer over the piece's chunks and fetches
+// as many rows as the scorer consumes (one block ahead was too close: a block
+// takes longer to arrive at one core's share of the bandwidth than to compute).
+constexpr int64_t kAheadEntries = 2 * kBlock;
 
-  void rows(int64_t j0, int64_t j1) const {
-    const int64_t j_end = std::min(j1, n);
-    if (j0 >= j_end) return;
-    const char* kp = k + static_cast<size_t>(j0) * row_bytes;
-    const char* vp = v + static_cast<size_t>(j0) * row_bytes;
-    const size_t bytes = static_cast<size_t>(j_end - j0) * row_bytes;
-    for (size_t b = 0; b < bytes; b += 64) {
-      line(kp + b);
-      line(vp + b);
+class RowPrefetch {
+ public:
+  RowPrefetch() = default;
+  // Entries [begin, end) of chunks[0..n_chunks), the cursor starting kAheadEntries in.
+  RowPrefetch(const KvChunk* chunks, int64_t n_chunks, int64_t begin, int64_t end, int64_t D)
+      : chunks_(chunks),
+        n_chunks_(n_chunks),
+        left_(std::max<int64_t>(end - begin - kAheadEntries, 0)) {
+    int64_t skip = begin + std::min(kAheadEntries, end - begin);
+    while (c_ < n_chunks_ && skip >= chunks_[c_].n) skip -= chunks_[c_++].n;
+    offset_ = skip;
+    if (c_ < n_chunks_) row_bytes_ = static_cast<size_t>(D) * dtype_size(chunks_[c_].dtype);
+    row_d_ = D;
+  }
+
+  // Fetches the next `rows` rows at the cursor and moves it on.
+  void advance(int64_t rows) {
+    rows = std::min(rows, left_);
+    left_ -= rows;
+    while (rows > 0 && c_ < n_chunks_) {
+      const KvChunk& ch = chunks_[c_];
+      const int64_t take = std::min(rows, ch.n - offset_);
+      const size_t first = static_cast<size_t>(offset_) * row_bytes_;
+      const size_t bytes = static_cast<size_t>(take) * row_bytes_;
+      for (size_t b = 0; b < bytes; b += 64) {
+        line(static_cast<const char*>(ch.k) + first + b);
+        line(static_cast<const char*>(ch.v) + first + b);
+      }
+      rows -= take;
+      offset_ += take;
+      if (offset_ == ch.n && ++c_ < n_chunks_) {
+        offset_ = 0;
+        row_bytes_ = static_cast<size_t>(row_d_) * dtype_size(chunks_[c_].dtype);
+      }
     }
   }
+
+ private:
   // GCC 12's dead-code elimination drops __builtin_prefetch (and hwy::Prefetch)
-  // here at -O2, so on x86 the instruction is written out.
+  // here at -O2, so on x86 the instruction is written out. Into L2 (T2): a T0
+  // prefetch holds one of the core's few L1 fill buffers until the line arrives.
   static HWY_INLINE void line(const char* p) {
 #if HWY_ARCH_X86
-    asm volatile("prefetcht0 %0" : : "m"(*p));
+    asm volatile("prefetcht2 %0" : : "m"(*p));
 #else
     hwy::Prefetch(p);
 #endif
   }
+
+  const KvChunk* chunks_ = nullptr;
+  int64_t n_chunks_ = 0;
+  int64_t c_ = 0, offset_ = 0;  // the cursor: chunk, and entry within it
+  int64_t left_ = 0;            // entries of the piece still to fetch
+  size_t row_bytes_ = 0;
+  int64_t row_d_ = 0;
 };
 
 // Lane i of the result is the sum of the lanes of a[i], for the N = Lanes(d)
@@ -126,7 +160,7 @@ HWY_INLINE hn::Vec<DF> sum_lanes_transposed(hn::Vec<DF>* a) {
 // reduced together by sum_lanes_transposed.
 template <int kHeads, typename KT>
 HWY_INLINE void block_scores(const float* const* q, const KT* k, int64_t D, int64_t n, float scale,
-                             float* out, const RowPrefetch& prefetch) {
+                             float* out, RowPrefetch& prefetch) {
   const DF d;
   constexpr size_t kN = hn::MaxLanes(DF());
   constexpr int kTokens = static_cast<int>(kN) / kHeads;
@@ -138,7 +172,7 @@ HWY_INLINE void block_scores(const float* const* q, const KT* k, int64_t D, int6
     // Rows past the block's end repeat its last row; their sums are dropped.
     const KT* rows[kTokens];
     for (int t = 0; t < kTokens; ++t) rows[t] = k + std::min<int64_t>(j0 + t, n - 1) * D;
-    prefetch.rows(j0, std::min<int64_t>(j0 + kTokens, n));
+    prefetch.advance(std::min<int64_t>(kTokens, n - j0));
     hn::Vec<DF> acc[kN];
     for (size_t i = 0; i < kN; ++i) acc[i] = hn::Zero(d);
     for (int64_t x = 0; x < D_vec; x += N) {
@@ -167,8 +201,8 @@ HWY_INLINE void block_scores(const float* const* q, const KT* k, int64_t D, int6
 // block_scores for all G heads, in the widest head groups the vector allows.
 template <typename KT>
 HWY_INLINE void group_scores(const float* const* q, int64_t G, const KT* k, int64_t D, int64_t n,
-                             float scale, float* out, const RowPrefetch& prefetch) {
-  const RowPrefetch none;
+                             float scale, float* out, RowPrefetch& prefetch) {
+  RowPrefetch none;  // the first head group alone moves the cursor
   constexpr size_t kN = hn::MaxLanes(DF());
   int64_t g = 0;
   if constexpr (kN >= 8)
@@ -306,33 +340,17 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32
   HWY_ALIGN float scores[64 * kBlock];
   const float* qh[64];
   for (int64_t g = 0; g < G; ++g) qh[g] = q + g * D;
+  RowPrefetch ahead(chunks, n_chunks, begin, end, D);
   int64_t chunk_start = 0;
   for (int64_t c = 0; c < n_chunks; ++c) {
     const KvChunk& ch = chunks[c];
     const int64_t lo = std::max(begin, chunk_start) - chunk_start;
     const int64_t hi = std::min(end, chunk_start + ch.n) - chunk_start;
-    // What the block after each of this chunk's blocks reads: the next block of the
-    // chunk, or the first of the next chunk.
-    RowPrefetch next_chunk;
-    if (c + 1 < n_chunks && chunk_start + ch.n < end) {
-      const KvChunk& next = chunks[c + 1];
-      next_chunk = {.k = static_cast<const char*>(next.k),
-                    .v = static_cast<const char*>(next.v),
-                    .n = std::min({next.n, end - chunk_start - ch.n, kBlock}),
-                    .row_bytes = static_cast<size_t>(D) * dtype_size(next.dtype)};
-    }
-    const size_t row_bytes = static_cast<size_t>(D) * dtype_size(ch.dtype);
     const int64_t raw_offset =
         chunk_start - begin;  // entry j of the chunk is raw column raw_offset + j
     chunk_start += ch.n;
     for (int64_t j0 = lo; j0 < hi; j0 += kBlock) {
       const int64_t nb = std::min(kBlock, hi - j0);
-      RowPrefetch ahead = next_chunk;
-      if (j0 + kBlock < hi)
-        ahead = {.k = static_cast<const char*>(ch.k) + static_cast<size_t>(j0 + kBlock) * row_bytes,
-                 .v = static_cast<const char*>(ch.v) + static_cast<size_t>(j0 + kBlock) * row_bytes,
-                 .n = std::min(kBlock, hi - j0 - kBlock),
-                 .row_bytes = row_bytes};
       // Entries the query does not see (causal mask, sliding window) are masked in
       // every head. A decode query sees them all and the block skips the row list
       // below; a block a prefill query sees none of is not scored at all.
@@ -346,6 +364,7 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32
       const bool all_visible = n_visible == nb;
       if (n_visible == 0) {
         for (int64_t g = 0; g < G; ++g) std::fill_n(scores + g * kBlock, nb, kMasked);
+        ahead.advance(nb);  // keeps its distance
       } else if (ch.dtype == DType::kBF16) {
         group_scores(qh, G, static_cast<const uint16_t*>(ch.k) + j0 * D, D, nb, scale_factor,
                      scores, ahead);
@@ -373,11 +392,17 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32
           std::fill_n(sg, kBlock, 0.f);
           continue;
         }
-        const float m_new = std::max(m[g], block_max);
-        const float correction = std::exp(m[g] - m_new);  // 0 on the first block
-        if (correction != 1.f) scale(o + g * D, correction, D);
-        l[g] = l[g] * correction + exp_shifted(sg, m_new);
-        m[g] = m_new;
+        // The running maximum moves only when a block exceeds it by more than
+        // kRescaleSlack: until then the weights exp(s - m) stay below e^8 (far
+        // from overflow in f32), and most blocks skip the rescale of l and o and
+        // its exponential. m is only a shift: the result is the same.
+        if (block_max > m[g] + kRescaleSlack) {
+          const float correction = std::exp(m[g] - block_max);  // 0 on the first block
+          scale(o + g * D, correction, D);
+          l[g] *= correction;
+          m[g] = block_max;
+        }
+        l[g] += exp_shifted(sg, m[g]);
       }
       // The rows some head weighs (hidden rows, e.g. under a causal mask, are skipped),
       // then every head's V accumulation in one pass over them.
@@ -400,6 +425,30 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32
     if (m[g] <= kMasked) m[g] = -std::numeric_limits<float>::infinity();
 }
 
+// prob[e] = sum over the G heads of exp(raw[g][e] - m[g]) / l[g], for e < n: an
+// entry's attention probability summed over its GQA group, from the raw logits
+// of one work item (raw [G, stride], kMasked where hidden) and the heads' final
+// maxima and sums. Heads that saw nothing (l = 0) add nothing.
+void EntryProbabilities(const float* raw, int64_t stride, int64_t G, int64_t n, const float* m,
+                        const float* l, float* prob) {
+  const DF d;
+  const auto N = static_cast<int64_t>(hn::Lanes(d));
+  std::fill_n(prob, n, 0.f);
+  for (int64_t g = 0; g < G; ++g) {
+    if (!(l[g] > 0.f)) continue;
+    const float* r = raw + g * stride;
+    const auto vm = hn::Set(d, m[g]);
+    const auto inv = hn::Set(d, 1.f / l[g]);
+    int64_t e = 0;
+    for (; e + N <= n; e += N) {
+      const auto p = hn::Mul(hn::Exp(d, hn::Sub(hn::LoadU(d, r + e), vm)), inv);
+      hn::StoreU(hn::Add(hn::LoadU(d, prob + e), p), d, prob + e);
+    }
+    for (; e < n; ++e)
+      if (r[e] > kMasked) prob[e] += std::exp(r[e] - m[g]) / l[g];
+  }
+}
+
 }  // namespace ekva::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
 
@@ -407,6 +456,7 @@ HWY_AFTER_NAMESPACE();
 namespace ekva::cpu {
 
 HWY_EXPORT(AttendPiece);
+HWY_EXPORT(EntryProbabilities);
 
 namespace {
 // Entries per piece when a (query, kv-head) is split: large enough that the merge
@@ -549,21 +599,22 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
         const float* l = &final_l[static_cast<size_t>((t * KH + h) * G)];
         size_t c = 0;
         int64_t chunk_start = 0;
+        // Probabilities a stretch of entries at a time, vectorised over entries.
+        constexpr int64_t kStretch = 512;
+        float prob[kStretch];
         for (int64_t i = plan.merge_begin[static_cast<size_t>(t * KH + h)];
              i < plan.merge_begin[static_cast<size_t>(t * KH + h) + 1]; ++i) {
           const AttentionWorkItem& it = plan.items[static_cast<size_t>(i)];
           const int64_t len = it.end - it.begin;
           const float* r = raw.data() + raw_begin[static_cast<size_t>(i)];
-          for (int64_t e = it.begin; e < it.end; ++e) {
-            while (e >= chunk_start + list[c].n) chunk_start += list[c++].n;
-            float* slot = list[c].scores;
-            if (slot == nullptr) continue;
-            float prob = 0.f;
-            for (int64_t g = 0; g < G; ++g) {
-              const float x = r[g * len + (e - it.begin)];
-              if (x > kMaskedScore && l[g] > 0.f) prob += std::exp(x - m[g]) / l[g];
+          for (int64_t e0 = 0; e0 < len; e0 += kStretch) {
+            const int64_t n = std::min(kStretch, len - e0);
+            HWY_DYNAMIC_DISPATCH(EntryProbabilities)(r + e0, len, G, n, m, l, prob);
+            for (int64_t j = 0; j < n; ++j) {
+              const int64_t e = it.begin + e0 + j;
+              while (e >= chunk_start + list[c].n) chunk_start += list[c++].n;
+              if (float* slot = list[c].scores; slot != nullptr) slot[e - chunk_start] += prob[j];
             }
-            slot[e - chunk_start] += prob;
           }
         }
       }
