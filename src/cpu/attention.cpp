@@ -44,9 +44,31 @@ HWY_INLINE hn::Vec<DF> load_kv(const KT* p) {
     return hn::BitCast(df, hn::ShiftLeft<16>(hn::PromoteTo(DU32(), hn::LoadU(DU16(), p))));
   }
 }
+// bf16 K/V read two vectors at a time in even/odd order: one 2N-element load as N
+// u32 lanes gives the even elements by a shift and the odd ones by a mask, one
+// operation per vector where the in-order widening takes two (a shuffle and a
+// shift). The order does not matter to a dot product if q is permuted the same way,
+// nor to an accumulation into o if o is kept permuted until the piece ends.
+struct PairedBf16 {
+  uint16_t bits;
+};
+template <typename KT>
+constexpr bool kPaired = std::is_same_v<KT, PairedBf16>;
+
+// Elements [p, p + 2N) as even (elements 0, 2, ..) and odd (1, 3, ..) vectors.
+HWY_INLINE void load_pair(const PairedBf16* p, hn::Vec<DF>& even, hn::Vec<DF>& odd) {
+  const DF df;
+  const DU32 du;
+  const auto u = hn::LoadU(du, reinterpret_cast<const uint32_t*>(p));
+  even = hn::BitCast(df, hn::ShiftLeft<16>(u));
+  odd = hn::BitCast(df, hn::And(u, hn::Set(du, 0xFFFF0000u)));
+}
+
 template <typename KT>
 HWY_INLINE float kv_scalar(const KT* p, int64_t i) {
-  if constexpr (std::is_same_v<KT, float>) {
+  if constexpr (kPaired<KT>) {
+    return bf16_to_f32(p[i].bits);  // (never reached: paired pieces have no tails)
+  } else if constexpr (std::is_same_v<KT, float>) {
     return p[i];
   } else {
     return bf16_to_f32(p[i]);
@@ -175,13 +197,27 @@ HWY_INLINE void block_scores(const float* const* q, const KT* k, int64_t D, int6
     prefetch.advance(std::min<int64_t>(kTokens, n - j0));
     hn::Vec<DF> acc[kN];
     for (size_t i = 0; i < kN; ++i) acc[i] = hn::Zero(d);
-    for (int64_t x = 0; x < D_vec; x += N) {
-      hn::Vec<DF> kv[kTokens];
-      for (int t = 0; t < kTokens; ++t) kv[t] = load_kv(rows[t] + x);
-      for (int h = 0; h < kHeads; ++h) {
-        const auto qv = hn::LoadU(d, q[h] + x);
-        for (int t = 0; t < kTokens; ++t)
-          acc[h * kTokens + t] = hn::MulAdd(qv, kv[t], acc[h * kTokens + t]);
+    if constexpr (kPaired<KT>) {  // q permuted to match; D a multiple of 2N
+      for (int64_t x = 0; x < D_vec; x += 2 * N) {
+        hn::Vec<DF> ke[kTokens], ko[kTokens];
+        for (int t = 0; t < kTokens; ++t) load_pair(rows[t] + x, ke[t], ko[t]);
+        for (int h = 0; h < kHeads; ++h) {
+          const auto qe = hn::LoadU(d, q[h] + x), qo = hn::LoadU(d, q[h] + x + N);
+          for (int t = 0; t < kTokens; ++t) {
+            acc[h * kTokens + t] = hn::MulAdd(qe, ke[t], acc[h * kTokens + t]);
+            acc[h * kTokens + t] = hn::MulAdd(qo, ko[t], acc[h * kTokens + t]);
+          }
+        }
+      }
+    } else {
+      for (int64_t x = 0; x < D_vec; x += N) {
+        hn::Vec<DF> kv[kTokens];
+        for (int t = 0; t < kTokens; ++t) kv[t] = load_kv(rows[t] + x);
+        for (int h = 0; h < kHeads; ++h) {
+          const auto qv = hn::LoadU(d, q[h] + x);
+          for (int t = 0; t < kTokens; ++t)
+            acc[h * kTokens + t] = hn::MulAdd(qv, kv[t], acc[h * kTokens + t]);
+        }
       }
     }
     HWY_ALIGN float sums[kN];
@@ -229,53 +265,58 @@ HWY_INLINE void scale(float* o, float c, int64_t n) {
 }
 
 // o_h += sum_j p_h[j] * v[j] for kHeads heads at once, over the block rows listed in
-// `rows` (p_h is row h of a [heads, kBlock] score block, o_h row h of o [heads, D]).
-// Each V vector is widened once for all the heads (a head-by-head pass widens every
-// V row G times, and bf16 widening is most of the work), and the heads' outputs stay
-// in registers two vectors of columns at a time: 2 kHeads accumulators, two V vectors
-// and a broadcast weight fit AVX2's 16 registers for kHeads <= 4.
+// `rows` (all rows 0..n_rows-1 when rows is null; p_h is row h of a [heads, kBlock]
+// score block, o_h row h of o [heads, D]). Each V vector is widened once for all
+// the heads (bf16 widening is a good part of the work), and the heads' outputs stay
+// in registers kCols vectors of columns at a time: kHeads x kCols accumulators, kCols
+// V vectors and a broadcast weight. Four columns per pass on 32 registers (AVX-512)
+// halve the passes over the rows and the broadcasts of two.
+template <int kHeads, int kCols, typename KT>
+HWY_INLINE void accumulate_columns(float* o, int64_t D, int64_t x, const float* p, const KT* v,
+                                   const int32_t* rows, int64_t n_rows) {
+  const DF d;
+  const auto N = static_cast<int64_t>(hn::Lanes(d));
+  hn::Vec<DF> a[kHeads][kCols];
+  for (int h = 0; h < kHeads; ++h)
+    for (int c = 0; c < kCols; ++c) a[h][c] = hn::LoadU(d, o + h * D + x + c * N);
+  for (int64_t i = 0; i < n_rows; ++i) {
+    const int64_t j = rows != nullptr ? rows[i] : i;
+    const KT* r = v + j * D + x;
+    hn::Vec<DF> vv[kCols];
+    if constexpr (kPaired<KT>) {
+      static_assert(kCols % 2 == 0);
+      for (int c = 0; c < kCols; c += 2) load_pair(r + c * N, vv[c], vv[c + 1]);
+    } else {
+      for (int c = 0; c < kCols; ++c) vv[c] = load_kv(r + c * N);
+    }
+    for (int h = 0; h < kHeads; ++h) {
+      const auto w = hn::Set(d, p[h * kBlock + j]);
+      for (int c = 0; c < kCols; ++c) a[h][c] = hn::MulAdd(w, vv[c], a[h][c]);
+    }
+  }
+  for (int h = 0; h < kHeads; ++h)
+    for (int c = 0; c < kCols; ++c) hn::StoreU(a[h][c], d, o + h * D + x + c * N);
+}
+
 template <int kHeads, typename KT>
 HWY_INLINE void accumulate_heads(float* o, int64_t D, const float* p, const KT* v,
                                  const int32_t* rows, int64_t n_rows) {
-  const DF d;
-  const auto N = static_cast<int64_t>(hn::Lanes(d));
+  constexpr int kWide = hn::MaxLanes(DF()) >= 16 && kHeads <= 4 ? 4 : 2;
+  const auto N = static_cast<int64_t>(hn::Lanes(DF()));
   int64_t x = 0;
-  for (; x + 2 * N <= D; x += 2 * N) {
-    hn::Vec<DF> a[kHeads][2];
-    for (int h = 0; h < kHeads; ++h) {
-      a[h][0] = hn::LoadU(d, o + h * D + x);
-      a[h][1] = hn::LoadU(d, o + h * D + x + N);
-    }
-    for (int64_t i = 0; i < n_rows; ++i) {
-      const int64_t j = rows[i];
-      const KT* r = v + j * D + x;
-      const auto v0 = load_kv(r);
-      const auto v1 = load_kv(r + N);
-      for (int h = 0; h < kHeads; ++h) {
-        const auto w = hn::Set(d, p[h * kBlock + j]);
-        a[h][0] = hn::MulAdd(w, v0, a[h][0]);
-        a[h][1] = hn::MulAdd(w, v1, a[h][1]);
+  for (; x + kWide * N <= D; x += kWide * N)
+    accumulate_columns<kHeads, kWide>(o, D, x, p, v, rows, n_rows);
+  if constexpr (kPaired<KT>) {
+    for (; x < D; x += 2 * N) accumulate_columns<kHeads, 2>(o, D, x, p, v, rows, n_rows);
+  } else {
+    for (; x + N <= D; x += N) accumulate_columns<kHeads, 1>(o, D, x, p, v, rows, n_rows);
+    for (; x < D; ++x)
+      for (int64_t i = 0; i < n_rows; ++i) {
+        const int64_t j = rows != nullptr ? rows[i] : i;
+        for (int h = 0; h < kHeads; ++h)
+          o[h * D + x] += p[h * kBlock + j] * kv_scalar(v, j * D + x);
       }
-    }
-    for (int h = 0; h < kHeads; ++h) {
-      hn::StoreU(a[h][0], d, o + h * D + x);
-      hn::StoreU(a[h][1], d, o + h * D + x + N);
-    }
   }
-  for (; x + N <= D; x += N) {
-    hn::Vec<DF> a[kHeads];
-    for (int h = 0; h < kHeads; ++h) a[h] = hn::LoadU(d, o + h * D + x);
-    for (int64_t i = 0; i < n_rows; ++i) {
-      const int64_t j = rows[i];
-      const auto v0 = load_kv(v + j * D + x);
-      for (int h = 0; h < kHeads; ++h) a[h] = hn::MulAdd(hn::Set(d, p[h * kBlock + j]), v0, a[h]);
-    }
-    for (int h = 0; h < kHeads; ++h) hn::StoreU(a[h], d, o + h * D + x);
-  }
-  for (; x < D; ++x)
-    for (int64_t i = 0; i < n_rows; ++i)
-      for (int h = 0; h < kHeads; ++h)
-        o[h * D + x] += p[h * kBlock + rows[i]] * kv_scalar(v, rows[i] * D + x);
 }
 
 template <typename KT>
@@ -340,6 +381,23 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32
   HWY_ALIGN float scores[64 * kBlock];
   const float* qh[64];
   for (int64_t g = 0; g < G; ++g) qh[g] = q + g * D;
+  // bf16 pieces whose head dim is whole pairs of vectors read K and V in even/odd
+  // order (PairedBf16): q permuted here, o un-permuted at the end.
+  const auto N = static_cast<int64_t>(hn::Lanes(DF()));
+  constexpr int64_t kPermutedFloats = 8192;
+  bool paired = N > 1 && D % (2 * N) == 0 && G * D <= kPermutedFloats;
+  for (int64_t c = 0; c < n_chunks && paired; ++c) paired = chunks[c].dtype == DType::kBF16;
+  HWY_ALIGN float q_permuted[kPermutedFloats];
+  if (paired) {
+    for (int64_t g = 0; g < G; ++g) {
+      for (int64_t x = 0; x < D; x += 2 * N)
+        for (int64_t i = 0; i < N; ++i) {
+          q_permuted[g * D + x + i] = q[g * D + x + 2 * i];
+          q_permuted[g * D + x + N + i] = q[g * D + x + 2 * i + 1];
+        }
+      qh[g] = q_permuted + g * D;
+    }
+  }
   RowPrefetch ahead(chunks, n_chunks, begin, end, D);
   int64_t chunk_start = 0;
   for (int64_t c = 0; c < n_chunks; ++c) {
@@ -365,6 +423,9 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32
       if (n_visible == 0) {
         for (int64_t g = 0; g < G; ++g) std::fill_n(scores + g * kBlock, nb, kMasked);
         ahead.advance(nb);  // keeps its distance
+      } else if (paired) {
+        group_scores(qh, G, static_cast<const PairedBf16*>(ch.k) + j0 * D, D, nb, scale_factor,
+                     scores, ahead);
       } else if (ch.dtype == DType::kBF16) {
         group_scores(qh, G, static_cast<const uint16_t*>(ch.k) + j0 * D, D, nb, scale_factor,
                      scores, ahead);
@@ -406,15 +467,24 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32
       }
       // The rows some head weighs (hidden rows, e.g. under a causal mask, are skipped),
       // then every head's V accumulation in one pass over them.
-      int32_t rows[kBlock];
-      int64_t n_rows = 0;
-      for (int64_t j = 0; j < nb; ++j) {
-        bool weighed = all_visible;
-        for (int64_t g = 0; g < G && !weighed; ++g) weighed = scores[g * kBlock + j] != 0.f;
-        if (weighed) rows[n_rows++] = static_cast<int32_t>(j);
+      // A block the query sees whole takes every row, listed by none.
+      int32_t row_list[kBlock];
+      const int32_t* rows = nullptr;
+      int64_t n_rows = nb;
+      if (!all_visible) {
+        rows = row_list;
+        n_rows = 0;
+        for (int64_t j = 0; j < nb; ++j) {
+          bool weighed = false;
+          for (int64_t g = 0; g < G && !weighed; ++g) weighed = scores[g * kBlock + j] != 0.f;
+          if (weighed) row_list[n_rows++] = static_cast<int32_t>(j);
+        }
       }
       if (n_rows == 0) continue;
-      if (ch.dtype == DType::kBF16)
+      if (paired)
+        accumulate_group(o, G, D, scores, static_cast<const PairedBf16*>(ch.v) + j0 * D, rows,
+                         n_rows);
+      else if (ch.dtype == DType::kBF16)
         accumulate_group(o, G, D, scores, static_cast<const uint16_t*>(ch.v) + j0 * D, rows,
                          n_rows);
       else
@@ -423,6 +493,16 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32
   }
   for (int64_t g = 0; g < G; ++g)
     if (m[g] <= kMasked) m[g] = -std::numeric_limits<float>::infinity();
+  if (paired) {  // o back to element order, a pair of vectors at a time
+    HWY_ALIGN float pair[2 * hn::MaxLanes(DF())];
+    for (int64_t x = 0; x < G * D; x += 2 * N) {
+      std::copy_n(o + x, 2 * N, pair);
+      for (int64_t i = 0; i < N; ++i) {
+        o[x + 2 * i] = pair[i];
+        o[x + 2 * i + 1] = pair[N + i];
+      }
+    }
+  }
 }
 
 // prob[e] = sum over the G heads of exp(raw[g][e] - m[g]) / l[g], for e < n: an
