@@ -15,6 +15,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <numeric>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -97,9 +98,13 @@ struct Nll {
 // What one method measured in one setting.
 struct Tally {
   std::map<int, std::pair<int, int>> retrieval;  // context -> (correct, total)
-  std::map<int, Nll> ppl;                        // context -> continuation NLL
-  Nll gen, gen_last_half;                        // long generation
-  double kv_bytes_sum = 0, full_bytes_sum = 0;   // after the compressed part, per prompt
+  // context -> the needle's answer tokens kept by the compressed cache, summed over
+  // prompts as fractions of (layer, kv-head, token): [0] all layers, [1 + l] layer l.
+  std::map<int, std::vector<double>> needle_kept;
+  std::map<int, int> needle_prompts;            // context -> prompts whose needle was located
+  std::map<int, Nll> ppl;                       // context -> continuation NLL
+  Nll gen, gen_last_half;                       // long generation
+  double kv_bytes_sum = 0, full_bytes_sum = 0;  // after the compressed part, per prompt
   int64_t prompts = 0;
   double replay_seconds = 0;
 
@@ -116,6 +121,12 @@ struct Tally {
     return it == retrieval.end() || it->second.second == 0
                ? NAN
                : 100.0 * it->second.first / it->second.second;
+  }
+  double needle_kept_pct(int ctx, int layer = -1) const {
+    const auto it = needle_kept.find(ctx);
+    const auto n = needle_prompts.find(ctx);
+    if (it == needle_kept.end() || n == needle_prompts.end() || n->second == 0) return NAN;
+    return 100.0 * it->second[static_cast<size_t>(layer + 1)] / n->second;
   }
   double ppl_at(int ctx) const {
     const auto it = ppl.find(ctx);
@@ -139,6 +150,46 @@ std::vector<json> read_jsonl(const std::string& path) {
     }
   }
   return out;
+}
+
+// The positions of the queried needle's answer tokens in a retrieval prompt: the
+// answer's ids searched for in the needle sentence that starts at needle_token_pos
+// (empty when the prompt names no needle or the ids are not found there).
+std::vector<int32_t> needle_answer_positions(const json& prompt, std::span<const int32_t> tokens,
+                                             std::span<const int32_t> answer) {
+  const int64_t start = prompt.value("needle_token_pos", int64_t{-1});
+  if (start < 0 || answer.empty()) return {};
+  const auto T = static_cast<int64_t>(tokens.size());
+  const auto n = static_cast<int64_t>(answer.size());
+  for (int64_t i = start; i + n <= std::min(T, start + 96); ++i)
+    if (std::equal(answer.begin(), answer.end(), tokens.begin() + i)) {
+      std::vector<int32_t> pos(static_cast<size_t>(n));
+      std::iota(pos.begin(), pos.end(), static_cast<int32_t>(i));
+      return pos;
+    }
+  return {};
+}
+
+// The share of `positions` a cache still holds: [0] over every (layer, kv-head), [1 + l]
+// over layer l's kv-heads.
+std::vector<double> kept_share(const KvCache& cache, const KvModelShape& shape,
+                               std::span<const int32_t> positions) {
+  std::vector<double> share(static_cast<size_t>(shape.n_layers) + 1, 0.0);
+  if (positions.empty()) return share;
+  std::vector<KvChunk> chunks;
+  const double per_list = 1.0 / static_cast<double>(positions.size() * shape.n_kv_heads);
+  for (int l = 0; l < shape.n_layers; ++l)
+    for (int h = 0; h < shape.n_kv_heads; ++h) {
+      chunks.clear();
+      cache.view(l, h, chunks);
+      for (const KvChunk& c : chunks)
+        for (int64_t e = 0; e < c.n; ++e)
+          if (std::find(positions.begin(), positions.end(), c.positions[e]) != positions.end())
+            share[static_cast<size_t>(l) + 1] += per_list;
+    }
+  for (int l = 0; l < shape.n_layers; ++l)
+    share[0] += share[static_cast<size_t>(l) + 1] / shape.n_layers;
+  return share;
 }
 
 // One cache for a method: the full cache, or a compressed one.
@@ -346,6 +397,8 @@ void run_eval(const EvalArgs& a) {
     if (answer.empty())
       fail("{}: prompt '{}' has no answer_tokens", a.retrieval, p.value("id", ""));
     const int64_t context = T + static_cast<int64_t>(answer.size()) + 1;
+    // (A prompt of the user's own set may name no needle: then it is not measured.)
+    const std::vector<int32_t> needle = needle_answer_positions(p, tokens, answer);
     const PrefillRecording rec = PrefillRecording::record(
         *model, tokens, backend, kv_dtype,
         {.all_query_scores = any_h2o, .split = setting_context ? query : 0});
@@ -353,6 +406,16 @@ void run_eval(const EvalArgs& a) {
     for (size_t si = 0; si < S; ++si) {
       const bool whole = settings[si] == "prompt";
       replay_all(rec, whole ? T : query, context, tally.data(), S, si);
+      // Which of the needle's answer tokens survived the compression (the question
+      // and the answer that follow do not evict them in either setting before it).
+      for (size_t mi = 0; mi < M && !needle.empty(); ++mi) {
+        Tally& t = tally[mi * S + si];
+        std::vector<double>& kept = t.needle_kept[ctx];
+        const std::vector<double> share = kept_share(*caches[mi], shape, needle);
+        if (kept.empty()) kept.assign(share.size(), 0.0);
+        for (size_t k = 0; k < share.size(); ++k) kept[k] += share[k];
+        ++t.needle_prompts[ctx];
+      }
       if (!whole) {  // the question on the compressed context
         const auto question = std::span(tokens).subspan(static_cast<size_t>(query));
         std::fill(feed.begin(), feed.end(), question);
@@ -466,10 +529,11 @@ void run_eval(const EvalArgs& a) {
                                     : "the context compressed before the question")
        << ")\n\n| method | budget | KV held | ";
     for (int ctx : ret_measured) md << "retrieval@" << ctx << " | ";
+    for (int ctx : ret_measured) md << "needle kept@" << ctx << " | ";
     for (int ctx : ppl_measured) md << "ppl@" << ctx << " | ";
     if (gen_done) md << "gen ppl | gen ppl, 2nd half | ";
     md << "\n|---|---|---|";
-    for (size_t i = 0; i < ret_measured.size() + ppl_measured.size() + (gen_done ? 2 : 0); ++i)
+    for (size_t i = 0; i < 2 * ret_measured.size() + ppl_measured.size() + (gen_done ? 2 : 0); ++i)
       md << "---|";
     md << "\n";
     const Tally& full = tally[si];
@@ -490,6 +554,15 @@ void run_eval(const EvalArgs& a) {
             {"accuracy_pct", figure_json(acc)},
             {"n", t.retrieval.count(ctx) ? t.retrieval.at(ctx).second : 0}};
         md << figure(acc, "{:.1f}%") << " | ";
+      }
+      for (int ctx : ret_measured) {
+        json per_layer = json::array();
+        for (int l = 0; l < shape.n_layers; ++l)
+          per_layer.push_back(figure_json(t.needle_kept_pct(ctx, l)));
+        row["retrieval"][std::to_string(ctx)]["needle_kept_pct"] =
+            figure_json(t.needle_kept_pct(ctx));
+        row["retrieval"][std::to_string(ctx)]["needle_kept_pct_per_layer"] = per_layer;
+        md << figure(t.needle_kept_pct(ctx), "{:.1f}%") << " | ";
       }
       for (int ctx : ppl_measured) {
         const double ppl = t.ppl_at(ctx);
