@@ -177,6 +177,13 @@ TEST_F(BadModelDir, ConfigTopKAboveExperts) {
                {"config.json", "num_experts_per_tok (9)", "experts (8)"});
 }
 
+TEST_F(BadModelDir, ConfigTooManyExperts) {
+  config_["num_local_experts"] = 513;
+  write_config();
+  expect_error([&] { Model::load(dir_); },
+               {"config.json", "513 experts per layer", "the router supports at most 512"});
+}
+
 TEST_F(BadModelDir, ConfigWrongType) {
   config_["hidden_size"] = "64";
   write_config();

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "ops/ops.h"
 
 namespace ekva {
 
@@ -256,6 +257,9 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   if (c.router.n_experts > 0 && c.router.top_k > c.router.n_experts)
     fail("{}: num_experts_per_tok ({}) exceeds the number of experts ({})", source, c.router.top_k,
          c.router.n_experts);
+  if (c.router.n_experts > kMaxRoutedExperts)
+    fail("{}: {} experts per layer; the router supports at most {}", source, c.router.n_experts,
+         kMaxRoutedExperts);
   if (c.mlp_bias) fail("{}: mlp_bias is not supported", source);
 
   c.bos_token_id = f.find("bos_token_id") ? f.int_or("bos_token_id", -1, 0) : -1;
