@@ -35,6 +35,17 @@ cp -r "$ref" "$tmp/arch"
 sed -i 's/MixtralForCausalLM/FalconForCausalLM/' "$tmp/arch/config.json"
 expect_error "'FalconForCausalLM' is not supported" -- "$EKVA" info -m "$tmp/arch"
 
+# `ekva info` names the architecture and the shape (a Qwen3-MoE with dense layers).
+out=$("$EKVA" info -m "$DATA/reference/qwen3_moe_dense" 2>&1)
+if grep -q '^architecture *Qwen3MoeForCausalLM$' <<<"$out" &&
+   grep -q '^heads / kv heads *4 / 1 (head_dim 16, q/k norm per head)$' <<<"$out" &&
+   grep -q '^experts *8 routed, top-2 (expert ffn 48)$' <<<"$out" &&
+   grep -q '^dense layers *0, 2, 3 (ffn 96)$' <<<"$out"; then
+  echo "ok: info describes a Qwen3-MoE"
+else
+  echo "FAIL: info on qwen3_moe_dense"; echo "$out"; fails=$((fails+1))
+fi
+
 # With a real tokenizer: the shipped model, when present.
 model=${SHIPPED_MODEL:-}
 if [ -n "$model" ] && [ -d "$model" ]; then

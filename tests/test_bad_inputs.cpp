@@ -105,9 +105,10 @@ TEST_F(BadSafetensors, NoCheckpointInDirectory) {
 
 class BadModelDir : public ::testing::Test {
  protected:
+  virtual const char* source_case() const { return "mixtral"; }
   void SetUp() override {
     dir_ = test::temp_dir("bad_model");
-    const auto src = test::reference_dir() / "mixtral";
+    const auto src = test::reference_dir() / source_case();
     ASSERT_TRUE(std::filesystem::exists(src)) << "run the make_reference fixture";
     for (const auto& e : std::filesystem::directory_iterator(src))
       std::filesystem::copy(e.path(), dir_ / e.path().filename());
@@ -124,6 +125,21 @@ class BadModelDir : public ::testing::Test {
     std::string data = bytes.substr(8 + n);
     edit(header, data);
     test::write_file(dir_ / "model.safetensors", with_header(header.dump(), data));
+  }
+
+  // Points tensor `name` at new zero bytes of `shape` (same dtype) past the end of the data.
+  void reshape_tensor(const std::string& name, const std::vector<int64_t>& shape) {
+    rewrite_weights([&](json& h, std::string& data) {
+      auto& t = h.at(name);
+      const auto old = t["data_offsets"].get<std::vector<uint64_t>>();
+      uint64_t numel = 1;
+      for (int64_t n : t["shape"]) numel *= static_cast<uint64_t>(n);
+      uint64_t bytes = (old[1] - old[0]) / numel;
+      for (int64_t n : shape) bytes *= static_cast<uint64_t>(n);
+      t["shape"] = shape;
+      t["data_offsets"] = {data.size(), data.size() + bytes};
+      data.append(bytes, '\0');
+    });
   }
 
   std::filesystem::path dir_;
@@ -175,6 +191,13 @@ TEST_F(BadModelDir, ConfigTopKAboveExperts) {
   write_config();
   expect_error([&] { Model::load(dir_); },
                {"config.json", "num_experts_per_tok (9)", "experts (8)"});
+}
+
+TEST_F(BadModelDir, ConfigTooManyExperts) {
+  config_["num_local_experts"] = 513;
+  write_config();
+  expect_error([&] { Model::load(dir_); },
+               {"config.json", "513 experts per layer", "the router supports at most 512"});
 }
 
 TEST_F(BadModelDir, ConfigWrongType) {
@@ -235,6 +258,78 @@ TEST_F(BadModelDir, TokenOutsideVocabulary) {
   std::vector<float> logits;
   expect_error([&] { model->forward(tokens, cache, logits, false, test::cpu()); },
                {"token id 384", "outside the vocabulary"});
+}
+
+// --- Qwen3-MoE: per-head q/k norms, explicit head_dim, layer rules --------------
+
+class BadQwen3Dir : public BadModelDir {
+ protected:
+  // 3 layers, 4 heads / 2 kv heads x head_dim 24, hidden 64, top-4 of 16 experts.
+  const char* source_case() const override { return "qwen3_moe"; }
+};
+
+TEST_F(BadQwen3Dir, ValidCopyLoads) { EXPECT_NO_THROW(Model::load(dir_)); }
+
+TEST_F(BadQwen3Dir, QNormOfTheWholeProjection) {
+  // An OLMoE-style q_norm ([n_heads * head_dim]) where Qwen3-MoE norms each head.
+  reshape_tensor("model.layers.1.self_attn.q_norm.weight", {96});
+  expect_error([&] { Model::load(dir_); },
+               {"model.safetensors", "'model.layers.1.self_attn.q_norm.weight'", "has shape [96]",
+                "config implies [24]", "head_dim 24"});
+}
+
+TEST_F(BadQwen3Dir, HeadDimContradictsQProj) {
+  config_["head_dim"] = 16;  // hidden / heads, but the projections are 4 x 24 wide
+  write_config();
+  expect_error([&] { Model::load(dir_); },
+               {"'model.layers.0.self_attn.q_proj.weight'", "has shape [96, 64]",
+                "config implies [64, 64]", "num_attention_heads 4 x head_dim 16"});
+}
+
+TEST_F(BadQwen3Dir, TopKAboveExperts) {
+  config_["num_experts_per_tok"] = 17;
+  write_config();
+  expect_error([&] { Model::load(dir_); },
+               {"config.json", "num_experts_per_tok (17)", "experts (16)"});
+}
+
+TEST_F(BadQwen3Dir, MlpOnlyLayerOutOfRange) {
+  config_["mlp_only_layers"] = json::array({0, 3});
+  write_config();
+  expect_error([&] { Model::load(dir_); },
+               {"config.json", "'mlp_only_layers' entry 3", "layer index below 3"});
+}
+
+TEST_F(BadQwen3Dir, MissingKNorm) {
+  rewrite_weights([](json& h, std::string&) { h.erase("model.layers.2.self_attn.k_norm.weight"); });
+  expect_error([&] { Model::load(dir_); },
+               {"missing tensor 'model.layers.2.self_attn.k_norm.weight'"});
+}
+
+TEST_F(BadQwen3Dir, SlidingWindowRefused) {
+  config_["use_sliding_window"] = true;
+  config_["sliding_window"] = 8;
+  write_config();
+  expect_error([&] { Model::load(dir_); },
+               {"config.json", "use_sliding_window", "not supported", "Qwen3MoeForCausalLM"});
+}
+
+TEST_F(BadQwen3Dir, DefaultsAreQwen3MoeConfigs) {
+  // Without the fields, transformers' Qwen3MoeConfig gives 4 kv heads (not the query
+  // heads) and norm_topk_prob false; intermediate_size only matters for dense layers.
+  config_.erase("num_key_value_heads");
+  config_.erase("norm_topk_prob");
+  config_.erase("intermediate_size");
+  const ModelConfig c = ModelConfig::from_json(config_, "config.json");
+  EXPECT_EQ(c.n_kv_heads, 4);
+  EXPECT_FALSE(c.router.renormalize);
+  EXPECT_EQ(c.qk_norm, QkNorm::kPerHead);
+  EXPECT_EQ(c.q_norm_size(), 24);
+  EXPECT_EQ(c.k_norm_size(), 24);
+  EXPECT_EQ(c.shared_expert_intermediate_size, 0);
+  config_["mlp_only_layers"] = json::array({1});
+  expect_error([&] { ModelConfig::from_json(config_, "config.json"); },
+               {"config.json", "missing required field 'intermediate_size'"});
 }
 
 TEST(BadShardedDir, IndexNamesMissingShard) {

@@ -39,6 +39,7 @@ const Case kCases[] = {
     {"mixtral", {600, 97}},           // MoE, GQA 2:1, top-2 renormalised
     {"mixtral_sharded", {97, 61}},    // GQA 4:1, head_dim 32
     {"qwen2_moe", {97, 61}},          // dense layers 0 and 2, top-4 not renormalised
+    {"qwen3_moe_sharded", {61}},      // top-8 of 32 experts, per-head q/k norm
     {"olmoe_clip", {61}},             // MHA (group of one)
     {"mistral_swa", {97, 61}, 2, 4},  // dense model, sliding window 8
 };

@@ -210,8 +210,10 @@ TEST_P(ReferenceLogits, ReferenceBackendMatchesNumpy) {
 
 INSTANTIATE_TEST_SUITE_P(Architectures, ReferenceLogits,
                          ::testing::Values("mixtral", "mixtral_sharded", "mixtral_f32",
-                                           "mixtral_f16", "qwen2_moe", "qwen2_moe_norm", "olmoe",
-                                           "olmoe_clip", "mistral", "mistral_swa", "llama"));
+                                           "mixtral_f16", "qwen2_moe", "qwen2_moe_norm",
+                                           "qwen3_moe", "qwen3_moe_dense", "qwen3_moe_sharded",
+                                           "olmoe", "olmoe_clip", "mistral", "mistral_swa",
+                                           "llama"));
 
 }  // namespace
 }  // namespace ekva

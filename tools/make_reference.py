@@ -29,7 +29,7 @@ strict safetensors reader and the forward is recomputed from the files on disk;
 the logits must match byte for byte.
 
 Modeling details verified against transformers (modeling_mixtral.py,
-modeling_qwen2_moe.py, modeling_olmoe.py, modeling_llama.py,
+modeling_qwen2_moe.py, modeling_qwen3_moe.py, modeling_olmoe.py, modeling_llama.py,
 masking_utils.py and the configuration_*.py files): see reference_lib.py.
 """
 
@@ -130,6 +130,28 @@ def cfg_qwen2_moe(p):
     }
 
 
+def cfg_qwen3_moe(p):
+    c = {
+        "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
+        "attention_bias": p.get("bias", False), "attention_dropout": 0.0,
+        "bos_token_id": p["V"] - 2, "decoder_sparse_step": p["step"], "eos_token_id": p["V"] - 1,
+        "hidden_act": "silu", "hidden_size": p["H"], "initializer_range": 0.02,
+        "intermediate_size": p["I"], "max_position_embeddings": 40960,
+        "max_window_layers": p["L"], "mlp_only_layers": p["mlp_only"],
+        "moe_intermediate_size": p["moeI"], "norm_topk_prob": p["norm"],
+        "num_attention_heads": p["nh"], "num_experts": p["E"], "num_experts_per_tok": p["k"],
+        "num_hidden_layers": p["L"], "num_key_value_heads": p["nkv"],
+        "output_router_logits": False, "rms_norm_eps": p.get("eps", 1e-6), "rope_scaling": None,
+        "rope_theta": p.get("theta", 1e6), "router_aux_loss_coef": 0.001,
+        # as in real Qwen3-MoE checkpoints: no window
+        "sliding_window": None, "use_sliding_window": False,
+        "tie_word_embeddings": p.get("tie", False), "use_cache": True, "vocab_size": p["V"],
+    }
+    if p.get("hd") is not None:
+        c["head_dim"] = p["hd"]
+    return c
+
+
 def cfg_olmoe(p):
     return {
         "architectures": ["OlmoeForCausalLM"], "model_type": "olmoe",
@@ -147,7 +169,7 @@ def cfg_olmoe(p):
 
 
 CFG_BUILDERS = {"mixtral": cfg_mixtral, "mistral": cfg_mistral, "llama": cfg_llama,
-                "qwen2_moe": cfg_qwen2_moe, "olmoe": cfg_olmoe}
+                "qwen2_moe": cfg_qwen2_moe, "qwen3_moe": cfg_qwen3_moe, "olmoe": cfg_olmoe}
 
 # ----------------------------------------------------------------------------
 # cases
@@ -176,6 +198,22 @@ CASES = {
                            V=448, H=64, L=2, nh=4, nkv=2, I=128, moeI=64, shI=96, E=8, k=2,
                            step=1, mlp_only=[], norm=True, tie=True,
                            desc="Qwen2-MoE, bf16, norm_topk_prob true, tied embeddings, top-2 of 8, all layers sparse"),
+    "qwen3_moe": dict(arch="qwen3_moe", dtype="bfloat16", seed=112, shards=1,
+                      V=384, H=64, L=3, nh=4, nkv=2, hd=24, I=128, moeI=32, E=16, k=4,
+                      step=1, mlp_only=[], norm=True, tie=False,
+                      desc="Qwen3-MoE, bf16, per-head q/k norm, head_dim 24 != hidden/heads 16, GQA 2:1, "
+                           "top-4 of 16 small experts, norm_topk_prob true, all layers sparse"),
+    "qwen3_moe_dense": dict(arch="qwen3_moe", dtype="bfloat16", seed=113, shards=1,
+                            V=352, H=64, L=4, nh=4, nkv=1, I=96, moeI=48, E=8, k=2,
+                            step=2, mlp_only=[3], norm=False, tie=True, bias=True,
+                            desc="Qwen3-MoE, bf16, decoder_sparse_step 2 + mlp_only_layers [3] "
+                                 "(layers 0,2,3 dense, layer 1 sparse), norm_topk_prob false, "
+                                 "attention_bias, tied, MQA, no head_dim field"),
+    "qwen3_moe_sharded": dict(arch="qwen3_moe", dtype="bfloat16", seed=114, shards=3,
+                              V=320, H=96, L=3, nh=8, nkv=4, hd=16, I=160, moeI=16, E=32, k=8,
+                              step=1, mlp_only=[], norm=True, tie=False,
+                              desc="Qwen3-MoE, bf16, 3 shards + index, top-8 of 32 experts of width 16, "
+                                   "head_dim 16 != hidden/heads 12"),
     "olmoe": dict(arch="olmoe", dtype="bfloat16", seed=107, shards=1,
                   V=352, H=64, L=2, nh=4, nkv=2, I=96, E=8, k=2, norm=False,
                   desc="OLMoE, bf16, q_norm/k_norm over full projections, top-2 of 8, norm_topk_prob false, GQA 2:1"),
@@ -218,8 +256,10 @@ def weight_shapes(cfg):
         out += [(a + "o_proj.weight", (H, nh * hd), "lin")]
         if s["o_bias"]:
             out += [(a + "o_proj.bias", (H,), "bias")]
-        if s["qk_norm"]:
+        if s["qk_norm"] == "projection":
             out += [(a + "q_norm.weight", (nh * hd,), "norm"), (a + "k_norm.weight", (nkv * hd,), "norm")]
+        elif s["qk_norm"] == "head":
+            out += [(a + "q_norm.weight", (hd,), "norm"), (a + "k_norm.weight", (hd,), "norm")]
         kind = s["kinds"][i]
         if kind == "mixtral_moe":
             m = p + "block_sparse_moe."
@@ -231,7 +271,7 @@ def weight_shapes(cfg):
                         (f"{m}experts.{e}.w3.weight", (I, H), "lin")]
         elif kind in ("moe", "qwen_moe"):
             m = p + "mlp."
-            I = cfg["moe_intermediate_size"] if kind == "qwen_moe" else cfg["intermediate_size"]
+            I = s["expert_I"]
             out += [(m + "gate.weight", (s["E"], H), "router")]
             for e in range(s["E"]):
                 out += [(f"{m}experts.{e}.gate_proj.weight", (I, H), "lin"),

@@ -1,6 +1,6 @@
 """Independent numpy reference for EKVA: safetensors I/O, bf16, and a float64
-forward pass for the Hugging Face Mixtral / Qwen2-MoE / OLMoE / Mistral / Llama
-decoder families, driven only by config.json and the tensors as stored.
+forward pass for the Hugging Face Mixtral / Qwen2-MoE / Qwen3-MoE / OLMoE /
+Mistral / Llama decoder families, driven only by config.json and the tensors as stored.
 
 numpy only (Debian python3 + numpy 1.24). No torch, no safetensors package.
 
@@ -13,8 +13,15 @@ make_reference.py's module docstring for the list):
   * sliding window (Mistral/Mixtral): key j visible to query i iff
     i - W < j <= i (W keys including itself; transformers masking_utils)
   * MoE router: softmax(router logits) in float, top-k, renormalise
-    (Mixtral always; Qwen2-MoE/OLMoE only if norm_topk_prob)
+    (Mixtral always; Qwen2-MoE/Qwen3-MoE/OLMoE only if norm_topk_prob)
   * Qwen2-MoE: + sigmoid(x @ shared_expert_gate^T) * shared_expert(x)
+  * Qwen2-MoE / Qwen3-MoE: layer i is sparse iff i not in mlp_only_layers and
+    (i + 1) % decoder_sparse_step == 0; dense layers use intermediate_size,
+    experts moe_intermediate_size
+  * Qwen3-MoE: q_norm / k_norm are RMSNorms of size head_dim applied to each
+    head AFTER the head reshape and BEFORE RoPE; attention_bias puts biases
+    on q, k, v and o; no shared expert; head_dim from config.json if given,
+    else hidden / heads; num_key_value_heads defaults to 4 (Qwen3MoeConfig)
   * OLMoE: q_norm / k_norm are RMSNorms over the whole projected q (size
     hidden) / k (size head_dim*nkv) BEFORE the head reshape; clip_qkv clamps
     q, k, v (after the norms) to [-clip, clip].
@@ -238,7 +245,7 @@ def load_checkpoint(folder):
 # config interpretation (what transformers does with each config.json field)
 # ----------------------------------------------------------------------------
 
-SUPPORTED = ("mixtral", "mistral", "llama", "qwen2_moe", "olmoe")
+SUPPORTED = ("mixtral", "mistral", "llama", "qwen2_moe", "qwen3_moe", "olmoe")
 
 
 def model_spec(cfg):
@@ -247,7 +254,10 @@ def model_spec(cfg):
         raise NotImplementedError(mt)
     H = cfg["hidden_size"]
     nh = cfg["num_attention_heads"]
-    nkv = cfg.get("num_key_value_heads") or nh
+    if mt == "qwen3_moe":
+        nkv = cfg.get("num_key_value_heads", 4)  # Qwen3MoeConfig's default, not nh
+    else:
+        nkv = cfg.get("num_key_value_heads") or nh
     if cfg.get("hidden_act", "silu") != "silu":
         raise NotImplementedError("hidden_act " + cfg["hidden_act"])
     if mt == "olmoe":
@@ -268,8 +278,8 @@ def model_spec(cfg):
     sw = None
     if mt in ("mixtral", "mistral"):
         sw = cfg.get("sliding_window")
-    elif mt == "qwen2_moe" and cfg.get("use_sliding_window", False):
-        raise NotImplementedError("qwen2_moe use_sliding_window (layer rule differs across transformers versions)")
+    elif mt in ("qwen2_moe", "qwen3_moe") and cfg.get("use_sliding_window", False):
+        raise NotImplementedError(mt + " use_sliding_window (layer rule differs across transformers versions)")
     if mt == "llama" and cfg.get("mlp_bias", False):
         raise NotImplementedError("llama mlp_bias")
     # llama pretraining_tp only splits the matmuls: mathematically identical, ignored.
@@ -278,9 +288,11 @@ def model_spec(cfg):
         eps=float(cfg["rms_norm_eps"]), theta=float(theta), sliding_window=sw,
         tie=bool(cfg.get("tie_word_embeddings", False)),
         qkv_bias=(mt == "qwen2_moe" and cfg.get("qkv_bias", True))
-        or (mt in ("llama", "olmoe") and cfg.get("attention_bias", False)),
-        o_bias=(mt in ("llama", "olmoe") and cfg.get("attention_bias", False)),
-        qk_norm=(mt == "olmoe"), clip_qkv=cfg.get("clip_qkv") if mt == "olmoe" else None,
+        or (mt in ("llama", "olmoe", "qwen3_moe") and cfg.get("attention_bias", False)),
+        o_bias=(mt in ("llama", "olmoe", "qwen3_moe") and cfg.get("attention_bias", False)),
+        # where q_norm / k_norm sit: over the whole projection (OLMoE) or per head (Qwen3-MoE)
+        qk_norm={"olmoe": "projection", "qwen3_moe": "head"}.get(mt),
+        clip_qkv=cfg.get("clip_qkv") if mt == "olmoe" else None,
     )
     if nh % nkv != 0:
         raise ValueError("num_attention_heads % num_key_value_heads != 0")
@@ -291,18 +303,22 @@ def model_spec(cfg):
             kinds.append("mixtral_moe")
         elif mt == "olmoe":
             kinds.append("moe")
-        elif mt == "qwen2_moe":
+        elif mt in ("qwen2_moe", "qwen3_moe"):
             mlp_only = cfg.get("mlp_only_layers") or []
             E = cfg["num_experts"]
             step = cfg.get("decoder_sparse_step", 1)
-            kinds.append("qwen_moe" if (i not in mlp_only and E > 0 and (i + 1) % step == 0) else "dense")
+            sparse = i not in mlp_only and E > 0 and (i + 1) % step == 0
+            kinds.append(("qwen_moe" if mt == "qwen2_moe" else "moe") if sparse else "dense")
         else:
             kinds.append("dense")
     s["kinds"] = kinds
     if mt == "mixtral":
         s["E"], s["k"], s["renorm"] = cfg["num_local_experts"], cfg["num_experts_per_tok"], True
-    elif mt in ("qwen2_moe", "olmoe"):
+    elif mt in ("qwen2_moe", "qwen3_moe", "olmoe"):
         s["E"], s["k"], s["renorm"] = cfg["num_experts"], cfg["num_experts_per_tok"], bool(cfg.get("norm_topk_prob", False))
+    # FFN widths: routed experts, dense layers
+    s["expert_I"] = cfg["moe_intermediate_size"] if mt in ("qwen2_moe", "qwen3_moe") else cfg.get("intermediate_size")
+    s["dense_I"] = cfg.get("intermediate_size")
     return s
 
 
@@ -373,14 +389,19 @@ def forward(cfg, w, tokens):
             q = q + w[a + "q_proj.bias"]
             k = k + w[a + "k_proj.bias"]
             v = v + w[a + "v_proj.bias"]
-        if s["qk_norm"]:
+        if s["qk_norm"] == "projection":
             q = rmsnorm(q, w[a + "q_norm.weight"], s["eps"])
             k = rmsnorm(k, w[a + "k_norm.weight"], s["eps"])
         if s["clip_qkv"] is not None:
             c = float(s["clip_qkv"])
             q, k, v = np.clip(q, -c, c), np.clip(k, -c, c), np.clip(v, -c, c)
-        q = q.reshape(N, nh, hd).transpose(1, 0, 2)    # [nh, N, hd]
-        k = k.reshape(N, nkv, hd).transpose(1, 0, 2)   # [nkv, N, hd]
+        q = q.reshape(N, nh, hd)
+        k = k.reshape(N, nkv, hd)
+        if s["qk_norm"] == "head":  # over the last axis: each head of each token
+            q = rmsnorm(q, w[a + "q_norm.weight"], s["eps"])
+            k = rmsnorm(k, w[a + "k_norm.weight"], s["eps"])
+        q = q.transpose(1, 0, 2)                       # [nh, N, hd]
+        k = k.transpose(1, 0, 2)                       # [nkv, N, hd]
         v = v.reshape(N, nkv, hd).transpose(1, 0, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin

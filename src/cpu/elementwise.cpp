@@ -98,9 +98,9 @@ void silu_mul(const SiluMulParams& p) {
 
 void route(const RouteParams& p) {
   const int E = p.n_experts;
-  EKVA_CHECK(E <= 512 && p.top_k <= E, "route: {} experts, top {}", E, p.top_k);
-  std::array<float, 512> prob;
-  std::array<int32_t, 512> order;
+  EKVA_CHECK(E <= kMaxRoutedExperts && p.top_k <= E, "route: {} experts, top {}", E, p.top_k);
+  std::array<float, kMaxRoutedExperts> prob;
+  std::array<int32_t, kMaxRoutedExperts> order;
   for (int64_t t = 0; t < p.n_tokens; ++t) {
     const float* logits = p.logits + t * E;
     const float max_logit = *std::max_element(logits, logits + E);

@@ -2,29 +2,38 @@
 
 #include <algorithm>
 #include <fstream>
+#include <iterator>
 #include <optional>
+#include <string_view>
+#include <utility>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "ops/ops.h"
 
 namespace ekva {
 
 using nlohmann::json;
 
+namespace {
+
+// Every supported architecture with its config.json "architectures" name.
+constexpr std::pair<Architecture, std::string_view> kArchitectures[] = {
+    {Architecture::kMixtral, "MixtralForCausalLM"},
+    {Architecture::kQwen2Moe, "Qwen2MoeForCausalLM"},
+    {Architecture::kQwen3Moe, "Qwen3MoeForCausalLM"},
+    {Architecture::kOlmoe, "OlmoeForCausalLM"},
+    {Architecture::kMistral, "MistralForCausalLM"},
+    {Architecture::kLlama, "LlamaForCausalLM"},
+};
+
+}  // namespace
+
 std::string_view architecture_name(Architecture arch) {
-  switch (arch) {
-    case Architecture::kMixtral:
-      return "MixtralForCausalLM";
-    case Architecture::kQwen2Moe:
-      return "Qwen2MoeForCausalLM";
-    case Architecture::kOlmoe:
-      return "OlmoeForCausalLM";
-    case Architecture::kMistral:
-      return "MistralForCausalLM";
-    case Architecture::kLlama:
-      return "LlamaForCausalLM";
-  }
+  for (const auto& [a, name] : kArchitectures)
+    if (a == arch) return name;
   return "?";
 }
 
@@ -111,6 +120,25 @@ RopeConfig parse_rope(const Fields& f, const std::string& source) {
   return rope;
 }
 
+// Qwen2MoeDecoderLayer / Qwen3MoeDecoderLayer: layer i is sparse iff it is not in
+// mlp_only_layers and (i + 1) % decoder_sparse_step == 0. An index past the last layer
+// is an error here (transformers ignores it): it is most likely a wrong config.
+std::vector<uint8_t> qwen_sparse_layers(const Fields& f, int n_layers) {
+  const int step = f.int_or("decoder_sparse_step", 1, 1);
+  std::vector<uint8_t> sparse(static_cast<size_t>(n_layers), 0);
+  for (int i = 0; i < n_layers; ++i) sparse[static_cast<size_t>(i)] = (i + 1) % step == 0;
+  if (const json* m = f.find("mlp_only_layers")) {
+    if (!m->is_array()) fail("{}: 'mlp_only_layers' must be an array", f.source());
+    for (const auto& x : *m) {
+      if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() >= n_layers)
+        fail("{}: 'mlp_only_layers' entry {} is not a layer index below {}", f.source(), x.dump(),
+             n_layers);
+      sparse[x.get<size_t>()] = 0;
+    }
+  }
+  return sparse;
+}
+
 std::vector<int> parse_token_ids(const json* v, const std::string& source, const char* key) {
   std::vector<int> ids;
   if (v == nullptr) return ids;
@@ -138,21 +166,15 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   if (archs == nullptr || !archs->is_array() || archs->empty() || !(*archs)[0].is_string())
     fail("{}: missing 'architectures' (e.g. [\"MixtralForCausalLM\"])", source);
   c.arch_name = (*archs)[0].get<std::string>();
-  if (c.arch_name == "MixtralForCausalLM")
-    c.arch = Architecture::kMixtral;
-  else if (c.arch_name == "Qwen2MoeForCausalLM")
-    c.arch = Architecture::kQwen2Moe;
-  else if (c.arch_name == "OlmoeForCausalLM")
-    c.arch = Architecture::kOlmoe;
-  else if (c.arch_name == "MistralForCausalLM")
-    c.arch = Architecture::kMistral;
-  else if (c.arch_name == "LlamaForCausalLM")
-    c.arch = Architecture::kLlama;
-  else
-    fail(
-        "{}: architecture '{}' is not supported (supported: MixtralForCausalLM, "
-        "Qwen2MoeForCausalLM, OlmoeForCausalLM, MistralForCausalLM, LlamaForCausalLM)",
-        source, c.arch_name);
+  const auto* known = std::find_if(std::begin(kArchitectures), std::end(kArchitectures),
+                                   [&](const auto& a) { return a.second == c.arch_name; });
+  if (known == std::end(kArchitectures)) {
+    std::vector<std::string_view> names;
+    for (const auto& a : kArchitectures) names.push_back(a.second);
+    fail("{}: architecture '{}' is not supported (supported: {})", source, c.arch_name,
+         fmt::join(names, ", "));
+  }
+  c.arch = known->first;
 
   if (const json* dt = f.find("torch_dtype") ? f.find("torch_dtype") : f.find("dtype")) {
     if (!dt->is_string()) fail("{}: 'torch_dtype' must be a string", source);
@@ -171,7 +193,9 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   c.hidden_size = f.require_int("hidden_size", 1);
   c.n_layers = f.require_int("num_hidden_layers", 1);
   c.n_heads = f.require_int("num_attention_heads", 1);
-  c.n_kv_heads = f.int_or("num_key_value_heads", c.n_heads, 1);
+  // Qwen3MoeConfig defaults num_key_value_heads to 4 (not to the query heads).
+  c.n_kv_heads =
+      f.int_or("num_key_value_heads", c.arch == Architecture::kQwen3Moe ? 4 : c.n_heads, 1);
   if (c.n_heads % c.n_kv_heads != 0)
     fail("{}: num_attention_heads ({}) is not a multiple of num_key_value_heads ({})", source,
          c.n_heads, c.n_kv_heads);
@@ -191,12 +215,14 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
       act != nullptr && !(act->is_string() && act->get<std::string>() == "silu"))
     fail("{}: hidden_act '{}' is not supported (only silu)", source, act->dump());
 
-  const bool windowed =
-      c.arch == Architecture::kMixtral || c.arch == Architecture::kMistral ||
-      (c.arch == Architecture::kQwen2Moe && f.bool_or("use_sliding_window", false));
-  if (windowed) c.sliding_window = f.int_or("sliding_window", 0, 1);
-  if (c.arch == Architecture::kQwen2Moe && f.bool_or("use_sliding_window", false))
-    fail("{}: use_sliding_window with max_window_layers is not supported", source);
+  const bool qwen_moe = c.arch == Architecture::kQwen2Moe || c.arch == Architecture::kQwen3Moe;
+  // Qwen's use_sliding_window windows only the layers from max_window_layers on, by a
+  // rule that differs across transformers versions (and attention backends): refused.
+  if (qwen_moe && f.bool_or("use_sliding_window", false))
+    fail("{}: use_sliding_window with max_window_layers is not supported ({})", source,
+         c.arch_name);
+  if (c.arch == Architecture::kMixtral || c.arch == Architecture::kMistral)
+    c.sliding_window = f.int_or("sliding_window", 0, 1);
 
   c.layer_is_moe.assign(static_cast<size_t>(c.n_layers), 0);
   switch (c.arch) {
@@ -213,37 +239,29 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
       c.router.renormalize = f.bool_or("norm_topk_prob", false);
       c.expert_intermediate_size = f.require_int("intermediate_size", 1);
       c.layer_is_moe.assign(static_cast<size_t>(c.n_layers), 1);
-      c.qk_norm = true;
+      c.qk_norm = QkNorm::kWholeProjection;
       c.clip_qkv = f.float_or("clip_qkv", 0.f, -1.f);
       if (f.bool_or("attention_bias", false))
         fail("{}: attention_bias is not supported for OLMoE", source);
       break;
-    case Architecture::kQwen2Moe: {
+    case Architecture::kQwen2Moe:
+    case Architecture::kQwen3Moe:
       c.router.n_experts = f.require_int("num_experts", 1);
       c.router.top_k = f.require_int("num_experts_per_tok", 1);
       c.router.renormalize = f.bool_or("norm_topk_prob", false);
       c.expert_intermediate_size = f.require_int("moe_intermediate_size", 1);
-      c.shared_expert_intermediate_size = f.int_or("shared_expert_intermediate_size", 0, 0);
-      c.dense_intermediate_size = f.require_int("intermediate_size", 1);
-      c.qkv_bias = f.bool_or("qkv_bias", true);
-      const int step = f.int_or("decoder_sparse_step", 1, 1);
-      std::vector<int> mlp_only;
-      if (const json* m = f.find("mlp_only_layers")) {
-        if (!m->is_array()) fail("{}: 'mlp_only_layers' must be an array", source);
-        for (const auto& x : *m) {
-          if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() >= c.n_layers)
-            fail("{}: 'mlp_only_layers' entry {} is not a layer index below {}", source, x.dump(),
-                 c.n_layers);
-          mlp_only.push_back(x.get<int>());
-        }
+      if (c.arch == Architecture::kQwen2Moe) {
+        c.shared_expert_intermediate_size = f.int_or("shared_expert_intermediate_size", 0, 0);
+        c.qkv_bias = f.bool_or("qkv_bias", true);
+      } else {  // Qwen3-MoE: no shared expert; per-head q/k norms; biases on q, k, v and o
+        c.qk_norm = QkNorm::kPerHead;
+        c.qkv_bias = c.o_bias = f.bool_or("attention_bias", false);
       }
-      // Qwen2MoeDecoderLayer: sparse iff not mlp-only, experts exist, and (i + 1) % step == 0.
-      for (int i = 0; i < c.n_layers; ++i) {
-        const bool only_mlp = std::find(mlp_only.begin(), mlp_only.end(), i) != mlp_only.end();
-        c.layer_is_moe[static_cast<size_t>(i)] = !only_mlp && (i + 1) % step == 0;
-      }
+      c.layer_is_moe = qwen_sparse_layers(f, c.n_layers);
+      // Only the dense layers (mlp_only_layers, decoder_sparse_step) use intermediate_size.
+      if (std::count(c.layer_is_moe.begin(), c.layer_is_moe.end(), 0) > 0)
+        c.dense_intermediate_size = f.require_int("intermediate_size", 1);
       break;
-    }
     case Architecture::kMistral:
     case Architecture::kLlama:
       c.dense_intermediate_size = f.require_int("intermediate_size", 1);
@@ -256,6 +274,9 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   if (c.router.n_experts > 0 && c.router.top_k > c.router.n_experts)
     fail("{}: num_experts_per_tok ({}) exceeds the number of experts ({})", source, c.router.top_k,
          c.router.n_experts);
+  if (c.router.n_experts > kMaxRoutedExperts)
+    fail("{}: {} experts per layer; the router supports at most {}", source, c.router.n_experts,
+         kMaxRoutedExperts);
   if (c.mlp_bias) fail("{}: mlp_bias is not supported", source);
 
   c.bos_token_id = f.find("bos_token_id") ? f.int_or("bos_token_id", -1, 0) : -1;
@@ -291,6 +312,22 @@ KvModelShape kv_shape_of(const ModelConfig& config) {
   s.sliding_window = config.sliding_window;
   s.layer_is_moe = config.layer_is_moe;
   return s;
+}
+
+int ModelConfig::q_norm_size() const {
+  switch (qk_norm) {
+    case QkNorm::kNone:
+      return 0;
+    case QkNorm::kWholeProjection:
+      return q_dim();
+    case QkNorm::kPerHead:
+      return head_dim;
+  }
+  return 0;
+}
+
+int ModelConfig::k_norm_size() const {
+  return qk_norm == QkNorm::kWholeProjection ? kv_dim() : q_norm_size();
 }
 
 ModelConfig::operator KvModelShape() const { return kv_shape_of(*this); }

@@ -16,15 +16,22 @@
 
 namespace ekva {
 
-enum class Architecture { kMixtral, kQwen2Moe, kOlmoe, kMistral, kLlama };
+enum class Architecture { kMixtral, kQwen2Moe, kQwen3Moe, kOlmoe, kMistral, kLlama };
 
-// How a MoE layer's router turns logits into expert weights. All three supported
+// Where the RMSNorms of q and k sit, after the projections and before RoPE.
+enum class QkNorm {
+  kNone,
+  kWholeProjection,  // OLMoE: over all of q ([q_dim]) and k ([kv_dim]), before the head split
+  kPerHead,          // Qwen3-MoE: over each head of q and k, one [head_dim] weight for all heads
+};
+
+// How a MoE layer's router turns logits into expert weights. All supported MoE
 // families take a softmax over all experts in f32, then the top-k; they differ in
 // whether the k weights are renormalised to sum to one.
 struct RouterRule {
   int n_experts = 0;
   int top_k = 0;
-  bool renormalize = false;  // Mixtral: always; Qwen2-MoE, OLMoE: norm_topk_prob
+  bool renormalize = false;  // Mixtral: always; Qwen2-MoE, Qwen3-MoE, OLMoE: norm_topk_prob
 };
 
 struct RopeConfig {
@@ -54,15 +61,15 @@ struct ModelConfig {
   int sliding_window = 0;  // 0: none; otherwise a query sees keys with q - k < sliding_window
   bool tie_word_embeddings = false;
 
-  bool qkv_bias = false;  // Qwen2-MoE; Llama with attention_bias
-  bool o_bias = false;    // Llama with attention_bias
+  bool qkv_bias = false;  // Qwen2-MoE; Llama, Qwen3-MoE with attention_bias
+  bool o_bias = false;    // Llama, Qwen3-MoE with attention_bias
   bool mlp_bias = false;  // Llama with mlp_bias
-  bool qk_norm = false;   // OLMoE: RMSNorm over the whole q and k projections
-  float clip_qkv = 0.f;   // OLMoE: clamp q, k, v to [-clip, clip]; 0: off
+  QkNorm qk_norm = QkNorm::kNone;
+  float clip_qkv = 0.f;  // OLMoE: clamp q, k, v to [-clip, clip]; 0: off
 
   RouterRule router;
   int expert_intermediate_size = 0;  // per routed expert
-  int dense_intermediate_size = 0;   // dense MLP layers (Mistral/Llama, Qwen2-MoE mlp_only_layers)
+  int dense_intermediate_size = 0;   // dense MLP layers (Mistral/Llama, Qwen mlp_only_layers)
   int shared_expert_intermediate_size = 0;  // Qwen2-MoE shared expert; 0: none
   std::vector<uint8_t> layer_is_moe;        // [n_layers]
 
@@ -73,6 +80,10 @@ struct ModelConfig {
   int q_dim() const { return n_heads * head_dim; }
   int kv_dim() const { return n_kv_heads * head_dim; }
   int group_size() const { return n_heads / n_kv_heads; }
+  // Sizes of the q_norm / k_norm weights (0: none); q is normed in q_dim() / q_norm_size()
+  // pieces of that size, k likewise.
+  int q_norm_size() const;
+  int k_norm_size() const;
   // The shape the KV layer works with (kv_shape_of); implicit so that callers of
   // the kv API written against ModelConfig keep compiling.
   operator KvModelShape() const;  // NOLINT(google-explicit-constructor)

@@ -195,9 +195,14 @@ void Model::attention_block(int layer, const Step& s, Activations& a, Backend& b
   project(L.q, L.q_bias, a.xn.data(), a.q.data());  // [T, n_heads * head_dim]
   project(L.k, L.k_bias, a.xn.data(), a.k.data());  // [T, n_kv_heads * head_dim]
   project(L.v, L.v_bias, a.xn.data(), a.v.data());
-  if (c.qk_norm) {  // OLMoE: over the whole projection, before splitting into heads
-    backend.rmsnorm({a.q.data(), L.q_norm.data(), T, c.q_dim(), c.rms_norm_eps, a.q.data()});
-    backend.rmsnorm({a.k.data(), L.k_norm.data(), T, c.kv_dim(), c.rms_norm_eps, a.k.data()});
+  if (c.qk_norm != QkNorm::kNone) {
+    // OLMoE: each token's whole q and k; Qwen3-MoE: each head, i.e. rows of head_dim
+    // of the same [T, n_heads * head_dim] buffers.
+    const int64_t qn = c.q_norm_size(), kn = c.k_norm_size();
+    backend.rmsnorm(
+        {a.q.data(), L.q_norm.data(), T * c.q_dim() / qn, qn, c.rms_norm_eps, a.q.data()});
+    backend.rmsnorm(
+        {a.k.data(), L.k_norm.data(), T * c.kv_dim() / kn, kn, c.rms_norm_eps, a.k.data()});
   }
   if (c.clip_qkv > 0.f) {
     backend.clamp({a.q.data(), T * c.q_dim(), c.clip_qkv});

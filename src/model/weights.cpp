@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <set>
+#include <string_view>
 
 #include <fmt/format.h>
 
@@ -15,12 +16,15 @@ class Binder {
  public:
   Binder(const TensorStore& store, ModelWeights& w) : store_(store), w_(w) {}
 
-  const TensorInfo& expect(const std::string& name, std::initializer_list<int64_t> shape) {
+  // `why`: the config fields the shape comes from, for the error message.
+  const TensorInfo& expect(const std::string& name, std::initializer_list<int64_t> shape,
+                           std::string_view why = {}) {
     const TensorInfo& t = store_.get(name);
     const std::vector<int64_t> want(shape);
     if (t.shape != want)
-      fail("{}: tensor '{}' has shape {}, but the config implies [{}]", t.file->string(), name,
-           t.shape_string(), fmt::join(want, ", "));
+      fail("{}: tensor '{}' has shape {}, but the config implies [{}]{}", t.file->string(), name,
+           t.shape_string(), fmt::join(want, ", "),
+           why.empty() ? std::string() : fmt::format(" ({})", why));
     if (t.dtype != DType::kBF16 && t.dtype != DType::kF16 && t.dtype != DType::kF32)
       fail("{}: tensor '{}' has dtype {}; weights must be BF16, F16 or F32", t.file->string(), name,
            dtype_name(t.dtype));
@@ -28,8 +32,9 @@ class Binder {
     return t;
   }
 
-  WeightMatrix matrix(const std::string& name, int64_t rows, int64_t cols) {
-    const TensorInfo& t = expect(name, {rows, cols});
+  WeightMatrix matrix(const std::string& name, int64_t rows, int64_t cols,
+                      std::string_view why = {}) {
+    const TensorInfo& t = expect(name, {rows, cols}, why);
     if (t.dtype == DType::kF16) {
       auto& buf = w_.owned.emplace_back(widen(t));
       return {DType::kF32, rows, cols, buf.data()};
@@ -37,7 +42,9 @@ class Binder {
     return {t.dtype, rows, cols, t.data};
   }
 
-  std::vector<float> vector(const std::string& name, int64_t n) { return widen(expect(name, {n})); }
+  std::vector<float> vector(const std::string& name, int64_t n, std::string_view why = {}) {
+    return widen(expect(name, {n}, why));
+  }
 
   void check_all_used() const {
     std::vector<std::string> unused;
@@ -87,25 +94,32 @@ ModelWeights ModelWeights::bind(const ModelConfig& c, const TensorStore& store) 
   w.lm_head = c.tie_word_embeddings ? w.embed : b.matrix("lm_head.weight", c.vocab_size, H);
   w.final_norm = b.vector("model.norm.weight", H);
   w.layers.resize(static_cast<size_t>(c.n_layers));
+  const std::string q_shape = fmt::format("num_attention_heads {} x head_dim {}, hidden_size {}",
+                                          c.n_heads, c.head_dim, c.hidden_size);
+  const std::string kv_shape = fmt::format("num_key_value_heads {} x head_dim {}, hidden_size {}",
+                                           c.n_kv_heads, c.head_dim, H);
+  const bool per_head = c.qk_norm == QkNorm::kPerHead;
+  const std::string head_shape =
+      fmt::format("head_dim {}, one norm shared by every head", c.head_dim);
   for (int i = 0; i < c.n_layers; ++i) {
     LayerWeights& L = w.layers[static_cast<size_t>(i)];
     const std::string p = fmt::format("model.layers.{}.", i);
     L.input_norm = b.vector(p + "input_layernorm.weight", H);
     L.post_attn_norm = b.vector(p + "post_attention_layernorm.weight", H);
     const std::string a = p + "self_attn.";
-    L.q = b.matrix(a + "q_proj.weight", c.q_dim(), H);
-    L.k = b.matrix(a + "k_proj.weight", c.kv_dim(), H);
-    L.v = b.matrix(a + "v_proj.weight", c.kv_dim(), H);
-    L.o = b.matrix(a + "o_proj.weight", H, c.q_dim());
+    L.q = b.matrix(a + "q_proj.weight", c.q_dim(), H, q_shape);
+    L.k = b.matrix(a + "k_proj.weight", c.kv_dim(), H, kv_shape);
+    L.v = b.matrix(a + "v_proj.weight", c.kv_dim(), H, kv_shape);
+    L.o = b.matrix(a + "o_proj.weight", H, c.q_dim(), q_shape);
     if (c.qkv_bias) {
       L.q_bias = b.vector(a + "q_proj.bias", c.q_dim());
       L.k_bias = b.vector(a + "k_proj.bias", c.kv_dim());
       L.v_bias = b.vector(a + "v_proj.bias", c.kv_dim());
     }
     if (c.o_bias) L.o_bias = b.vector(a + "o_proj.bias", H);
-    if (c.qk_norm) {
-      L.q_norm = b.vector(a + "q_norm.weight", c.q_dim());
-      L.k_norm = b.vector(a + "k_norm.weight", c.kv_dim());
+    if (c.qk_norm != QkNorm::kNone) {
+      L.q_norm = b.vector(a + "q_norm.weight", c.q_norm_size(), per_head ? head_shape : q_shape);
+      L.k_norm = b.vector(a + "k_norm.weight", c.k_norm_size(), per_head ? head_shape : kv_shape);
     }
 
     const int64_t E = c.router.n_experts;

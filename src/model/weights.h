@@ -24,7 +24,7 @@ struct LayerWeights {
   std::vector<float> post_attn_norm;  // [hidden]
   WeightMatrix q, k, v, o;  // q: [q_dim, hidden], k/v: [kv_dim, hidden], o: [hidden, q_dim]
   std::vector<float> q_bias, k_bias, v_bias, o_bias;  // empty when absent
-  std::vector<float> q_norm, k_norm;                  // OLMoE: [q_dim], [kv_dim]
+  std::vector<float> q_norm, k_norm;  // OLMoE: [q_dim], [kv_dim]; Qwen3-MoE: [head_dim] each
   // MoE layers
   WeightMatrix router;              // [n_experts, hidden]
   std::vector<MlpWeights> experts;  // [n_experts]

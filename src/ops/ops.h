@@ -150,6 +150,9 @@ struct SiluMulParams {
   OpCost cost() const;
 };
 
+// The most experts a router may choose from (the CPU and CUDA route ops' limit).
+constexpr int kMaxRoutedExperts = 512;
+
 // Router: softmax over the experts in f32, then the top_k by probability (ties to
 // the lower expert id, as torch.topk does in practice), renormalised to sum 1 when
 // `renormalize`. Experts come out in rank order.

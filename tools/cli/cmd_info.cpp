@@ -2,6 +2,7 @@
 //   ekva info -m DIR
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
@@ -20,11 +21,24 @@ void run_info(const std::string& model_dir) {
   fmt::print("architecture      {}\n", c.arch_name);
   fmt::print("layers            {}\n", c.n_layers);
   fmt::print("hidden            {}\n", c.hidden_size);
-  fmt::print("heads / kv heads  {} / {} (head_dim {})\n", c.n_heads, c.n_kv_heads, c.head_dim);
-  if (c.router.n_experts > 0)
+  const char* qk_norm = c.qk_norm == ekva::QkNorm::kPerHead           ? ", q/k norm per head"
+                        : c.qk_norm == ekva::QkNorm::kWholeProjection ? ", q/k norm"
+                                                                      : "";
+  fmt::print("heads / kv heads  {} / {} (head_dim {}{})\n", c.n_heads, c.n_kv_heads, c.head_dim,
+             qk_norm);
+  if (c.router.n_experts > 0) {
     fmt::print("experts           {} routed, top-{}{} (expert ffn {})\n", c.router.n_experts,
                c.router.top_k, c.router.renormalize ? ", renormalised" : "",
                c.expert_intermediate_size);
+    std::vector<int> dense;
+    for (int i = 0; i < c.n_layers; ++i)
+      if (!c.is_moe_layer(i)) dense.push_back(i);
+    if (!dense.empty())
+      fmt::print("dense layers      {} (ffn {})\n", fmt::join(dense, ", "),
+                 c.dense_intermediate_size);
+    if (c.shared_expert_intermediate_size > 0)
+      fmt::print("shared expert     ffn {}\n", c.shared_expert_intermediate_size);
+  }
   fmt::print("vocab             {}\n", c.vocab_size);
   fmt::print("context           {}\n", c.max_position_embeddings);
   fmt::print("weights           {} in {} tensors\n",
