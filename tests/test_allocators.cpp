@@ -30,8 +30,8 @@
 namespace ekva {
 namespace {
 
-constexpr std::array<const char*, 6> kNames = {"uniform",      "pyramidkv", "adakv",
-                                               "ekva-entropy", "ekva-mass", "ekva-joint"};
+constexpr std::array<const char*, 7> kNames = {"uniform",   "pyramidkv",  "adakv", "ekva-entropy",
+                                               "ekva-mass", "ekva-joint", "headkv"};
 
 using test::expect_error;
 
@@ -239,6 +239,12 @@ void random_case(std::mt19937_64& rng, Granularity granularity, Case& c) {
       0,    1 + static_cast<int64_t>(rng() % 3),          static_cast<int64_t>(rng() % (live + 1)),
       live, live + 1 + static_cast<int64_t>(rng() % 100), 10 * live + 7};
   c.input.evictable_budget = budgets[rng() % budgets.size()];
+  // Retrieval masses per kv-head (headkv), some zero.
+  for (LayerStats& L : layers) {
+    L.head_retrieval.resize(static_cast<size_t>(n_kv_heads));
+    for (double& r : L.head_retrieval)
+      r = rng() % 3 == 0 ? 0.0 : static_cast<double>(rng() % 100) / 200;
+  }
   c.profile = make_profile(n_kv_heads, n_experts, std::move(layers));
   c.input.profile = &c.profile;
 }
@@ -281,9 +287,12 @@ TEST(Allocators, NamesAndNeeds) {
   EXPECT_EQ(make_allocator("ekva-entropy")->granularity(), Granularity::kPerExpert);
   EXPECT_EQ(make_allocator("ekva-mass")->granularity(), Granularity::kPerExpert);
   EXPECT_EQ(make_allocator("ekva-joint")->granularity(), Granularity::kPerHeadExpert);
+  EXPECT_EQ(make_allocator("headkv")->granularity(), Granularity::kPerHead);
   for (const char* name : kNames) {
     const auto a = make_allocator(name);
-    EXPECT_EQ(a->needs_profile(), std::string(name).starts_with("ekva-")) << name;
+    EXPECT_EQ(a->needs_profile(),
+              std::string(name).starts_with("ekva-") || std::string(name) == "headkv")
+        << name;
     EXPECT_EQ(a->needs_live_scores(),
               std::string(name) == "adakv" || std::string(name) == "ekva-joint")
         << name;
@@ -378,6 +387,33 @@ TEST(Uniform, RedistributesWhatACappedSegmentCannotUse) {
       if (l != 1 || h != 2) {
         EXPECT_TRUE(a[l][h] == 108 || a[l][h] == 109) << a[l][h];
       }
+}
+
+// ---- headkv ----
+
+// Half the budget evenly over the (layer, kv-head) segments, half by retrieval mass:
+// the one head that retrieves gets 1/8 + 1/2 of the budget, the others 1/8 each.
+TEST(HeadKv, FundsTheHeadsThatRetrieve) {
+  const std::vector<std::vector<int64_t>> live(2, std::vector<int64_t>(2, 1000));
+  AllocationInput in = per_head(live, 800);
+  CalibrationProfile p = make_profile(2, 0, {dense_layer(), dense_layer()});
+  p.layers[0].head_retrieval = {0.0, 0.0};
+  p.layers[1].head_retrieval = {0.3, 0.0};
+  in.profile = &p;
+  const Allocation a = make_allocator("headkv")->allocate(in);
+  EXPECT_EQ(a[1][0], 500);
+  EXPECT_EQ(a[0][0], 100);
+  EXPECT_EQ(a[0][1], 100);
+  EXPECT_EQ(a[1][1], 100);
+  // Capped at the live entries, the rest water-filled over the others.
+  in = per_head({{1000, 1000}, {300, 1000}}, 800);
+  in.profile = &p;
+  const Allocation b = make_allocator("headkv")->allocate(in);
+  EXPECT_EQ(b[1][0], 300);
+  EXPECT_EQ(total(b), 800);
+  // A profile without retrieval statistics is refused, naming how to make them.
+  p.layers[1].head_retrieval.clear();
+  expect_error([&] { make_allocator("headkv")->allocate(in); }, {"--retrieval-heads"});
 }
 
 // ---- pyramidkv ----

@@ -9,11 +9,13 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "core/xz_file.h"
 #include "kv/kv_cache.h"
 #include "kv/profile.h"
 #include "model/model.h"
@@ -481,11 +483,47 @@ TEST(Calibration, ShippedModelOnTheCommittedSample) {
   ThreadPool pool(2);
   CalibrationOptions o;
   o.data = "validation_sample.txt";
-  const CalibrationProfile p = calibrate(*model, seqs, o, pool, nullptr);
+  CalibrationProfile p = calibrate(*model, seqs, o, pool, nullptr);
+
+  // Retrieval heads on two 1k needle prompts of the shipped set: the model copies the
+  // pass key through one kv-head (layer 5, kv-head 0), which puts far more attention on
+  // the needle's answer tokens than any other.
+  std::vector<NeedlePrompt> needles;
+  std::istringstream in(read_text_file(source / "data/evalsets/retrieval.jsonl.xz"));
+  for (std::string line; std::getline(in, line) && needles.size() < 2;) {
+    const auto r = nlohmann::json::parse(line);
+    if (r.at("context").get<int>() != 1024) continue;
+    NeedlePrompt n;
+    n.tokens = tokenizer.encode(r.at("prompt").get<std::string>());
+    n.answer = r.at("answer_tokens").get<std::vector<int32_t>>();
+    n.needle = needle_answer_positions(n.tokens, r.at("needle_token_pos").get<int64_t>(), n.answer);
+    ASSERT_EQ(n.needle.size(), n.answer.size());
+    needles.push_back(std::move(n));
+  }
+  ASSERT_EQ(needles.size(), 2u);
+  const auto mass = retrieval_head_mass(*model, needles, pool, nullptr);
+  ASSERT_EQ(mass.size(), 8u);
+  double best = 0;
+  for (size_t l = 0; l < 8; ++l) {
+    ASSERT_EQ(mass[l].size(), 2u);
+    for (size_t h = 0; h < 2; ++h) {
+      EXPECT_GE(mass[l][h], 0.0);
+      EXPECT_LE(mass[l][h], 1.0);
+      if (l != 5 || h != 0) best = std::max(best, mass[l][h]);
+    }
+    p.layers[l].head_retrieval = mass[l];
+  }
+  EXPECT_GT(mass[5][0], 0.2);
+  EXPECT_GT(mass[5][0], 3 * best);
+
   const auto dir = test::temp_dir("calibration_shipped");
   p.save(dir / "profile.json");
   const CalibrationProfile q = CalibrationProfile::load(dir / "profile.json", model->config());
   std::filesystem::remove_all(dir);
+  for (size_t l = 0; l < 8; ++l) {
+    ASSERT_EQ(q.layers[l].head_retrieval.size(), 2u);
+    for (size_t h = 0; h < 2; ++h) EXPECT_NEAR(q.layers[l].head_retrieval[h], mass[l][h], 1e-5);
+  }
   EXPECT_EQ(q.tokens, 512);
   ASSERT_EQ(q.layers.size(), 8u);
   for (const LayerStats& L : q.layers) {

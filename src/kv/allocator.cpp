@@ -18,12 +18,13 @@ struct Entry {
   std::string_view name;
   Factory make;
 };
-constexpr std::array<Entry, 6> kAllocators = {{{"uniform", make_uniform_allocator},
+constexpr std::array<Entry, 7> kAllocators = {{{"uniform", make_uniform_allocator},
                                                {"pyramidkv", make_pyramidkv_allocator},
                                                {"adakv", make_adakv_allocator},
                                                {"ekva-entropy", make_ekva_entropy_allocator},
                                                {"ekva-mass", make_ekva_mass_allocator},
-                                               {"ekva-joint", make_ekva_joint_allocator}}};
+                                               {"ekva-joint", make_ekva_joint_allocator},
+                                               {"headkv", make_headkv_allocator}}};
 
 std::string_view granularity_name(Granularity g) {
   switch (g) {

@@ -62,7 +62,8 @@ class Allocator {
                                               std::span<const int64_t> committed) const;
 };
 
-// "uniform", "pyramidkv", "adakv", "ekva-entropy", "ekva-mass", "ekva-joint"; throws ekva::Error
+// "uniform", "pyramidkv", "adakv", "ekva-entropy", "ekva-mass", "ekva-joint", "headkv";
+// throws ekva::Error
 // naming the choices for anything else.
 std::unique_ptr<Allocator> make_allocator(std::string_view name);
 
@@ -73,6 +74,7 @@ std::unique_ptr<Allocator> make_adakv_allocator();
 std::unique_ptr<Allocator> make_ekva_entropy_allocator();
 std::unique_ptr<Allocator> make_ekva_mass_allocator();
 std::unique_ptr<Allocator> make_ekva_joint_allocator();
+std::unique_ptr<Allocator> make_headkv_allocator();
 
 // Helpers the allocators share (src/kv/allocator.cpp).
 

@@ -276,6 +276,7 @@ void CalibrationProfile::save(const std::filesystem::path& path) const {
       heads_json.push_back(std::move(hj));
     }
     lj["heads"] = std::move(heads_json);
+    if (!L.head_retrieval.empty()) lj["head_retrieval"] = L.head_retrieval;
     ordered_json all;
     put_group(all, L.all);
     lj["all"] = std::move(all);
@@ -372,6 +373,12 @@ CalibrationProfile CalibrationProfile::load(const std::filesystem::path& path,
       read_group(r, heads_json[h], hpath, p.context, L.heads[h]);
       if (r.integer(heads_json[h], hpath, "kv_head", 0, kMaxDim) != static_cast<int64_t>(h))
         r.bad("field '{}.kv_head' must be {} (kv-heads are listed in order)", hpath, h);
+    }
+    if (lj.contains("head_retrieval")) {  // optional: --retrieval-heads
+      const std::string rpath = lpath + ".head_retrieval";
+      const json& hr = r.array(lj, lpath, "head_retrieval", static_cast<size_t>(p.n_kv_heads));
+      for (size_t h = 0; h < hr.size(); ++h)
+        L.head_retrieval.push_back(r.number(hr[h], fmt::format("{}[{}]", rpath, h), 0.0, 1.0));
     }
     read_group(r, r.field(lj, lpath, "all"), lpath + ".all", p.context, L.all);
     if (std::abs(L.all.mass_received - 1.0) > 1e-3 || std::abs(L.all.entries_fraction - 1.0) > 1e-3)

@@ -43,7 +43,12 @@ struct LayerStats {
   bool moe = false;                  // dense layers have no expert statistics
   std::vector<ExpertStats> experts;  // [n_experts] (empty for dense layers)
   std::vector<GroupStats> heads;     // [n_kv_heads]
-  GroupStats all;                    // the whole layer (mass_received = 1)
+  // [n_kv_heads]: the attention mass the last token of a needle-in-a-haystack prompt
+  // puts on the needle's answer tokens, mean over the GQA group's query heads and the
+  // prompts (`ekva calibrate --retrieval-heads`): which heads retrieve over long
+  // distances. Empty when not calibrated.
+  std::vector<double> head_retrieval;
+  GroupStats all;  // the whole layer (mass_received = 1)
 };
 
 struct CalibrationProfile {

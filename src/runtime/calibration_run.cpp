@@ -1,5 +1,6 @@
 #include "runtime/calibration_run.h"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -10,6 +11,7 @@
 #include "core/thread_pool.h"
 #include "cpu/cpu_backend.h"
 #include "kv/kv_cache.h"
+#include "kv/scoring_cache.h"
 #include "model/config.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
@@ -127,6 +129,60 @@ std::vector<std::vector<int32_t>> calibration_sequences(const std::filesystem::p
     seq.insert(seq.end(), first, first + body);
   }
   return sequences;
+}
+
+std::vector<int32_t> needle_answer_positions(std::span<const int32_t> tokens, int64_t needle_start,
+                                             std::span<const int32_t> answer) {
+  const auto T = static_cast<int64_t>(tokens.size());
+  const auto n = static_cast<int64_t>(answer.size());
+  if (needle_start < 0 || n == 0) return {};
+  for (int64_t i = needle_start; i + n <= std::min(T, needle_start + 96); ++i)
+    if (std::equal(answer.begin(), answer.end(), tokens.begin() + i)) {
+      std::vector<int32_t> pos(static_cast<size_t>(n));
+      for (int64_t j = 0; j < n; ++j) pos[static_cast<size_t>(j)] = static_cast<int32_t>(i + j);
+      return pos;
+    }
+  return {};
+}
+
+std::vector<std::vector<double>> retrieval_head_mass(
+    const Model& model, std::span<const NeedlePrompt> prompts, ThreadPool& pool,
+    const std::function<void(int64_t done, int64_t total)>& progress) {
+  const ModelConfig& c = model.config();
+  if (prompts.empty()) fail("retrieval heads: no needle prompts");
+  const int G = c.n_heads / c.n_kv_heads;
+  std::vector<std::vector<double>> mass(static_cast<size_t>(c.n_layers),
+                                        std::vector<double>(static_cast<size_t>(c.n_kv_heads)));
+  CpuBackend backend(pool);
+  std::vector<float> logits;
+  int64_t done = 0;
+  for (const NeedlePrompt& p : prompts) {
+    const auto T = static_cast<int64_t>(p.tokens.size());
+    if (p.answer.empty()) fail("retrieval heads: a needle prompt without answer tokens");
+    for (int32_t pos : p.needle)
+      if (pos < 0 || pos >= T)
+        fail("retrieval heads: needle position {} outside the prompt's {} tokens", pos, T);
+    // The prompt and the answer but its last token, teacher-forced: the queries that
+    // predict the answer's tokens are the last answer.size() ones, and they are scored.
+    std::vector<int32_t> tokens = p.tokens;
+    tokens.insert(tokens.end(), p.answer.begin(), p.answer.end() - 1);
+    const auto n_scored = static_cast<int64_t>(p.answer.size());
+    const auto n = static_cast<int64_t>(tokens.size());
+    ScoringFullCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, n, DType::kF32, n_scored);
+    model.forward(tokens, cache, logits, /*all_logits=*/false, backend, nullptr);
+    for (int l = 0; l < c.n_layers; ++l) {
+      const std::vector<float> s = cache.scores(l, n);  // [kv_head * n + i]
+      for (int h = 0; h < c.n_kv_heads; ++h) {
+        double m = 0;
+        for (int32_t pos : p.needle) m += s[static_cast<size_t>(h * n + pos)];
+        mass[static_cast<size_t>(l)][static_cast<size_t>(h)] += m / (G * n_scored);
+      }
+    }
+    if (progress) progress(++done, static_cast<int64_t>(prompts.size()));
+  }
+  for (auto& layer : mass)
+    for (double& m : layer) m /= static_cast<double>(prompts.size());
+  return mass;
 }
 
 }  // namespace ekva

@@ -40,4 +40,27 @@ std::vector<std::vector<int32_t>> calibration_sequences(const std::filesystem::p
                                                         const Tokenizer& tokenizer, int64_t context,
                                                         int64_t max_tokens);
 
+// A needle-in-a-haystack prompt: its tokens, the answer's tokens, and the positions
+// of the answer's tokens in the needle.
+struct NeedlePrompt {
+  std::vector<int32_t> tokens;
+  std::vector<int32_t> answer;
+  std::vector<int32_t> needle;
+};
+
+// The positions of `answer` in the needle sentence that starts at `needle_start` of
+// `tokens` (searched over the 96 tokens from there), or empty when it is not there.
+std::vector<int32_t> needle_answer_positions(std::span<const int32_t> tokens, int64_t needle_start,
+                                             std::span<const int32_t> answer);
+
+// Which kv-heads retrieve: [layer][kv_head] the attention mass that the queries
+// predicting the answer's tokens (the prompt and the answer teacher-forced) put on the
+// needle's copy of them, mean over those queries, the GQA group's query heads and the
+// prompts. Each prompt is prefilled on a full cache whose attention scores those
+// queries (the same attention op as decoding, no second pass). `progress`, if set, is
+// called after each prompt.
+std::vector<std::vector<double>> retrieval_head_mass(
+    const Model& model, std::span<const NeedlePrompt> prompts, ThreadPool& pool,
+    const std::function<void(int64_t done, int64_t total)>& progress);
+
 }  // namespace ekva

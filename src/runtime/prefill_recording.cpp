@@ -1,58 +1,9 @@
 #include "runtime/prefill_recording.h"
 
 #include "core/error.h"
+#include "kv/scoring_cache.h"
 
 namespace ekva {
-namespace {
-
-// A full cache whose attention scores every query: each entry's view points the
-// attention op at a slot of its own, where the probabilities it gets accumulate.
-class ScoringFullCache final : public KvCache {
- public:
-  ScoringFullCache(KvShape shape, int64_t capacity, DType kv_dtype)
-      : full_(shape, capacity, kv_dtype),
-        n_kv_heads_(shape.n_kv_heads),
-        sums_(static_cast<size_t>(shape.n_layers * shape.n_kv_heads),
-              std::vector<float>(static_cast<size_t>(capacity), 0.f)) {}
-
-  void append(int layer, std::span<const int32_t> positions, const float* k,
-              const float* v) override {
-    full_.append(layer, positions, k, v);
-  }
-  int64_t scored_queries(int, std::span<const int32_t> positions) override {
-    return static_cast<int64_t>(positions.size());
-  }
-  void view(int layer, int kv_head, std::vector<KvChunk>& out) const override {
-    const size_t before = out.size();
-    full_.view(layer, kv_head, out);
-    if (out.size() > before) out.back().scores = sum(layer, kv_head).data();
-  }
-  int64_t length() const override { return full_.length(); }
-  size_t bytes_used() const override { return full_.bytes_used(); }
-  void clear() override { full_.clear(); }
-
-  // [kv_head * n + i] for the first n entries of `layer`.
-  std::vector<float> scores(int layer, int64_t n) const {
-    std::vector<float> out;
-    out.reserve(static_cast<size_t>(n * n_kv_heads_));
-    for (int h = 0; h < n_kv_heads_; ++h) {
-      const std::vector<float>& s = sum(layer, h);
-      out.insert(out.end(), s.begin(), s.begin() + n);
-    }
-    return out;
-  }
-
- private:
-  std::vector<float>& sum(int layer, int kv_head) const {
-    return sums_[static_cast<size_t>(layer * n_kv_heads_ + kv_head)];
-  }
-  FullKvCache full_;
-  int n_kv_heads_;
-  mutable std::vector<std::vector<float>> sums_;  // [layer * n_kv_heads + kv_head][capacity]
-};
-
-}  // namespace
-
 PrefillRecording PrefillRecording::record(const Model& model, std::span<const int32_t> tokens,
                                           Backend& backend, DType kv_dtype, RecordOptions options) {
   const ModelConfig& c = model.config();

@@ -9,14 +9,18 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <sstream>
 #include <string>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "core/xz_file.h"
 #include "kv/profile.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
@@ -35,6 +39,9 @@ struct CalibrateArgs {
   int64_t sink_tokens = 4;
   int64_t recent_window = 32;
   int threads = 0;
+  std::string retrieval_heads;  // needle prompts (.jsonl[.xz]), or none
+  std::vector<int> retrieval_contexts{1024, 2048};
+  int max_retrieval = 24;
 };
 
 std::string clock_text(double seconds) {
@@ -140,7 +147,54 @@ void run_calibrate(const CalibrateArgs& a) {
   const CalibrationProfile profile =
       calibrate(*model, sequences, options, pool,
                 [&](int64_t done, int64_t total) { progress.update(done, total); });
-  profile.save(a.output);
+  CalibrationProfile out = profile;
+  if (!a.retrieval_heads.empty()) {
+    // Needle prompts of the calibration contexts only (the evaluation's 4k-16k prompts
+    // stay held out), spread evenly over the set's tasks, depths and seeds.
+    std::vector<NeedlePrompt> needles;
+    std::istringstream in(read_text_file(a.retrieval_heads));
+    std::vector<nlohmann::json> records;
+    std::string line;
+    for (int line_no = 1; std::getline(in, line); ++line_no) {
+      if (line.empty()) continue;
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(line);
+      } catch (const nlohmann::json::exception& e) {
+        fail("{}:{}: not valid JSON: {}", a.retrieval_heads, line_no, e.what());
+      }
+      const int ctx = j.value("context", 0);
+      if (std::find(a.retrieval_contexts.begin(), a.retrieval_contexts.end(), ctx) !=
+          a.retrieval_contexts.end())
+        records.push_back(std::move(j));
+    }
+    const size_t take = std::min(records.size(), static_cast<size_t>(a.max_retrieval));
+    for (size_t i = 0; i < take; ++i) {
+      const nlohmann::json& r = records[i * records.size() / take];
+      NeedlePrompt p;
+      p.tokens = tokenizer.encode(r.at("prompt").get<std::string>());
+      p.answer = r.at("answer_tokens").get<std::vector<int32_t>>();
+      p.needle =
+          needle_answer_positions(p.tokens, r.value("needle_token_pos", int64_t{-1}), p.answer);
+      if (p.needle.empty())
+        fail("{}: prompt '{}' has no answer tokens at needle_token_pos", a.retrieval_heads,
+             r.value("id", std::string("?")));
+      needles.push_back(std::move(p));
+    }
+    if (needles.empty())
+      fail("{}: no prompt of context {} (--retrieval-contexts)", a.retrieval_heads,
+           fmt::join(a.retrieval_contexts, ","));
+    fmt::print(stderr, "calibrate: retrieval heads over {} needle prompts\n", needles.size());
+    const auto mass = retrieval_head_mass(*model, needles, pool, [&](int64_t done, int64_t total) {
+      fmt::print(stderr, "calibrate: needle prompt {}/{}\n", done, total);
+    });
+    for (int l = 0; l < c.n_layers; ++l)
+      out.layers[static_cast<size_t>(l)].head_retrieval = mass[static_cast<size_t>(l)];
+    out.data +=
+        fmt::format("; retrieval heads: {} needle prompts of {} ({} tokens)", needles.size(),
+                    a.retrieval_heads, fmt::join(a.retrieval_contexts, ","));
+  }
+  out.save(a.output);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   fmt::print(stderr, "calibrate: wrote {} ({} tokens in {:.1f} s)\n", a.output, profile.tokens,
@@ -176,6 +230,15 @@ void add_calibrate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("-t,--threads", args->threads, "Threads (0 = one per core)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--retrieval-heads", args->retrieval_heads,
+                  "Needle prompts (retrieval .jsonl[.xz]): also record which kv-heads attend to "
+                  "the needle (for the headkv allocator)");
+  cmd->add_option("--retrieval-contexts", args->retrieval_contexts,
+                  "Contexts of the needle prompts used (keep the evaluation's held out)")
+      ->capture_default_str();
+  cmd->add_option("--max-retrieval", args->max_retrieval, "Needle prompts, at most")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   cmd->callback([args] { run_calibrate(*args); });
 }
 

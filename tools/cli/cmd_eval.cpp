@@ -15,7 +15,6 @@
 #include <fstream>
 #include <functional>
 #include <map>
-#include <numeric>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -31,6 +30,7 @@
 #include "model/activations.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
+#include "runtime/calibration_run.h"
 #include "runtime/prefill_recording.h"
 
 namespace ekva::cli {
@@ -150,24 +150,6 @@ std::vector<json> read_jsonl(const std::string& path) {
     }
   }
   return out;
-}
-
-// The positions of the queried needle's answer tokens in a retrieval prompt: the
-// answer's ids searched for in the needle sentence that starts at needle_token_pos
-// (empty when the prompt names no needle or the ids are not found there).
-std::vector<int32_t> needle_answer_positions(const json& prompt, std::span<const int32_t> tokens,
-                                             std::span<const int32_t> answer) {
-  const int64_t start = prompt.value("needle_token_pos", int64_t{-1});
-  if (start < 0 || answer.empty()) return {};
-  const auto T = static_cast<int64_t>(tokens.size());
-  const auto n = static_cast<int64_t>(answer.size());
-  for (int64_t i = start; i + n <= std::min(T, start + 96); ++i)
-    if (std::equal(answer.begin(), answer.end(), tokens.begin() + i)) {
-      std::vector<int32_t> pos(static_cast<size_t>(n));
-      std::iota(pos.begin(), pos.end(), static_cast<int32_t>(i));
-      return pos;
-    }
-  return {};
 }
 
 // The share of `positions` a cache still holds: [0] over every (layer, kv-head), [1 + l]
@@ -398,7 +380,8 @@ void run_eval(const EvalArgs& a) {
       fail("{}: prompt '{}' has no answer_tokens", a.retrieval, p.value("id", ""));
     const int64_t context = T + static_cast<int64_t>(answer.size()) + 1;
     // (A prompt of the user's own set may name no needle: then it is not measured.)
-    const std::vector<int32_t> needle = needle_answer_positions(p, tokens, answer);
+    const std::vector<int32_t> needle =
+        needle_answer_positions(tokens, p.value("needle_token_pos", int64_t{-1}), answer);
     const PrefillRecording rec = PrefillRecording::record(
         *model, tokens, backend, kv_dtype,
         {.all_query_scores = any_h2o, .split = setting_context ? query : 0});
