@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The main job, on the shipped model (models/ekva-moe-tiny):
 #   1. set up and build;
-#   2. calibrate the model (routing and attention statistics -> profile.json);
+#   2. calibrate the model (routing and attention statistics, and which kv-heads
+#      retrieve from needle prompts of 1-2k tokens -> profile.json);
 #   3. answer a 4k-token retrieval prompt with the full cache and with a 10% budget
-#      allocated by EKVA-mass, side by side (answer, KV bytes, speed);
+#      allocated by EKVA-mass and by HeadKV, side by side (answer, KV bytes, speed);
 #   4. a short evaluation table (the committed one in bench/results/ is the full grid).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,9 +21,10 @@ $ekva info -m "$model"
 
 echo; echo "== calibration"
 $ekva calibrate -m "$model" --data data/calibration/validation_sample.txt -o "$out/profile.json" \
-  --context 2048 --max-tokens 16384
+  --context 2048 --max-tokens 16384 --retrieval-heads data/evalsets/retrieval.jsonl.xz \
+  --max-retrieval 8
 
-echo; echo "== a 4096-token pass-key prompt: full cache vs 10% EKVA-mass budget"
+echo; echo "== a 4096-token pass-key prompt: full cache vs a 10% budget (EKVA-mass, HeadKV)"
 /usr/bin/python3 - "$out" <<'PY'
 import json, lzma, sys
 out = sys.argv[1]
@@ -37,12 +39,15 @@ PY
 $ekva generate -m "$model" -f "$out/prompt.txt" -n 8 --json > "$out/full.json"
 $ekva generate -m "$model" -f "$out/prompt.txt" -n 8 --json --policy snapkv --allocator ekva-mass \
   --budget 10% --profile "$out/profile.json" > "$out/ekva.json"
+$ekva generate -m "$model" -f "$out/prompt.txt" -n 8 --json --policy snapkv --allocator headkv \
+  --budget 10% --profile "$out/profile.json" > "$out/headkv.json"
 /usr/bin/python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]
 want = open(f"{out}/answer.txt").read()
 rows = [("full cache", json.load(open(f"{out}/full.json"))),
-        ("EKVA-mass 10%", json.load(open(f"{out}/ekva.json")))]
+        ("EKVA-mass 10%", json.load(open(f"{out}/ekva.json"))),
+        ("HeadKV 10%", json.load(open(f"{out}/headkv.json")))]
 print(f"{'':16}{'answer':>10}{'correct':>9}{'KV bytes':>12}{'of full':>9}{'prefill tok/s':>15}{'decode tok/s':>14}")
 for name, r in rows:
     answer = r["text"].strip()
@@ -54,4 +59,4 @@ PY
 echo; echo "== a short evaluation (the budget sweeps: bench/results/eval_ekva-moe-tiny_2026-12-03.md)"
 $ekva eval -m "$model" --profile "$out/profile.json" --contexts 4096 --max-retrieval 6 \
   --ppl-contexts 4096 --max-ppl 1 --ppl-continuation 256 --budgets 10% \
-  --methods uniform:snapkv,pyramidkv:snapkv,adakv:snapkv,ekva-entropy:snapkv,ekva-mass:snapkv
+  --methods uniform:snapkv,pyramidkv:snapkv,adakv:snapkv,ekva-entropy:snapkv,ekva-mass:snapkv,headkv:snapkv
