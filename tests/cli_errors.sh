@@ -4,6 +4,7 @@
 set -u
 fails=0
 tmp=$(mktemp -d)
+src_dir=$(cd "$(dirname "$0")/.." && pwd)
 trap 'rm -rf "$tmp"' EXIT
 
 # expect_error WANT_SUBSTRING -- COMMAND...
@@ -60,6 +61,15 @@ if [ -n "$model" ] && [ -d "$model" ]; then
   echo '{"version": 99}' > "$tmp/profile.json"
   expect_error "profile.json" -- "$EKVA" generate -m "$model" -p hi --policy snapkv --allocator ekva-mass --budget 10% --profile "$tmp/profile.json"
   expect_error "validation_sample.txt" -- "$EKVA" calibrate -m "$model" --data "$tmp/validation_sample.txt" -o "$tmp/p.json"
+  # headkv needs the retrieval-head statistics; the needle prompts are checked up front.
+  /usr/bin/python3 -c 'import json, sys
+p = json.load(open(sys.argv[1]))
+for layer in p["layers"]: layer.pop("head_retrieval", None)
+json.dump(p, open(sys.argv[2], "w"))' "$src_dir/bench/results/profile_ekva-moe-tiny.json" "$tmp/noheads.json"
+  expect_error "--retrieval-heads" -- "$EKVA" generate -m "$model" -p hi --policy snapkv --allocator headkv --budget 10% --profile "$tmp/noheads.json"
+  expect_error "missing.jsonl" -- "$EKVA" calibrate -m "$model" --data "$src_dir/data/calibration/validation_sample.txt" -o "$tmp/p.json" --retrieval-heads "$tmp/missing.jsonl"
+  printf '{"context": 1024, "prompt": "hi", "answer_tokens": [5], "needle_token_pos": 0}\n' > "$tmp/needles.jsonl"
+  expect_error "has no answer tokens at needle_token_pos" -- "$EKVA" calibrate -m "$model" --data "$src_dir/data/calibration/validation_sample.txt" -o "$tmp/p.json" --retrieval-heads "$tmp/needles.jsonl"
   cp -r "$model" "$tmp/badtok"
   echo '{"model": {"type": "BPE", "vocab": ' > "$tmp/badtok/tokenizer.json"
   expect_error "tokenizer.json" -- "$EKVA" generate -m "$tmp/badtok" -p hi

@@ -8,9 +8,11 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <sstream>
 #include <string>
+#include <tuple>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -132,26 +134,11 @@ void run_calibrate(const CalibrateArgs& a) {
     fail("--context {} exceeds the model's context of {} (max_position_embeddings)", a.context,
          c.max_position_embeddings);
   const Tokenizer tokenizer = Tokenizer::from_model_dir(a.model_dir);
-  const auto sequences = calibration_sequences(a.data, tokenizer, a.context, a.max_tokens);
-  const auto n = static_cast<int64_t>(sequences.size());
-  fmt::print(stderr, "calibrate: {} sequences of {} tokens from {}{}, {} threads\n", n, a.context,
-             a.data, n < a.max_tokens / a.context ? " (all the text holds)" : "", pool.size());
-
-  CalibrationOptions options;
-  options.sink_tokens = a.sink_tokens;
-  options.recent_window = a.recent_window;
-  options.data = fmt::format("{} ({} sequences of {} tokens; sink_tokens {}, recent_window {})",
-                             a.data, n, a.context, a.sink_tokens, a.recent_window);
-  Progress progress(n);
-  const auto start = std::chrono::steady_clock::now();
-  const CalibrationProfile profile =
-      calibrate(*model, sequences, options, pool,
-                [&](int64_t done, int64_t total) { progress.update(done, total); });
-  CalibrationProfile out = profile;
+  // Needle prompts (read and checked before minutes of work, not after).
+  std::vector<NeedlePrompt> needles;
   if (!a.retrieval_heads.empty()) {
     // Needle prompts of the calibration contexts only (the evaluation's 4k-16k prompts
     // stay held out), spread evenly over the set's tasks, depths and seeds.
-    std::vector<NeedlePrompt> needles;
     std::istringstream in(read_text_file(a.retrieval_heads));
     std::vector<nlohmann::json> records;
     std::string line;
@@ -184,6 +171,24 @@ void run_calibrate(const CalibrateArgs& a) {
     if (needles.empty())
       fail("{}: no prompt of context {} (--retrieval-contexts)", a.retrieval_heads,
            fmt::join(a.retrieval_contexts, ","));
+  }
+  const auto sequences = calibration_sequences(a.data, tokenizer, a.context, a.max_tokens);
+  const auto n = static_cast<int64_t>(sequences.size());
+  fmt::print(stderr, "calibrate: {} sequences of {} tokens from {}{}, {} threads\n", n, a.context,
+             a.data, n < a.max_tokens / a.context ? " (all the text holds)" : "", pool.size());
+
+  CalibrationOptions options;
+  options.sink_tokens = a.sink_tokens;
+  options.recent_window = a.recent_window;
+  options.data = fmt::format("{} ({} sequences of {} tokens; sink_tokens {}, recent_window {})",
+                             a.data, n, a.context, a.sink_tokens, a.recent_window);
+  Progress progress(n);
+  const auto start = std::chrono::steady_clock::now();
+  const CalibrationProfile profile =
+      calibrate(*model, sequences, options, pool,
+                [&](int64_t done, int64_t total) { progress.update(done, total); });
+  CalibrationProfile out = profile;
+  if (!needles.empty()) {
     fmt::print(stderr, "calibrate: retrieval heads over {} needle prompts\n", needles.size());
     const auto mass = retrieval_head_mass(*model, needles, pool, [&](int64_t done, int64_t total) {
       fmt::print(stderr, "calibrate: needle prompt {}/{}\n", done, total);
@@ -200,6 +205,20 @@ void run_calibrate(const CalibrateArgs& a) {
   fmt::print(stderr, "calibrate: wrote {} ({} tokens in {:.1f} s)\n", a.output, profile.tokens,
              seconds);
   print_summary(profile);
+  if (!a.retrieval_heads.empty()) {
+    // The heads that retrieve, strongest first (the ones headkv funds).
+    std::vector<std::tuple<double, int, int>> heads;
+    for (int l = 0; l < c.n_layers; ++l)
+      for (int h = 0; h < c.n_kv_heads; ++h)
+        heads.emplace_back(
+            out.layers[static_cast<size_t>(l)].head_retrieval[static_cast<size_t>(h)], l, h);
+    std::sort(heads.begin(), heads.end(), std::greater<>());
+    std::string top;
+    for (size_t i = 0; i < std::min<size_t>(heads.size(), 5); ++i)
+      top += fmt::format("{}layer {} kv-head {}: {:.3f}", i ? ", " : "", std::get<1>(heads[i]),
+                         std::get<2>(heads[i]), std::get<0>(heads[i]));
+    fmt::print(stderr, "retrieval heads (attention mass on the needle): {}\n", top);
+  }
 }
 
 }  // namespace
