@@ -17,6 +17,30 @@ struct Case {
   int64_t n_queries, n_heads, n_kv_heads, head_dim, entries, n_chunks, window;
 };
 
+// The last n_queries positions of `entries` as queries (random q, seeded) and the
+// params of attention over them; p.out is left for the caller.
+struct Queries {
+  std::vector<float> q;
+  std::vector<int32_t> positions;
+};
+AttentionParams decode_params(int64_t n_queries, int64_t n_heads, int64_t n_kv_heads, int64_t D,
+                              int64_t entries, int64_t window, uint64_t seed, Queries& qs) {
+  qs.q = test::random_floats(static_cast<size_t>(n_queries * n_heads * D), seed);
+  qs.positions.resize(static_cast<size_t>(n_queries));
+  for (int64_t t = 0; t < n_queries; ++t)
+    qs.positions[static_cast<size_t>(t)] = static_cast<int32_t>(entries - n_queries + t);
+  AttentionParams p;
+  p.n_queries = n_queries;
+  p.n_heads = n_heads;
+  p.n_kv_heads = n_kv_heads;
+  p.head_dim = D;
+  p.scale = 1.f / std::sqrt(static_cast<float>(D));
+  p.sliding_window = window;
+  p.q = qs.q.data();
+  p.q_positions = qs.positions.data();
+  return p;
+}
+
 class AttentionTest : public ::testing::TestWithParam<std::tuple<Case, int>> {};
 
 TEST_P(AttentionTest, MatchesReference) {
@@ -41,20 +65,10 @@ TEST_P(AttentionTest, MatchesReference) {
                                                 &positions[static_cast<size_t>(b)], e - b});
     }
   }
-  const auto q = test::random_floats(static_cast<size_t>(c.n_queries * c.n_heads * D), 5);
-  std::vector<int32_t> q_pos(static_cast<size_t>(c.n_queries));
-  for (int64_t t = 0; t < c.n_queries; ++t)
-    q_pos[static_cast<size_t>(t)] = static_cast<int32_t>(c.entries - c.n_queries + t);
-
-  AttentionParams p;
-  p.n_queries = c.n_queries;
-  p.n_heads = c.n_heads;
-  p.n_kv_heads = c.n_kv_heads;
-  p.head_dim = D;
-  p.scale = 1.f / std::sqrt(static_cast<float>(D));
-  p.sliding_window = c.window;
-  p.q = q.data();
-  p.q_positions = q_pos.data();
+  Queries qs;
+  AttentionParams p =
+      decode_params(c.n_queries, c.n_heads, c.n_kv_heads, D, c.entries, c.window, 5, qs);
+  const std::vector<float>& q = qs.q;
   std::vector<float> out(q.size(), NAN), out_ref(q.size(), NAN);
   p.out = out.data();
   cpu::attention(p, chunks, pool);
@@ -150,18 +164,10 @@ TEST(Attention, EveryCompiledTargetMatchesTheReference) {
                &positions[static_cast<size_t>(cuts[i])], cuts[i + 1] - cuts[i], c.dtype});
         }
       }
-      const auto q = test::random_floats(static_cast<size_t>(c.n_queries * c.n_heads * D), 9);
-      std::vector<int32_t> q_pos(static_cast<size_t>(c.n_queries));
-      for (int64_t t = 0; t < c.n_queries; ++t)
-        q_pos[static_cast<size_t>(t)] = static_cast<int32_t>(c.entries - c.n_queries + t);
-      AttentionParams p;
-      p.n_queries = c.n_queries;
-      p.n_heads = c.n_heads;
-      p.n_kv_heads = c.n_kv_heads;
-      p.head_dim = D;
-      p.scale = 1.f / std::sqrt(static_cast<float>(D));
-      p.q = q.data();
-      p.q_positions = q_pos.data();
+      Queries qs;
+      AttentionParams p =
+          decode_params(c.n_queries, c.n_heads, c.n_kv_heads, D, c.entries, 0, 9, qs);
+      const std::vector<float>& q = qs.q;
       // Every query scored: the entries' probabilities summed into their slots.
       const std::vector<uint8_t> scored(static_cast<size_t>(c.n_queries), 1);
       p.q_scored = scored.data();
