@@ -391,8 +391,9 @@ TEST(Uniform, RedistributesWhatACappedSegmentCannotUse) {
 
 // ---- headkv ----
 
-// Half the budget evenly over the (layer, kv-head) segments, half by retrieval mass:
-// the one head that retrieves gets 1/8 + 1/2 of the budget, the others 1/8 each.
+// A quarter of the budget evenly over the (layer, kv-head) segments, the rest by
+// retrieval mass: the one head that retrieves gets 1/16 + 3/4 of the budget, the
+// others 1/16 each.
 TEST(HeadKv, FundsTheHeadsThatRetrieve) {
   const std::vector<std::vector<int64_t>> live(2, std::vector<int64_t>(2, 1000));
   AllocationInput in = per_head(live, 800);
@@ -401,10 +402,10 @@ TEST(HeadKv, FundsTheHeadsThatRetrieve) {
   p.layers[1].head_retrieval = {0.3, 0.0};
   in.profile = &p;
   const Allocation a = make_allocator("headkv")->allocate(in);
-  EXPECT_EQ(a[1][0], 500);
-  EXPECT_EQ(a[0][0], 100);
-  EXPECT_EQ(a[0][1], 100);
-  EXPECT_EQ(a[1][1], 100);
+  EXPECT_EQ(a[1][0], 650);
+  EXPECT_EQ(a[0][0], 50);
+  EXPECT_EQ(a[0][1], 50);
+  EXPECT_EQ(a[1][1], 50);
   // Capped at the live entries, the rest water-filled over the others.
   in = per_head({{1000, 1000}, {300, 1000}}, 800);
   in.profile = &p;
