@@ -25,4 +25,11 @@ std::string read_prompt_file(const std::string& path) {
   return ss.str();
 }
 
+void write_text_file(const std::string& path, const std::string& text, const char* what) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  out.close();
+  if (!out) throw ekva::Error(fmt::format("{}: cannot write {}", path, what));
+}
+
 }  // namespace ekva::cli

@@ -20,4 +20,7 @@ std::string human_bytes(double bytes);
 // The whole file as bytes; throws ekva::Error "<path>: cannot open prompt file".
 std::string read_prompt_file(const std::string& path);
 
+// Writes `text` to `path` (replacing it); throws ekva::Error "<path>: cannot write <what>".
+void write_text_file(const std::string& path, const std::string& text, const char* what);
+
 }  // namespace ekva::cli
