@@ -9,7 +9,8 @@ trap 'rm -rf "$tmp"' EXIT
 fails=0
 fail() { echo "FAIL: $*"; fails=$((fails+1)); }
 
-"$EKVA" roofline probe --runs 2 --read-mib 64 -t 2 --json-out "$tmp/probe.json" || fail "probe"
+"$EKVA" roofline probe --runs 2 --read-mib 64 -t 2 -m "$SHIPPED_MODEL" --json-out "$tmp/probe.json" ||
+    fail "probe"
 "$EKVA" generate -m "$SHIPPED_MODEL" -p "The kernel of the system" -n 8 --ignore-eos -t 2 \
     --op-profile "$tmp/op.json" >/dev/null 2>&1 || fail "generate --op-profile"
 out=$("$EKVA" roofline report "$tmp/op.json" --probe "$tmp/probe.json" --out "$tmp/report" \
@@ -32,7 +33,7 @@ plan=$("$EKVA" plan -m "$SHIPPED_MODEL" --context 1024 --batch 4 --tpot-ms 50 --
        --json-out "$tmp/plan.json") || fail "plan"
 echo "$plan"
 grep -q "KV budget" <<<"$plan" || fail "plan: no budget line"
-"$PYTHON" -c "import json,sys; j=json.load(open(sys.argv[1])); assert j['kept_entries'] > 0 and j['fits'], j" \
+"$PYTHON" -c "import json,sys; j=json.load(open(sys.argv[1])); assert j['kept_entries'] > 0 and j['fits'] and j['step']['kernel_rates'], j" \
     "$tmp/plan.json" || fail "plan JSON"
 
 [ $fails -eq 0 ] && echo "roofline commands passed" || { echo "$fails roofline check(s) failed"; exit 1; }

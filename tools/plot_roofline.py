@@ -83,9 +83,11 @@ def main():
         ax.scatter([p["intensity"] for p in ops], [p["gflop_per_s"] for p in ops], marker=m,
                    s=[30 + 400 * p["share"] for p in ops], color="tab:blue", alpha=0.55,
                    edgecolors="black", linewidths=0.5, label=f"{name}: op (size: share of time)")
-        for p in sorted(ops, key=lambda p: -p["share"])[:8]:
+        offsets = [(5, 4), (5, -10), (-45, 6), (5, 14), (-45, -10), (5, -20)]
+        for k, p in enumerate(sorted(ops, key=lambda p: -p["share"])[:6]):
             ax.annotate(p["label"], (p["intensity"], p["gflop_per_s"]), fontsize=7,
-                        xytext=(4, 3), textcoords="offset points")
+                        xytext=offsets[k], textcoords="offset points",
+                        arrowprops=dict(arrowstyle="-", lw=0.4, color="gray"))
     if scatter is not None and entropy_points:
         fig.colorbar(scatter, ax=ax, label="expert's query attention entropy (nats)")
     ax.set_xscale("log")

@@ -1,6 +1,7 @@
 #include "roofline/hardware.h"
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <string>
 
@@ -68,6 +69,34 @@ size_t read_size_file(const std::string& path) {
 
 }  // namespace
 
+namespace {
+
+// y(x) from points (xs, ys), linear in log x, clamped to the ends; 0 without points.
+double log_interpolate(const std::vector<double>& xs, const std::vector<double>& ys, double x) {
+  if (xs.empty() || xs.size() != ys.size()) return 0;
+  if (x <= xs.front()) return ys.front();
+  for (size_t i = 1; i < xs.size(); ++i) {
+    if (x > xs[i]) continue;
+    const double f = std::log(x / xs[i - 1]) / std::log(xs[i] / xs[i - 1]);
+    return ys[i - 1] + f * (ys[i] - ys[i - 1]);
+  }
+  return ys.back();
+}
+
+}  // namespace
+
+double KernelRates::matmul_rate(double tokens) const {
+  return log_interpolate(matmul_tokens, matmul_gflop_per_s, tokens);
+}
+
+double KernelRates::matmul_stream_rate(double tokens, bool from_cache) const {
+  return log_interpolate(matmul_tokens,
+                         from_cache && !matmul_cache_stream_gb_per_s.empty()
+                             ? matmul_cache_stream_gb_per_s
+                             : matmul_stream_gb_per_s,
+                         tokens);
+}
+
 double Ceilings::roof_gflop_per_s(double flop_per_byte) const {
   return std::min(flop_per_byte * memory_gb_per_s, compute_gflop_per_s);
 }
@@ -102,20 +131,33 @@ Ceilings datasheet_ceilings(std::string_view name) {
 }
 
 nlohmann::json Ceilings::to_json() const {
-  return {{"format", "ekva-ceilings"},
-          {"version", kVersion},
-          {"name", name},
-          {"device", device},
-          {"source", source},
-          {"memory_gb_per_s", memory_gb_per_s},
-          {"compute_gflop_per_s", compute_gflop_per_s},
-          {"compute_kind", compute_kind},
-          {"ridge_flop_per_byte", ridge_flop_per_byte()},
-          {"cache_gb_per_s", cache_gb_per_s},
-          {"cache_bytes", cache_bytes},
-          {"memory_bytes", memory_bytes},
-          {"op_overhead_us", op_overhead_us},
-          {"measurements", measurements}};
+  return {
+      {"format", "ekva-ceilings"},
+      {"version", kVersion},
+      {"name", name},
+      {"device", device},
+      {"source", source},
+      {"memory_gb_per_s", memory_gb_per_s},
+      {"compute_gflop_per_s", compute_gflop_per_s},
+      {"compute_kind", compute_kind},
+      {"ridge_flop_per_byte", ridge_flop_per_byte()},
+      {"cache_gb_per_s", cache_gb_per_s},
+      {"cache_bytes", cache_bytes},
+      {"memory_bytes", memory_bytes},
+      {"op_overhead_us", op_overhead_us},
+      {"kernels",
+       kernels.empty()
+           ? nlohmann::json::object()
+           : nlohmann::json{{"matmul_k", kernels.matmul_k},
+                            {"matmul_n", kernels.matmul_n},
+                            {"matmul_tokens", kernels.matmul_tokens},
+                            {"matmul_gflop_per_s", kernels.matmul_gflop_per_s},
+                            {"matmul_stream_gb_per_s", kernels.matmul_stream_gb_per_s},
+                            {"matmul_cache_stream_gb_per_s", kernels.matmul_cache_stream_gb_per_s},
+                            {"head_dim", kernels.head_dim},
+                            {"group", kernels.group},
+                            {"attention_gb_per_s", kernels.attention_gb_per_s}}},
+      {"measurements", measurements}};
 }
 
 Ceilings Ceilings::from_json(const nlohmann::json& j, std::string_view where) {
@@ -138,6 +180,43 @@ Ceilings Ceilings::from_json(const nlohmann::json& j, std::string_view where) {
   c.cache_bytes = f.number(j, "", "cache_bytes", 0, kHuge);
   c.memory_bytes = f.number(j, "", "memory_bytes", 0, kHuge);
   c.op_overhead_us = f.number(j, "", "op_overhead_us", 0, 1e9);
+  if (j.contains("kernels") && !j["kernels"].empty()) {
+    const Json& k = f.field(j, "", "kernels");
+    KernelRates& r = c.kernels;
+    r.matmul_k = f.integer(k, "kernels", "matmul_k", 1, 1 << 30);
+    r.matmul_n = f.integer(k, "kernels", "matmul_n", 1, 1 << 30);
+    r.head_dim = f.integer(k, "kernels", "head_dim", 1, 1 << 20);
+    r.group = f.integer(k, "kernels", "group", 1, 1 << 20);
+    r.attention_gb_per_s = f.number(k, "kernels", "attention_gb_per_s", 0, kHuge);
+    const Json& tokens = f.field(k, "kernels", "matmul_tokens");
+    const Json& rates = f.field(k, "kernels", "matmul_gflop_per_s");
+    const Json& stream = f.field(k, "kernels", "matmul_stream_gb_per_s");
+    if (!tokens.is_array() || !rates.is_array() || !stream.is_array() ||
+        tokens.size() != rates.size() || tokens.size() != stream.size())
+      f.bad(
+          "fields 'kernels.matmul_tokens', 'kernels.matmul_gflop_per_s' and "
+          "'kernels.matmul_stream_gb_per_s' must be arrays of one length");
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      r.matmul_tokens.push_back(
+          f.number(tokens[i], fmt::format("kernels.matmul_tokens[{}]", i), 1, kHuge));
+      r.matmul_gflop_per_s.push_back(
+          f.number(rates[i], fmt::format("kernels.matmul_gflop_per_s[{}]", i), 1e-9, kHuge));
+      r.matmul_stream_gb_per_s.push_back(
+          f.number(stream[i], fmt::format("kernels.matmul_stream_gb_per_s[{}]", i), 1e-9, kHuge));
+      if (k.contains("matmul_cache_stream_gb_per_s") &&
+          !k["matmul_cache_stream_gb_per_s"].empty()) {
+        const Json& cs = k["matmul_cache_stream_gb_per_s"];
+        if (!cs.is_array() || cs.size() != tokens.size())
+          f.bad(
+              "field 'kernels.matmul_cache_stream_gb_per_s' must be an array like "
+              "matmul_tokens");
+        r.matmul_cache_stream_gb_per_s.push_back(f.number(
+            cs[i], fmt::format("kernels.matmul_cache_stream_gb_per_s[{}]", i), 1e-9, kHuge));
+      }
+      if (i > 0 && !(r.matmul_tokens[i] > r.matmul_tokens[i - 1]))
+        f.bad("field 'kernels.matmul_tokens' must ascend");
+    }
+  }
   if (j.contains("measurements")) c.measurements = j["measurements"];
   return c;
 }
@@ -211,35 +290,56 @@ Ceilings probe_cpu(ThreadPool& pool, const CpuProbeOptions& o) {
   const size_t llc = last_level_cache_bytes();
   const size_t read_bytes =
       o.read_bytes > 0 ? o.read_bytes : std::max<size_t>(size_t{1} << 30, 4 * llc);
-  const size_t cache_read_bytes =
-      o.cache_read_bytes > 0 ? o.cache_read_bytes
-                             : std::clamp<size_t>(llc / 4, size_t{1} << 20, size_t{32} << 20);
 
   Ceilings c = datasheet_ceilings("cpu");
   c.name = "cpu";
   c.device = cpu_description(pool.size());
   c.source = "measured";
   const Samples memory = read_samples(pool, read_bytes, o.runs);
-  const Samples cache = read_samples(pool, cache_read_bytes, 4 * o.runs);
-  const FmaRateResult fma = measure_fma_rate(pool, o.runs, o.fma_iterations);
-  const Samples fma_samples{fma.run_gflop_per_s, fma.run_cpu_share};
-  const double call_s = measure_pool_call_seconds(pool, 200);
   nlohmann::json memory_json = memory.summary(o.min_cpu_share, c.memory_gb_per_s);
   memory_json["bytes"] = read_bytes;
-  nlohmann::json cache_json = cache.summary(o.min_cpu_share, c.cache_gb_per_s);
-  cache_json["bytes"] = cache_read_bytes;
+
+  // The cache a step can live in: what the system reports may be the host's (a virtual
+  // machine's share of it is smaller) or shared with other tenants, so the buffer
+  // doubles from 4 MiB while it reads at least 1.5x the memory rate; the largest such
+  // size is the effective cache, and the rate at half of it the cache's read rate.
+  nlohmann::json sweep = nlohmann::json::array();
+  std::vector<std::pair<size_t, double>> rates;  // (bytes, GB/s)
+  const size_t top = o.cache_read_bytes > 0
+                         ? o.cache_read_bytes
+                         : std::min<size_t>(std::max<size_t>(llc, 4 << 20), size_t{1} << 30);
+  for (size_t bytes = o.cache_read_bytes > 0 ? top : size_t{4} << 20; bytes <= top; bytes *= 2) {
+    const Samples s = read_samples(pool, bytes, 2 * o.runs);
+    double rate = 0;
+    nlohmann::json sj = s.summary(o.min_cpu_share, rate);
+    sj["bytes"] = bytes;
+    sweep.push_back(sj);
+    rates.emplace_back(bytes, rate);
+    if (rate < 1.5 * c.memory_gb_per_s) break;
+  }
+  size_t effective = 0;
+  for (size_t i = 0; i < rates.size(); ++i)
+    if (rates[i].second >= 1.5 * c.memory_gb_per_s) {
+      effective = rates[i].first;
+      c.cache_gb_per_s = rates[i > 0 ? i - 1 : 0].second;
+    }
+  c.cache_bytes = static_cast<double>(effective);
+
+  const FmaRateResult fma = measure_fma_rate(pool, o.runs, o.fma_iterations);
+  const Samples fma_samples{fma.run_gflop_per_s, fma.run_cpu_share};
   nlohmann::json fma_json = fma_samples.summary(o.min_cpu_share, c.compute_gflop_per_s);
   fma_json["target"] = fma.target;
   fma_json["lanes"] = fma.lanes;
   fma_json["chains"] = fma.chains;
   c.compute_kind = fmt::format("f32 FMA ({})", fma.target);
-  c.cache_bytes = static_cast<double>(llc);
+  const double call_s = measure_pool_call_seconds(pool, 200);
   c.memory_bytes = static_cast<double>(total_memory_bytes());
   c.op_overhead_us = call_s * 1e6;
   c.measurements = {{"threads", pool.size()},
                     {"min_cpu_share", o.min_cpu_share},
                     {"memory_read_gb_per_s", memory_json},
-                    {"cache_read_gb_per_s", cache_json},
+                    {"cache_sweep_gb_per_s", sweep},
+                    {"reported_last_level_cache_bytes", llc},
                     {"fma_gflop_per_s", fma_json},
                     {"pool_call_us", call_s * 1e6},
                     {"datasheet", "cpu placeholder, every figure overridden by a measured one"}};

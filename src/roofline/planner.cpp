@@ -14,9 +14,12 @@ namespace {
 
 // One op of the step: its cost and how many calls make it.
 struct StepOp {
+  enum class Kind { kMatmul, kAttention, kOther };
   OpCost cost;
   double calls = 1;
   bool pooled = true;  // runs as a pool call on the CPU (matmul, norm, rope, attention)
+  Kind kind = Kind::kOther;
+  double rows = 0;  // a matmul's token rows
 };
 
 OpCost scaled(const OpCost& c, double k) { return {c.bytes * k, c.flops * k}; }
@@ -52,7 +55,7 @@ std::vector<StepOp> decode_ops(const ModelConfig& m, DType wt, int64_t B, double
                              .cost();
                        },
                        rows),
-                   calls});
+                   calls, true, StepOp::Kind::kMatmul, rows});
     weight_bytes += static_cast<double>(w.nbytes()) * calls;
   };
   const auto norm = [&](int64_t width) {
@@ -92,7 +95,7 @@ std::vector<StepOp> decode_ops(const ModelConfig& m, DType wt, int64_t B, double
     p.n_kv_heads = m.n_kv_heads;
     p.head_dim = m.head_dim;
     const double seen = static_cast<double>(B * m.n_kv_heads) * kept;
-    ops.push_back({attention_cost(p, seen, seen * entry_bytes)});
+    ops.push_back({attention_cost(p, seen, seen * entry_bytes), 1, true, StepOp::Kind::kAttention});
     kv_bytes += seen * entry_bytes;
     project(H, m.q_dim(), static_cast<double>(B), 1, false);
     if (m.o_bias) ops.push_back({AddBiasParams{nullptr, nullptr, B, H}.cost(), 1, false});
@@ -154,11 +157,26 @@ StepPrediction predict_decode_step(const ModelConfig& model, DType weight_dtype,
     s.bytes += op.cost.bytes * op.calls;
     s.flops += op.cost.flops * op.calls;
   }
-  const bool in_cache = c.cache_gb_per_s > 0 && c.cache_bytes > 0 && s.bytes <= 0.5 * c.cache_bytes;
+  const bool in_cache = c.cache_gb_per_s > 0 && c.cache_bytes > 0 && s.bytes <= c.cache_bytes;
   s.memory_gb_per_s = in_cache ? c.cache_gb_per_s : c.memory_gb_per_s;
   const double bandwidth = s.memory_gb_per_s * 1e9, compute = c.compute_gflop_per_s * 1e9;
+  // The kernels' own rates (measured at this model's shapes) bound what the roofs allow.
+  const KernelRates& k = c.kernels;
+  const bool matmul_rates = !k.matmul_tokens.empty() && k.matmul_k == model.hidden_size;
+  const bool attention_rate =
+      k.attention_gb_per_s > 0 && k.head_dim == model.head_dim && k.group == model.group_size();
+  s.kernel_rates = matmul_rates || attention_rate;
   for (const StepOp& op : ops) {
-    s.roof_seconds += op.calls * std::max(op.cost.bytes / bandwidth, op.cost.flops / compute);
+    double memory_s = op.cost.bytes / bandwidth, compute_s = op.cost.flops / compute;
+    if (op.kind == StepOp::Kind::kMatmul && matmul_rates) {
+      compute_s = std::max(compute_s, op.cost.flops / (k.matmul_rate(op.rows) * 1e9));
+      // Weights no faster than the kernel reads them from the level the step runs from.
+      const double stream = k.matmul_stream_rate(op.rows, in_cache) * 1e9;
+      memory_s = op.cost.bytes / std::min(bandwidth, stream);
+    }
+    if (op.kind == StepOp::Kind::kAttention && attention_rate)
+      memory_s = std::max(memory_s, op.cost.bytes / (k.attention_gb_per_s * 1e9));
+    s.roof_seconds += op.calls * std::max(memory_s, compute_s);
     if (op.pooled) {
       s.overhead_seconds += op.calls * c.op_overhead_us * 1e-6;
       s.op_calls += static_cast<int64_t>(std::llround(op.calls));
@@ -243,9 +261,15 @@ Plan plan_decode(const ModelConfig& m, const Ceilings& c, const PlanRequest& q) 
         "weights and KV need {:.2f} GB, more than the {:.2f} GB available ({:.0f}% of {:.2f} GB)",
         p.memory_bytes / 1e9, p.memory_available / 1e9, 100 * q.memory_fraction,
         c.memory_bytes / 1e9));
+  p.notes.push_back(
+      p.step.kernel_rates
+          ? std::string("matmul and attention times bounded by the probed kernel rates at this "
+                        "model's shapes as well as by the roofs")
+          : std::string("roofs only: the ceilings have no kernel rates at this model's shapes "
+                        "(ekva roofline probe --model DIR measures them)"));
   if (p.step.memory_gb_per_s == c.cache_gb_per_s && c.cache_gb_per_s > 0)
     p.notes.push_back(fmt::format(
-        "the step's {:.1f} MB fit in half the {:.0f} MB last-level cache: it is predicted at the "
+        "the step's {:.1f} MB fit in the {:.0f} MB the probe found cached: it is predicted at the "
         "cache's read rate",
         p.step.bytes / 1e6, c.cache_bytes / 1e6));
   return p;
@@ -280,7 +304,8 @@ nlohmann::json Plan::to_json() const {
             {"kv_bytes", step.kv_bytes},
             {"memory_gb_per_s", step.memory_gb_per_s},
             {"experts_touched_per_layer", step.experts_touched},
-            {"op_calls", step.op_calls}}},
+            {"op_calls", step.op_calls},
+            {"kernel_rates", step.kernel_rates}}},
           {"tokens_per_second", tokens_per_second},
           {"max_batch_memory", max_batch_memory},
           {"max_batch_target", max_batch_target},

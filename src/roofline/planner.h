@@ -4,7 +4,9 @@
 // fits. A decode step is predicted op by op with the cost model of ops/ops.h (each
 // op's params built for the step's shapes, cost() called on them): each op takes
 // the least time its roofs allow, max(bytes / bandwidth, FLOPs / compute rate), plus
-// the device's fixed cost per op call.
+// the device's fixed cost per op call. Where the ceilings carry the engine's kernel
+// rates at the model's shapes (Ceilings::kernels), a matmul's compute rate is the
+// measured one at its token count and attention reads K/V no faster than measured.
 #pragma once
 
 #include <cstdint>
@@ -30,13 +32,15 @@ struct StepPrediction {
   double memory_gb_per_s = 0;  // the bandwidth used: the cache's when the step fits in it
   double experts_touched = 0;  // per MoE layer, expected
   int64_t op_calls = 0;
+  bool kernel_rates = false;  // the ceilings' kernel rates bounded matmul and attention
 };
 
 // Decode step of `batch` sequences, each attending over `kept` entries per (layer,
 // kv-head). Routing is taken as uniform and independent across tokens: a MoE layer
 // touches E (1 - (1 - k/E)^batch) experts on average, with batch k / touched tokens
-// each. The step runs from the last-level cache when its bytes fit in half of it and
-// the ceilings have a cache rate; otherwise from memory.
+// each. The step runs from the last-level cache when its bytes fit in the effective
+// cache the probe found (Ceilings::cache_bytes) and the ceilings have its read rate;
+// otherwise from memory.
 StepPrediction predict_decode_step(const ModelConfig& model, DType weight_dtype,
                                    const Ceilings& ceilings, int64_t batch, double kept,
                                    DType kv_dtype);

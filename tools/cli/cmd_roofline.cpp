@@ -1,5 +1,5 @@
 // `ekva roofline`: the machine's ceilings and the roofline analysis of an op profile.
-//   ekva roofline probe [--json-out FILE] [-t N] [--runs R] [--read-mib M]
+//   ekva roofline probe [--json-out FILE] [-m DIR] [-t N] [--runs R] [--read-mib M]
 //   ekva roofline hardware                      (the datasheet table)
 //   ekva roofline report PROFILE.json (--probe FILE | --hardware NAME) --out DIR
 //                        [--phase decode] [--calibration FILE [--model DIR]] [--no-plot]
@@ -36,6 +36,7 @@ namespace {
 
 struct ProbeArgs {
   std::string json_out;
+  std::string model_dir;  // the kernels' shapes; empty: a generic large model's
   int threads = 0;
   int runs = 9;
   double read_mib = 0;
@@ -48,6 +49,14 @@ void run_probe(const ProbeArgs& a) {
   o.read_bytes = static_cast<size_t>(a.read_mib * (1 << 20));
   const std::string load_before = load_average();
   Ceilings c = probe_cpu(pool, o);
+  KernelShape shape;  // hidden 4096, head dim 128, GQA group 4 unless a model is given
+  if (!a.model_dir.empty()) {
+    const ModelConfig m =
+        ModelConfig::from_file(std::filesystem::path(a.model_dir) / "config.json");
+    shape = {m.hidden_size, m.head_dim, m.group_size()};
+  }
+  shape.cache_bytes = c.cache_bytes;
+  c.kernels = probe_kernels(pool, shape, a.runs);
   c.measurements["load_average_before"] = load_before;
   c.measurements["load_average_after"] = load_average();
   c.measurements["date"] = utc_timestamp();
@@ -64,13 +73,35 @@ void run_probe(const ProbeArgs& a) {
   fmt::print("memory read      {:.1f} GB/s ({:.0f} MiB; {})\n", c.memory_gb_per_s,
              m["memory_read_gb_per_s"]["bytes"].get<double>() / (1 << 20),
              kept("memory_read_gb_per_s"));
-  fmt::print("cache read       {:.1f} GB/s ({:.0f} MiB, last-level cache {:.0f} MiB; {})\n",
-             c.cache_gb_per_s, m["cache_read_gb_per_s"]["bytes"].get<double>() / (1 << 20),
-             c.cache_bytes / (1 << 20), kept("cache_read_gb_per_s"));
+  if (c.cache_bytes > 0)
+    fmt::print(
+        "cache read       {:.1f} GB/s (buffers up to {:.0f} MiB read at least 1.5x the memory "
+        "rate; the system reports a {:.0f} MiB last-level cache)\n",
+        c.cache_gb_per_s, c.cache_bytes / (1 << 20),
+        m["reported_last_level_cache_bytes"].get<double>() / (1 << 20));
+  else
+    fmt::print("cache read       none faster than memory found\n");
   fmt::print("compute          {:.1f} GFLOP/s {}, {} chains x {} lanes per thread ({})\n",
              c.compute_gflop_per_s, c.compute_kind, m["fma_gflop_per_s"]["chains"].get<int>(),
              m["fma_gflop_per_s"]["lanes"].get<int>(), kept("fma_gflop_per_s"));
   fmt::print("ridge            {:.1f} FLOP/byte\n", c.ridge_flop_per_byte());
+  const auto by_tokens = [&](const std::vector<double>& v) {
+    std::string out;
+    for (size_t i = 0; i < v.size(); ++i)
+      out += fmt::format("{}{:.0f}: {:.1f}", i ? ", " : "", c.kernels.matmul_tokens[i], v[i]);
+    return out;
+  };
+  fmt::print("kernels          matmul (k {}) by tokens: GFLOP/s, weights in L2 {}\n",
+             c.kernels.matmul_k, by_tokens(c.kernels.matmul_gflop_per_s));
+  fmt::print("                 GB/s of weights read from memory {}\n",
+             by_tokens(c.kernels.matmul_stream_gb_per_s));
+  if (!c.kernels.matmul_cache_stream_gb_per_s.empty())
+    fmt::print("                 GB/s of weights read from the cache {}\n",
+               by_tokens(c.kernels.matmul_cache_stream_gb_per_s));
+  fmt::print(
+      "                 decode attention (head dim {}, group {}, K/V in cache) {:.1f} "
+      "GB/s\n",
+      c.kernels.head_dim, c.kernels.group, c.kernels.attention_gb_per_s);
   fmt::print("op overhead      {:.2f} us (a pool call, beyond its work)\n", c.op_overhead_us);
   fmt::print("memory           {}\n", human_bytes(c.memory_bytes));
   if (!a.json_out.empty()) {
@@ -148,6 +179,9 @@ void add_roofline_command(CLI::App& app) {
   auto* probe = roof->add_subcommand(
       "probe", "Measure this machine's read bandwidth and FMA rate (all cores) as ceilings");
   probe->add_option("--json-out", probe_args->json_out, "Write the ceilings as JSON");
+  probe->add_option("-m,--model", probe_args->model_dir,
+                    "Measure the CPU kernels at this model's shapes (hidden size, head dim, "
+                    "GQA group), for ekva plan");
   probe->add_option("-t,--threads", probe_args->threads, "Threads (0 = one per core)")
       ->check(CLI::NonNegativeNumber);
   probe->add_option("--runs", probe_args->runs, "Timed runs of each measurement (median kept)")
