@@ -12,7 +12,7 @@
 // several --policies, those of one (budget, batch) decode interleaved step by step.
 //
 //   ekva_bench_batch_decode -m DIR [--context 4096 --batches 1,4,16,64 --budgets 100%,10%]
-//                           [--steps 6] [--json-out FILE]
+//                           [--steps 6] [--json-out FILE] [--op-profile FILE]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -28,6 +28,7 @@
 #include "kv/compressed_cache.h"
 #include "kv/kv_cache.h"
 #include "model/model.h"
+#include "ops/profiling_backend.h"
 #include "roofline/ceilings.h"
 #include "roofline/report.h"
 #include "runtime/prefill_recording.h"
@@ -75,11 +76,18 @@ int main(int argc, char** argv) {
   app.add_option("-t,--threads", threads, "Threads (0 = one per core)");
   app.add_option("--commit", commit, "Commit recorded in the JSON");
   app.add_option("--json-out", json_out, "Write the figures as JSON");
+  std::string op_profile;
+  app.add_option("--op-profile", op_profile,
+                 "Time every op of the timed steps (phase \"decode b<batch> <budget> <policy>\" "
+                 "per row) and write the profile for ekva roofline report");
   CLI11_PARSE(app, argc, argv);
   const ekva::DType kv_dtype = kv_dtype_name == "bf16" ? ekva::DType::kBF16 : ekva::DType::kF32;
 
   try {
     ekva::CpuBackend backend(threads);
+    // --op-profile: the timed forward calls go through the profiler (the caches' own
+    // scoring calls keep the plain backend).
+    ekva::ProfilingBackend profiler(backend);
     const auto model = ekva::Model::load(model_dir);
     const ekva::ModelConfig& c = model->config();
     if (context + steps + 2 > c.max_position_embeddings)
@@ -187,10 +195,15 @@ int main(int argc, char** argv) {
             for (int i = 0; i < B; ++i)
               batch[static_cast<size_t>(i)] = {r.caches[static_cast<size_t>(i)].get(),
                                                {&r.next[static_cast<size_t>(i)], 1}};
+            const bool profiled = !op_profile.empty() && s > 0;
+            if (profiled)
+              profiler.begin_step(fmt::format("decode b{} {} {}", B, budget, r.policy), B, B);
             const auto a = std::chrono::steady_clock::now();
-            const ekva::ForwardCounters counters = model->forward(batch, *r.act, backend);
+            const ekva::ForwardCounters counters = model->forward(
+                batch, *r.act, profiled ? static_cast<ekva::Backend&>(profiler) : backend);
             const double dt =
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count();
+            if (profiled) profiler.end_step();
             for (auto& t : r.next) t = static_cast<int32_t>(r.token_rng() % vocab);
             if (s == 0) continue;
             r.step_s.push_back(dt);
@@ -259,6 +272,17 @@ int main(int argc, char** argv) {
       j["rows"] = rows;
       std::ofstream(json_out) << j.dump(2) << "\n";
       fmt::print("wrote {}\n", json_out);
+    }
+    if (!op_profile.empty()) {
+      nlohmann::json j = profiler.profile().to_json();
+      j["run"] = {{"command", "ekva_bench_batch_decode"},
+                  {"model", model_dir},
+                  {"context", context},
+                  {"batches", batches},
+                  {"budgets", budgets},
+                  {"steps", steps}};
+      std::ofstream(op_profile) << j.dump(1) << "\n";
+      fmt::print("wrote {}\n", op_profile);
     }
   } catch (const ekva::Error& e) {
     fmt::print(stderr, "ekva_bench_batch_decode: error: {}\n", e.what());

@@ -92,6 +92,24 @@ json.dump(p, open(sys.argv[2], "w"))' "$src_dir/bench/results/profile_ekva-moe-t
     echo "FAIL: --prompts records"; echo "$out" | head -5; fails=$((fails+1))
   fi
   expect_error "max_step_tokens (4) must be at least max_sequences (8)" -- "$EKVA" generate -m "$model" --prompts "$tmp/p4.jsonl" --max-batch 8 --step-tokens 4
+
+  # The roofline commands: missing and corrupt ceilings and op profiles, impossible targets.
+  expect_error "give the ceilings with --probe FILE" -- "$EKVA" plan -m "$model" --context 4096
+  expect_error "unknown hardware 'tpu'" -- "$EKVA" plan -m "$model" --context 4096 --hardware tpu
+  expect_error "missing-probe.json: cannot open ceilings file" -- "$EKVA" plan -m "$model" --context 4096 --probe "$tmp/missing-probe.json"
+  echo '{"format": "ekva-ceilings", "version": 1, "name": "cpu"' > "$tmp/cut.json"
+  expect_error "cut.json: not valid JSON" -- "$EKVA" plan -m "$model" --context 4096 --probe "$tmp/cut.json"
+  echo '{"format": "ekva-ceilings", "version": 1, "name": "cpu", "device": "x", "source": "measured"}' > "$tmp/short.json"
+  expect_error "short.json: missing field 'memory_gb_per_s'" -- "$EKVA" plan -m "$model" --context 4096 --probe "$tmp/short.json"
+  expect_error "cannot be met at batch 64" -- "$EKVA" plan -m "$model" --context 4096 --batch 64 --tpot-ms 0.001 --hardware cpu
+  expect_error "not-a-model/config.json" -- "$EKVA" plan -m "$tmp/not-a-model" --context 4096 --hardware h200
+  expect_error "--budget '2048'" -- "$EKVA" plan -m "$model" --context 4096 --hardware h200 --budget 2048
+  expect_error "missing-profile.json: cannot open op profile" -- "$EKVA" roofline report "$tmp/missing-profile.json" --hardware cpu --out "$tmp/r"
+  echo '{"format": "ekva-op-profile", "version": 1, "backend": "cpu", "timer": "host", "phases": []}' > "$tmp/op.json"
+  expect_error "op.json: missing field 'ops'" -- "$EKVA" roofline report "$tmp/op.json" --hardware cpu --out "$tmp/r"
+  "$EKVA" generate -m "$model" -p "The kernel" -n 3 --ignore-eos --op-profile "$tmp/op.json" >/dev/null 2>&1
+  expect_error "no ops in phase 'mixed' (it has: decode, prefill)" -- "$EKVA" roofline report "$tmp/op.json" --hardware cpu --out "$tmp/r" --phase mixed --no-plot
+  expect_error "cut.json: not valid JSON" -- "$EKVA" roofline report "$tmp/op.json" --probe "$tmp/cut.json" --out "$tmp/r"
 fi
 
 [ $fails -eq 0 ] && echo "all CLI error checks passed" || { echo "$fails CLI error check(s) failed"; exit 1; }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `ekva eval` on the shipped model with one part of the evaluation switched off
 # (--retrieval ""): no retrieval columns (none in the JSON), never "nan", "KV held"
-# measured on the perplexity contexts, perplexity shown in both settings, and an
-# iso-quality budget per method and setting.
+# measured on the perplexity contexts, perplexity shown in both settings, an
+# iso-quality budget per method and setting, and the op profile of its decode steps.
 # Needs EKVA (the binary), SHIPPED_MODEL and PYTHON.
 set -u
 tmp=$(mktemp -d)
@@ -16,7 +16,7 @@ echo "{\"context\": 300, \"tokens\": [$tokens]}" > "$tmp/ppl.jsonl"
 
 out=$("$EKVA" eval -m "$SHIPPED_MODEL" --retrieval "" --ppl "$tmp/ppl.jsonl" --ppl-contexts 300 \
       --ppl-continuation 16 --methods uniform:snapkv,adakv:h2o --budgets 20%,50% -t 2 \
-      --json-out "$tmp/eval.json" 2>"$tmp/stderr")
+      --json-out "$tmp/eval.json" --op-profile "$tmp/ops.json" 2>"$tmp/stderr")
 rc=$?
 echo "$out"
 [ $rc -eq 0 ] || { fail "ekva eval exited $rc"; cat "$tmp/stderr"; }
@@ -51,6 +51,14 @@ for e in iso:
     # 50% meets the criterion exactly when the iso budget is not None
     fifty = [r for r in ok if r["budget"] == "50%"]
     assert (b is not None) == bool(fifty), (e, ok)
+PY
+# --op-profile: the lockstep decode of all methods (5 caches a step) is its decode phase.
+"$PYTHON" - "$tmp/ops.json" <<'PY' || fail "op profile"
+import json, sys
+j = json.load(open(sys.argv[1]))
+decode = [p for p in j["phases"] if p["phase"] == "decode"]
+assert decode and decode[0]["steps"] == 15 and decode[0]["sequences"] == 75, j["phases"]
+assert any(o["name"] == "attention" and o["phase"] == "decode" for o in j["ops"])
 PY
 
 [ $fails -eq 0 ] && echo "eval report checks passed" || { echo "$fails eval report check(s) failed"; exit 1; }

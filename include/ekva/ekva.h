@@ -49,6 +49,9 @@ struct EngineOptions {
   // "bf16" (half the bytes; attention and scoring widen to f32) or "f32".
   std::string kv_dtype = "bf16";
   KvCompressionOptions kv;
+  // Time every op of the forward pass, with its bytes and FLOPs, per op, layer and
+  // expert (Engine::op_profile_json; `ekva generate --op-profile`). Off: no cost.
+  bool profile_ops = false;
 };
 
 struct SamplingOptions {
@@ -165,6 +168,11 @@ class Engine {
   // of each step to on_text as soon as it is complete UTF-8.
   virtual GenerateStats generate(std::string_view prompt, const GenerateOptions& options,
                                  const std::function<void(std::string_view)>& on_text) const = 0;
+
+  // With EngineOptions::profile_ops, the op profile of every forward pass run so far,
+  // as JSON ("ekva-op-profile": per phase, op site, layer and expert the calls, token
+  // rows, seconds, bytes and FLOPs; `ekva roofline report` reads it); else "".
+  virtual std::string op_profile_json() const = 0;
 
   virtual std::string architecture() const = 0;
   virtual int vocab_size() const = 0;

@@ -286,7 +286,8 @@ void CompressedKvCache::score(int layer, std::span<const int32_t> positions, con
       int64_t offset = 0;
       for (const EntryRun& run : runs_) {  // logits[:, offset:offset+n] = rows · kᵀ
         const WeightMatrix k{run.dtype, run.n, D, run.k};  // the stored dtype (bf16 by default)
-        backend_.matmul({rows_.data(), R, nullptr, k, logits_.data() + offset, N});
+        backend_.at({"kv_scores", layer})
+            .matmul({rows_.data(), R, nullptr, k, logits_.data() + offset, N});
         offset += run.n;
       }
       for (int64_t r = 0; r < R; ++r) {

@@ -6,11 +6,11 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/json_fields.h"
 
 namespace ekva {
 
@@ -115,72 +115,7 @@ void write_pretty(const ordered_json& j, int indent, std::string& out) {
   }
 }
 
-// Field access that names the file and the field's full path in every error.
-class Reader {
- public:
-  explicit Reader(std::string file) : file_(std::move(file)) {}
-
-  template <typename... Args>
-  [[noreturn]] void bad(fmt::format_string<Args...> format, Args&&... args) const {
-    fail("{}: {}", file_, fmt::format(format, std::forward<Args>(args)...));
-  }
-
-  const json& field(const json& obj, const std::string& path, const char* key) const {
-    const std::string name = join(path, key);
-    if (!obj.is_object()) bad("field '{}' must be an object", path);
-    const auto it = obj.find(key);
-    if (it == obj.end()) bad("missing field '{}'", name);
-    return *it;
-  }
-
-  int64_t integer(const json& obj, const std::string& path, const char* key, int64_t lo,
-                  int64_t hi) const {
-    const json& v = field(obj, path, key);
-    if (!v.is_number_integer()) bad("field '{}' must be an integer", join(path, key));
-    const auto n = v.get<int64_t>();
-    if (n < lo || n > hi) bad("field '{}' = {} is outside [{}, {}]", join(path, key), n, lo, hi);
-    return n;
-  }
-
-  double number(const json& v, const std::string& name, double lo, double hi) const {
-    if (!v.is_number()) bad("field '{}' must be a number", name);
-    const double x = v.get<double>();
-    if (!(x >= lo && x <= hi)) bad("field '{}' = {} is outside [{}, {}]", name, x, lo, hi);
-    return x;
-  }
-
-  double number(const json& obj, const std::string& path, const char* key, double lo,
-                double hi) const {
-    return number(field(obj, path, key), join(path, key), lo, hi);
-  }
-
-  std::string string(const json& obj, const std::string& path, const char* key) const {
-    const json& v = field(obj, path, key);
-    if (!v.is_string()) bad("field '{}' must be a string", join(path, key));
-    return v.get<std::string>();
-  }
-
-  bool boolean(const json& obj, const std::string& path, const char* key) const {
-    const json& v = field(obj, path, key);
-    if (!v.is_boolean()) bad("field '{}' must be true or false", join(path, key));
-    return v.get<bool>();
-  }
-
-  const json& array(const json& obj, const std::string& path, const char* key, size_t size) const {
-    const json& v = field(obj, path, key);
-    if (!v.is_array()) bad("field '{}' must be an array", join(path, key));
-    if (v.size() != size)
-      bad("field '{}' has {} elements, expected {}", join(path, key), v.size(), size);
-    return v;
-  }
-
-  static std::string join(const std::string& path, const char* key) {
-    return path.empty() ? key : path + "." + key;
-  }
-
- private:
-  std::string file_;
-};
+using Reader = JsonFields;
 
 CoverageCurve read_curve(const Reader& r, const json& obj, const std::string& path) {
   const json& c = r.field(obj, path, "coverage");
@@ -297,16 +232,7 @@ void CalibrationProfile::save(const std::filesystem::path& path) const {
 CalibrationProfile CalibrationProfile::load(const std::filesystem::path& path,
                                             const KvModelShape& model) {
   const Reader r(path.string());
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("{}: cannot open calibration profile", path.string());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  json j;
-  try {
-    j = json::parse(ss.str());
-  } catch (const json::parse_error& e) {
-    r.bad("not valid JSON: {}", e.what());
-  }
+  const json j = read_json_file(path, "calibration profile");
   if (!j.is_object()) r.bad("not a calibration profile (a JSON object)");
 
   CalibrationProfile p;

@@ -121,7 +121,7 @@ ForwardCounters Model::forward(std::span<const SequenceStep> batch, Activations&
   const int64_t T = s.n_tokens;
   ForwardCounters counters;
 
-  backend.embedding({weights_.embed, a.tokens.data(), T, a.x.data()});
+  backend.at({"embed"}).embedding({weights_.embed, a.tokens.data(), T, a.x.data()});
   counters.weight_bytes += static_cast<size_t>(T * H) * dtype_size(weights_.embed.dtype);
 
   for (int layer = 0; layer < c.n_layers; ++layer) {
@@ -139,10 +139,11 @@ ForwardCounters Model::forward(std::span<const SequenceStep> batch, Activations&
   const int64_t n_out = a.logit_begin.back();
   for (int64_t r = 0; r < n_out; ++r)
     std::copy_n(a.x.data() + int64_t{a.logit_rows.data()[r]} * H, H, a.final_xn.data() + r * H);
-  backend.rmsnorm(
-      {a.final_xn.data(), weights_.final_norm.data(), n_out, H, c.rms_norm_eps, a.final_xn.data()});
-  backend.matmul(
-      {a.final_xn.data(), n_out, nullptr, weights_.lm_head, a.logits.data(), c.vocab_size});
+  backend.at({"final_norm"})
+      .rmsnorm({a.final_xn.data(), weights_.final_norm.data(), n_out, H, c.rms_norm_eps,
+                a.final_xn.data()});
+  backend.at({"lm_head"})
+      .matmul({a.final_xn.data(), n_out, nullptr, weights_.lm_head, a.logits.data(), c.vocab_size});
   counters.weight_bytes += weights_.lm_head.nbytes();
   return counters;
 }
@@ -183,34 +184,36 @@ void Model::attention_block(int layer, const Step& s, Activations& a, Backend& b
   const auto observe = [&](std::string_view name, const float* x, int64_t width) {
     if (observer && observer->tensor) observer->tensor(name, layer, x, T, width);
   };
-  const auto project = [&](const WeightMatrix& w, const std::vector<float>& bias, const float* x,
-                           float* y) {
-    backend.matmul({x, T, nullptr, w, y, w.rows});
-    if (!bias.empty()) backend.add_bias({y, bias.data(), T, w.rows});
+  const auto at = [&](const char* name) -> Backend& { return backend.at({name, layer}); };
+  const auto project = [&](const char* name, const WeightMatrix& w, const std::vector<float>& bias,
+                           const float* x, float* y) {
+    at(name).matmul({x, T, nullptr, w, y, w.rows});
+    if (!bias.empty()) at(name).add_bias({y, bias.data(), T, w.rows});
     counters.weight_bytes += w.nbytes();
   };
 
-  backend.rmsnorm({a.x.data(), L.input_norm.data(), T, H, c.rms_norm_eps, a.xn.data()});
+  at("attn_norm").rmsnorm({a.x.data(), L.input_norm.data(), T, H, c.rms_norm_eps, a.xn.data()});
   observe("attn_norm", a.xn.data(), H);
-  project(L.q, L.q_bias, a.xn.data(), a.q.data());  // [T, n_heads * head_dim]
-  project(L.k, L.k_bias, a.xn.data(), a.k.data());  // [T, n_kv_heads * head_dim]
-  project(L.v, L.v_bias, a.xn.data(), a.v.data());
+  project("q_proj", L.q, L.q_bias, a.xn.data(), a.q.data());  // [T, n_heads * head_dim]
+  project("k_proj", L.k, L.k_bias, a.xn.data(), a.k.data());  // [T, n_kv_heads * head_dim]
+  project("v_proj", L.v, L.v_bias, a.xn.data(), a.v.data());
   if (c.qk_norm != QkNorm::kNone) {
     // OLMoE: each token's whole q and k; Qwen3-MoE: each head, i.e. rows of head_dim
     // of the same [T, n_heads * head_dim] buffers.
     const int64_t qn = c.q_norm_size(), kn = c.k_norm_size();
-    backend.rmsnorm(
+    at("q_norm").rmsnorm(
         {a.q.data(), L.q_norm.data(), T * c.q_dim() / qn, qn, c.rms_norm_eps, a.q.data()});
-    backend.rmsnorm(
+    at("k_norm").rmsnorm(
         {a.k.data(), L.k_norm.data(), T * c.kv_dim() / kn, kn, c.rms_norm_eps, a.k.data()});
   }
   if (c.clip_qkv > 0.f) {
-    backend.clamp({a.q.data(), T * c.q_dim(), c.clip_qkv});
-    backend.clamp({a.k.data(), T * c.kv_dim(), c.clip_qkv});
-    backend.clamp({a.v.data(), T * c.kv_dim(), c.clip_qkv});
+    at("clip_qkv").clamp({a.q.data(), T * c.q_dim(), c.clip_qkv});
+    at("clip_qkv").clamp({a.k.data(), T * c.kv_dim(), c.clip_qkv});
+    at("clip_qkv").clamp({a.v.data(), T * c.kv_dim(), c.clip_qkv});
   }
-  backend.rope({a.q.data(), a.positions.data(), T, c.n_heads, c.head_dim, rope_inv_freq_.data()});
-  backend.rope(
+  at("rope_q").rope(
+      {a.q.data(), a.positions.data(), T, c.n_heads, c.head_dim, rope_inv_freq_.data()});
+  at("rope_k").rope(
       {a.k.data(), a.positions.data(), T, c.n_kv_heads, c.head_dim, rope_inv_freq_.data()});
   observe("q", a.q.data(), c.q_dim());
   observe("k", a.k.data(), c.kv_dim());
@@ -252,22 +255,31 @@ void Model::attention_block(int layer, const Step& s, Activations& a, Backend& b
   p.q_seq = a.seq.data();
   p.n_seqs = B;
   p.q_scored = any_scored ? a.q_scored.data() : nullptr;
-  backend.attention(p, std::span(a.chunks).first(static_cast<size_t>(B * c.n_kv_heads)));
+  at("attention").attention(p, std::span(a.chunks).first(static_cast<size_t>(B * c.n_kv_heads)));
   observe("attn_out", a.attn.data(), c.q_dim());
 
-  project(L.o, L.o_bias, a.attn.data(), a.out.data());
-  backend.add({a.x.data(), a.out.data(), T * H});
+  project("o_proj", L.o, L.o_bias, a.attn.data(), a.out.data());
+  at("attn_residual").add({a.x.data(), a.out.data(), T * H});
 }
 
+namespace {
+constexpr FfnSiteNames kDenseMlp{"mlp_gate", "mlp_up", "mlp_act", "mlp_down"};
+constexpr FfnSiteNames kExpertFfn{"expert_gate", "expert_up", "expert_act", "expert_down"};
+constexpr FfnSiteNames kSharedExpert{"shared_gate", "shared_up", "shared_act", "shared_down"};
+}  // namespace
+
 // out[i] = down(silu(gate(x[rows[i]])) * up(x[rows[i]])) for n_rows gathered rows
-// (rows == nullptr: the first n_rows rows of x).
-void Model::swiglu(const MlpWeights& m, const float* x, const int32_t* rows, int64_t n_rows,
-                   float* out, Activations& a, Backend& backend, ForwardCounters& counters) const {
+// (rows == nullptr: the first n_rows rows of x); the ops' sites are (names, layer, expert).
+void Model::swiglu(const MlpWeights& m, const FfnSiteNames& names, int layer, int expert,
+                   const float* x, const int32_t* rows, int64_t n_rows, float* out, Activations& a,
+                   Backend& backend, ForwardCounters& counters) const {
   const int64_t I = m.gate.rows;
-  backend.matmul({x, n_rows, rows, m.gate, a.gate.data(), I});  // [n_rows, I]
-  backend.matmul({x, n_rows, rows, m.up, a.up.data(), I});
-  backend.silu_mul({a.gate.data(), a.up.data(), n_rows * I});
-  backend.matmul({a.gate.data(), n_rows, nullptr, m.down, out, m.down.rows});  // [n_rows, hidden]
+  backend.at({names.gate, layer, expert})
+      .matmul({x, n_rows, rows, m.gate, a.gate.data(), I});  // [n_rows, I]
+  backend.at({names.up, layer, expert}).matmul({x, n_rows, rows, m.up, a.up.data(), I});
+  backend.at({names.act, layer, expert}).silu_mul({a.gate.data(), a.up.data(), n_rows * I});
+  backend.at({names.down, layer, expert})
+      .matmul({a.gate.data(), n_rows, nullptr, m.down, out, m.down.rows});  // [n_rows, hidden]
   counters.weight_bytes += m.gate.nbytes() + m.up.nbytes() + m.down.nbytes();
 }
 
@@ -278,20 +290,23 @@ void Model::moe_block(int layer, const Step& s, Activations& a, Backend& backend
   const int64_t T = s.n_tokens;
   const int64_t H = c.hidden_size;
 
-  backend.rmsnorm({a.x.data(), L.post_attn_norm.data(), T, H, c.rms_norm_eps, a.xn.data()});
+  const auto at = [&](const char* name) -> Backend& { return backend.at({name, layer}); };
+
+  at("ffn_norm").rmsnorm({a.x.data(), L.post_attn_norm.data(), T, H, c.rms_norm_eps, a.xn.data()});
   if (observer && observer->tensor) observer->tensor("ffn_norm", layer, a.xn.data(), T, H);
 
   if (L.mlp) {  // a dense layer
-    swiglu(*L.mlp, a.xn.data(), nullptr, T, a.out.data(), a, backend, counters);
+    swiglu(*L.mlp, kDenseMlp, layer, -1, a.xn.data(), nullptr, T, a.out.data(), a, backend,
+           counters);
   } else {
     const int E = c.router.n_experts;
     const int K = c.router.top_k;
-    backend.matmul({a.xn.data(), T, nullptr, L.router, a.router_logits.data(), E});  // [T, E]
+    at("router").matmul({a.xn.data(), T, nullptr, L.router, a.router_logits.data(), E});  // [T, E]
     counters.weight_bytes += L.router.nbytes();
     if (observer && observer->tensor)
       observer->tensor("router_logits", layer, a.router_logits.data(), T, E);
-    backend.route({a.router_logits.data(), T, E, K, c.router.renormalize, a.experts.data(),
-                   a.expert_weights.data()});
+    at("route").route({a.router_logits.data(), T, E, K, c.router.renormalize, a.experts.data(),
+                       a.expert_weights.data()});
     if (observer && observer->routing)
       observer->routing(layer, a.experts.data(), a.expert_weights.data(), T, K);
 
@@ -324,20 +339,23 @@ void Model::moe_block(int layer, const Step& s, Activations& a, Backend& backend
       const int64_t r0 = a.expert_begin[static_cast<size_t>(e)];
       const int64_t n = a.expert_begin[static_cast<size_t>(e) + 1] - r0;
       if (n == 0) continue;
-      swiglu(L.experts[static_cast<size_t>(e)], a.xn.data(), a.expert_rows.data() + r0, n,
-             a.ffn_out.data(), a, backend, counters);
-      backend.scatter_add({a.out.data(), a.ffn_out.data(), a.expert_rows.data() + r0,
-                           a.expert_row_weights.data() + r0, n, H});
+      swiglu(L.experts[static_cast<size_t>(e)], kExpertFfn, layer, e, a.xn.data(),
+             a.expert_rows.data() + r0, n, a.ffn_out.data(), a, backend, counters);
+      backend.at({"expert_scatter", layer, e})
+          .scatter_add({a.out.data(), a.ffn_out.data(), a.expert_rows.data() + r0,
+                        a.expert_row_weights.data() + r0, n, H});
     }
     if (L.shared_expert) {  // Qwen2-MoE: sigmoid(gate(x)) * shared_expert(x), for every token
-      swiglu(*L.shared_expert, a.xn.data(), nullptr, T, a.ffn_out.data(), a, backend, counters);
-      backend.matmul({a.xn.data(), T, nullptr, L.shared_expert_gate, a.shared_gate.data(), 1});
+      swiglu(*L.shared_expert, kSharedExpert, layer, -1, a.xn.data(), nullptr, T, a.ffn_out.data(),
+             a, backend, counters);
+      at("shared_expert_gate")
+          .matmul({a.xn.data(), T, nullptr, L.shared_expert_gate, a.shared_gate.data(), 1});
       counters.weight_bytes += L.shared_expert_gate.nbytes();
-      backend.gated_add({a.out.data(), a.ffn_out.data(), a.shared_gate.data(), T, H});
+      at("shared_add").gated_add({a.out.data(), a.ffn_out.data(), a.shared_gate.data(), T, H});
     }
   }
   if (observer && observer->tensor) observer->tensor("ffn_out", layer, a.out.data(), T, H);
-  backend.add({a.x.data(), a.out.data(), T * H});
+  at("ffn_residual").add({a.x.data(), a.out.data(), T * H});
 }
 
 }  // namespace ekva

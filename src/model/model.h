@@ -54,6 +54,14 @@ struct SequenceStep {
   bool prompt_continues = false;
 };
 
+// The op-site names (OpSite::name, ops/backend.h) of the four ops of a SwiGLU FFN.
+struct FfnSiteNames {
+  const char* gate;
+  const char* up;
+  const char* act;
+  const char* down;
+};
+
 class Model {
  public:
   // Reads DIR/config.json and the safetensors checkpoint; validates everything.
@@ -90,8 +98,9 @@ class Model {
                        const ForwardObserver* observer, ForwardCounters& counters) const;
   void moe_block(int layer, const Step& s, Activations& a, Backend& backend,
                  const ForwardObserver* observer, ForwardCounters& counters) const;
-  void swiglu(const MlpWeights& m, const float* x, const int32_t* rows, int64_t n_rows, float* out,
-              Activations& a, Backend& backend, ForwardCounters& counters) const;
+  void swiglu(const MlpWeights& m, const FfnSiteNames& names, int layer, int expert, const float* x,
+              const int32_t* rows, int64_t n_rows, float* out, Activations& a, Backend& backend,
+              ForwardCounters& counters) const;
 
   ModelConfig config_;
   TensorStore store_;

@@ -15,10 +15,30 @@
 
 namespace ekva {
 
+// Where an op call sits in the forward pass: what it computes ("q_proj", "attention",
+// "expert_up", "lm_head": Hugging Face's module names where there is one), the layer
+// (-1: outside the layers) and the expert (-1: none). The forward pass names the site
+// of every call; only a profiling backend (ops/profiling_backend.h) reads it, so to
+// any other backend a site costs three stores per op.
+struct OpSite {
+  const char* name = "";  // a string literal: kept by pointer
+  int layer = -1;
+  int expert = -1;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string_view name() const = 0;
+
+  // Names the site of the op calls that follow and returns this backend, so that a
+  // call reads `backend.at({"q_proj", layer}).matmul(...)`. Not virtual: nothing is
+  // dispatched; a decorator reads site() when it wants to know.
+  Backend& at(const OpSite& site) {
+    site_ = site;
+    return *this;
+  }
+  const OpSite& site() const { return site_; }
 
   // Memory the ops can read and write (activations), 64-byte aligned; freed with
   // release(). Allocation failures throw ekva::Error.
@@ -46,6 +66,9 @@ class Backend {
   virtual void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks) {
     attention(p, chunks, plan_attention(p, chunks, attention_plan_options()));
   }
+
+ private:
+  OpSite site_;
 };
 
 // A typed buffer in a backend's memory, released with it.

@@ -85,7 +85,7 @@ struct MatmulParams {
   float* y = nullptr;
   int64_t ldy = 0;
 
-  OpCost cost() const;  // the weights once, the activations in and out
+  OpCost cost() const;  // the weights once, the activations in and out (and row ids)
 };
 
 // out[r] = x[r] * rsqrt(mean(x[r]^2) + eps) * weight, rows of width `width`; out may be x.
@@ -215,9 +215,24 @@ struct AttentionParams {
   // same pass; the policies' scores come from here, not from a second pass.
   const uint8_t* q_scored = nullptr;
 
-  // K/V bytes of the chunks (each entry once per query that sees its sequence).
+  // What the call must move and compute over `chunks` (one list per (sequence,
+  // kv-head), as for the call), counting only the entries each query sees (causal
+  // mask, sliding window). Bytes: every entry that some query of its sequence sees,
+  // once per call (K and V rows in their stored dtype, and its position, read for the
+  // mask): the queries of a prefill chunk share those reads; plus the queries in and
+  // the output out (f32), plus a score slot read and written per entry when a query of
+  // the sequence is scored. FLOPs: 4 * head_dim per (query head, entry it sees), q.k
+  // and p.v; the softmax's exponentials are not counted.
   OpCost cost(std::span<const std::vector<KvChunk>> chunks) const;
 };
+
+// The attention cost of totals rather than chunk lists (what cost(chunks) computes,
+// and what a planner computes for a cache that does not exist yet): `seen_entries`
+// (query, kv-head, entry) triples in which a query sees an entry; `read_bytes` of K, V
+// and positions of the entries read; `scored_entries` of them whose score slot is
+// updated.
+OpCost attention_cost(const AttentionParams& p, double seen_entries, double read_bytes,
+                      double scored_entries = 0);
 
 namespace ref {
 // Scalar references: plain loops, double accumulation where sums are long.

@@ -86,4 +86,25 @@ BandwidthResult measure_read_bandwidth(ThreadPool& pool, size_t bytes, int runs)
 // "AMD EPYC 9R14 (2 threads)": the CPU model from /proc/cpuinfo.
 std::string cpu_description(int threads);
 
+struct FmaRateResult {
+  double median_gflop_per_s = 0;  // 1e9 FLOP/s, an FMA counting 2
+  double best_gflop_per_s = 0;
+  double worst_gflop_per_s = 0;
+  std::vector<double> run_gflop_per_s;  // [runs] each run's rate
+  std::vector<double> run_cpu_share;    // [runs] the CPU share it got (IntervalUsage)
+  int runs = 0;
+  int lanes = 0;       // f32 lanes of the vectors used
+  int chains = 0;      // independent accumulators per thread
+  std::string target;  // Highway's target: "AVX3", "AVX2", "NEON", ...
+};
+
+// `runs` timed runs (after a warm-up) of every pool thread doing about `iterations` x
+// chains vector FMAs (roofline/fma_rate.cpp): the f32 compute ceiling of the CPU
+// backend, all cores.
+FmaRateResult measure_fma_rate(ThreadPool& pool, int runs, int64_t iterations = int64_t{1} << 22);
+
+// The fixed cost of one op call on the CPU backend: the median time of an empty
+// parallel_for over all threads of the pool (wake, split, join), of `calls` calls.
+double measure_pool_call_seconds(ThreadPool& pool, int calls);
+
 }  // namespace ekva

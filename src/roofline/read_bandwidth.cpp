@@ -16,6 +16,7 @@
 
 #include <fmt/format.h>
 
+#include "core/error.h"
 #include "core/thread_pool.h"
 #include "roofline/ceilings.h"
 
@@ -158,6 +159,35 @@ BandwidthResult measure_read_bandwidth(ThreadPool& pool, size_t bytes, int runs)
   result.bytes = probe.bytes();
   result.runs = runs;
   return result;
+}
+
+double measure_pool_call_seconds(ThreadPool& pool, int calls) {
+  EKVA_CHECK(calls >= 1, "measure_pool_call_seconds: calls must be >= 1, got {}", calls);
+  // Each thread's share is a fixed piece of work (a 64 KiB sum, from L2, about 2 us) so that every
+  // thread takes part, as in an op; the overhead is the call's time beyond the piece's own
+  // time on one thread (wake, split, steal checks, join).
+  constexpr int64_t kWords = 16384;
+  std::vector<float> data(static_cast<size_t>(kWords * pool.size()), 1.f);
+  std::vector<float> sink(static_cast<size_t>(pool.size()));
+  auto piece = [&](int64_t b, int64_t e, int thread) {
+    sink[static_cast<size_t>(thread)] +=
+        HWY_DYNAMIC_DISPATCH(SumRange)(data.data() + b * kWords, (e - b) * kWords);
+  };
+  const auto median_of = [&](auto&& fn) {
+    std::vector<double> seconds;
+    for (int i = 0; i <= calls; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      fn();
+      const double dt =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (i > 0) seconds.push_back(dt);  // the first wakes the workers and warms the buffer
+    }
+    std::sort(seconds.begin(), seconds.end());
+    return seconds[seconds.size() / 2];
+  };
+  const double alone = median_of([&] { piece(0, 1, 0); });
+  const double call = median_of([&] { pool.parallel_for(pool.size(), piece); });
+  return std::max(0.0, call - alone);
 }
 
 std::string cpu_description(int threads) {

@@ -2,6 +2,8 @@
 // cache configuration); generation runs through the scheduler.
 #include <algorithm>
 
+#include <nlohmann/json.hpp>
+
 #include "core/error.h"
 #include "ekva/ekva.h"
 #include "runtime/runtime.h"
@@ -24,7 +26,7 @@ class SessionImpl final : public Session {
   explicit SessionImpl(const Runtime& rt)
       : rt_(rt),
         cache_(rt.make_cache(rt.context, nullptr)),
-        act_(rt.model->config(), *rt.backend,
+        act_(rt.model->config(), rt.backend(),
              {.max_sequences = 1, .max_tokens = rt.max_step_tokens}) {}
 
   std::span<const float> prefill(std::span<const int32_t> tokens) override {
@@ -33,8 +35,8 @@ class SessionImpl final : public Session {
     last_ = {};
     for (size_t t0 = 0; t0 < tokens.size(); t0 += static_cast<size_t>(rt_.max_step_tokens)) {
       const size_t n = std::min(tokens.size() - t0, static_cast<size_t>(rt_.max_step_tokens));
-      run({cache_.get(), tokens.subspan(t0, n), false,
-           /*prompt_continues=*/t0 + n < tokens.size()});
+      run("prefill", {cache_.get(), tokens.subspan(t0, n), false,
+                      /*prompt_continues=*/t0 + n < tokens.size()});
     }
     return logits();
   }
@@ -42,7 +44,7 @@ class SessionImpl final : public Session {
   std::span<const float> decode(int32_t token) override {
     check_room(1);
     last_ = {};
-    run({cache_.get(), {&token, 1}, false, false});
+    run("decode", {cache_.get(), {&token, 1}, false, false});
     return logits();
   }
 
@@ -58,8 +60,10 @@ class SessionImpl final : public Session {
       fail("sequence of {} tokens exceeds the context of {} tokens", cache_->length() + n,
            rt_.context);
   }
-  void run(const SequenceStep& step) {
-    const ForwardCounters c = rt_.model->forward({&step, 1}, act_, *rt_.backend);
+  void run(std::string_view phase, const SequenceStep& step) {
+    rt_.begin_profile_step(phase, {&step, 1});
+    const ForwardCounters c = rt_.model->forward({&step, 1}, act_, rt_.backend());
+    rt_.end_profile_step();
     last_.weight_bytes += c.weight_bytes;
     last_.kv_bytes += c.kv_bytes;
   }
@@ -82,7 +86,8 @@ class EngineImpl final : public Engine {
       fail("engine: max_step_tokens must be >= 1, got {}", options.max_step_tokens);
     rt_.model = Model::load(dir);
     rt_.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_model_dir(dir));
-    rt_.backend = std::make_unique<CpuBackend>(options.threads);
+    rt_.cpu = std::make_unique<CpuBackend>(options.threads);
+    if (options.profile_ops) rt_.profiler = std::make_unique<ProfilingBackend>(*rt_.cpu);
     const ModelConfig& c = rt_.model->config();
     if (options.context > c.max_position_embeddings)
       fail("engine: context {} exceeds the model's max_position_embeddings ({})", options.context,
@@ -143,6 +148,11 @@ class EngineImpl final : public Engine {
         if (u.finished) return std::move(u.stats);
       }
     }
+  }
+
+  std::string op_profile_json() const override {
+    if (!rt_.profiler) return "";
+    return rt_.profiler->profile().to_json().dump(1);
   }
 
   std::string architecture() const override { return rt_.model->config().arch_name; }

@@ -10,8 +10,25 @@ std::unique_ptr<KvCache> Runtime::make_cache(int64_t capacity, PagedKvStore* sto
     return std::make_unique<FullKvCache>(KvShape{c.n_layers, c.n_kv_heads, c.head_dim}, capacity,
                                          kv_dtype);
   if (store != nullptr)
-    return std::make_unique<CompressedKvCache>(*store, c, *compression, *backend);
-  return std::make_unique<CompressedKvCache>(c, *compression, context, *backend);
+    return std::make_unique<CompressedKvCache>(*store, c, *compression, backend());
+  return std::make_unique<CompressedKvCache>(c, *compression, context, backend());
+}
+
+Backend& Runtime::backend() const {
+  if (profiler) return *profiler;
+  return *cpu;
+}
+
+void Runtime::begin_profile_step(std::string_view phase,
+                                 std::span<const SequenceStep> batch) const {
+  if (!profiler) return;
+  int64_t tokens = 0;
+  for (const SequenceStep& st : batch) tokens += static_cast<int64_t>(st.tokens.size());
+  profiler->begin_step(phase, static_cast<int64_t>(batch.size()), tokens);
+}
+
+void Runtime::end_profile_step() const {
+  if (profiler) profiler->end_step();
 }
 
 StoreConfig Runtime::store_config() const {

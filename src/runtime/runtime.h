@@ -12,19 +12,29 @@
 #include "kv/profile.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
+#include "ops/profiling_backend.h"
 
 namespace ekva {
 
 struct Runtime {
   std::unique_ptr<Model> model;
   std::unique_ptr<Tokenizer> tokenizer;
-  std::unique_ptr<CpuBackend> backend;
+  std::unique_ptr<CpuBackend> cpu;
+  // In front of cpu when the engine profiles its ops (EngineOptions::profile_ops).
+  std::unique_ptr<ProfilingBackend> profiler;
   int64_t context = 0;          // tokens per sequence
   int64_t max_step_tokens = 0;  // tokens per forward call
   std::optional<CalibrationProfile> profile;
   std::optional<CompressionConfig> compression;  // none: the full cache
   // K/V element type of every cache, full or compressed (compression->kv_dtype too).
   DType kv_dtype = DType::kBF16;
+
+  // What the forward pass runs on: the profiler when there is one, else the CPU backend.
+  Backend& backend() const;
+  // Steps of the profile (no-ops without a profiler): the forward calls between them
+  // count towards `phase` ("decode", "prefill", "mixed").
+  void begin_profile_step(std::string_view phase, std::span<const SequenceStep> batch) const;
+  void end_profile_step() const;
 
   // A KV cache for one sequence of at most `capacity` tokens: the full cache, or
   // a compressed one in `store` (shared by a scheduler's sequences) or in a store

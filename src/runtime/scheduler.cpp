@@ -50,7 +50,7 @@ class SchedulerImpl final : public Scheduler {
           "needs a token per step",
           o.max_step_tokens, o.max_sequences);
     act_ = std::make_unique<Activations>(
-        rt.model->config(), *rt.backend,
+        rt.model->config(), rt.backend(),
         ForwardLimits{.max_sequences = o.max_sequences, .max_tokens = o.max_step_tokens});
     if (rt.compression) store_ = std::make_unique<PagedKvStore>(rt.store_config());
   }
@@ -116,7 +116,14 @@ class SchedulerImpl final : public Scheduler {
     }
 
     const auto t0 = Clock::now();
-    const ForwardCounters counters = rt_.model->forward(batch_, *act_, *rt_.backend);
+    const auto n_decoding = static_cast<size_t>(std::count_if(
+        members_.begin(), members_.end(), [](const Sequence* s) { return s->decoding(); }));
+    rt_.begin_profile_step(n_decoding == members_.size() ? "decode"
+                           : n_decoding == 0             ? "prefill"
+                                                         : "mixed",
+                           batch_);
+    const ForwardCounters counters = rt_.model->forward(batch_, *act_, rt_.backend());
+    rt_.end_profile_step();
     const int64_t vocab = rt_.model->config().vocab_size;
     std::vector<Sequence*> done;
     for (size_t i = 0; i < members_.size(); ++i) {

@@ -25,4 +25,19 @@ std::string read_prompt_file(const std::string& path) {
   return ss.str();
 }
 
+Ceilings ceilings_from_args(const std::string& probe, const std::string& hardware) {
+  if (probe.empty() == hardware.empty())
+    throw UsageError(
+        "give the ceilings with --probe FILE (from ekva roofline probe) or --hardware NAME "
+        "(ekva roofline hardware lists them)");
+  return probe.empty() ? datasheet_ceilings(hardware) : Ceilings::load(probe);
+}
+
+void write_text_file(const std::string& path, const std::string& text, const char* what) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  out.close();
+  if (!out) throw ekva::Error(fmt::format("{}: cannot write {}", path, what));
+}
+
 }  // namespace ekva::cli

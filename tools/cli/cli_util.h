@@ -4,6 +4,7 @@
 #include <string>
 
 #include "ekva/error.h"
+#include "roofline/hardware.h"
 
 namespace ekva::cli {
 
@@ -19,5 +20,12 @@ std::string human_bytes(double bytes);
 
 // The whole file as bytes; throws ekva::Error "<path>: cannot open prompt file".
 std::string read_prompt_file(const std::string& path);
+
+// The ceilings of --probe FILE (ekva roofline probe) or --hardware NAME (the datasheet
+// table); neither, or both, is a UsageError.
+Ceilings ceilings_from_args(const std::string& probe, const std::string& hardware);
+
+// Writes `text` to `path` (replacing it); throws ekva::Error "<path>: cannot write <what>".
+void write_text_file(const std::string& path, const std::string& text, const char* what);
 
 }  // namespace ekva::cli

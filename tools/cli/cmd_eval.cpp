@@ -20,6 +20,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "cli_util.h"
 #include "commands.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -30,6 +31,7 @@
 #include "model/activations.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
+#include "ops/profiling_backend.h"
 #include "runtime/calibration_run.h"
 #include "runtime/prefill_recording.h"
 
@@ -67,6 +69,7 @@ struct EvalArgs {
   std::string kv_dtype = "bf16";
   std::string compress_per_layer = "on";  // CompressionConfig::per_layer
   std::string json_out, markdown_out;
+  std::string op_profile;  // --op-profile: time every op of every forward pass
 };
 
 int32_t argmax(std::span<const float> x) {
@@ -198,9 +201,11 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 // (the weights are read once per step, not once per method).
 class Lockstep {
  public:
-  Lockstep(const Model& model, Backend& backend, int sequences, int64_t max_step_tokens)
+  Lockstep(const Model& model, Backend& backend, int sequences, int64_t max_step_tokens,
+           ProfilingBackend* profiler)
       : model_(model),
         backend_(backend),
+        profiler_(profiler),
         act_(model.config(), backend,
              ForwardLimits{sequences, std::max<int64_t>(1, max_step_tokens * sequences), 0}) {}
 
@@ -216,7 +221,14 @@ class Lockstep {
       index_.push_back(i);
     }
     if (batch_.empty()) return;
+    if (profiler_ != nullptr) {
+      int64_t n = 0;
+      for (const SequenceStep& st : batch_) n += static_cast<int64_t>(st.tokens.size());
+      profiler_->begin_step(n == static_cast<int64_t>(batch_.size()) ? "decode" : "prefill",
+                            static_cast<int64_t>(batch_.size()), n);
+    }
     model_.forward(batch_, act_, backend_);
+    if (profiler_ != nullptr) profiler_->end_step();
     const auto vocab = static_cast<size_t>(model_.config().vocab_size);
     for (size_t b = 0; b < batch_.size(); ++b) {
       const float* row =
@@ -228,6 +240,7 @@ class Lockstep {
  private:
   const Model& model_;
   Backend& backend_;
+  ProfilingBackend* profiler_;  // nullptr unless --op-profile
   Activations act_;
   std::vector<SequenceStep> batch_;
   std::vector<size_t> index_;
@@ -264,7 +277,11 @@ double iso_quality_budget(std::span<const std::pair<const Method*, const Tally*>
 }
 
 void run_eval(const EvalArgs& a) {
-  CpuBackend backend(a.threads);
+  CpuBackend cpu(a.threads);
+  // --op-profile: every op through the profiler. The decode steps of the methods'
+  // lockstep are its steps; the prompts' recording (prefill) counts as phase "other".
+  const auto profiler = a.op_profile.empty() ? nullptr : std::make_unique<ProfilingBackend>(cpu);
+  Backend& backend = profiler ? static_cast<Backend&>(*profiler) : cpu;
   const auto model = Model::load(a.model_dir);
   const Tokenizer tokenizer = Tokenizer::from_model_dir(a.model_dir);
   const ModelConfig& c = model->config();
@@ -385,7 +402,8 @@ void run_eval(const EvalArgs& a) {
     const PrefillRecording rec = PrefillRecording::record(
         *model, tokens, backend, kv_dtype,
         {.all_query_scores = any_h2o, .split = setting_context ? query : 0});
-    Lockstep lockstep(*model, backend, static_cast<int>(M), std::max<int64_t>(1, T - query));
+    Lockstep lockstep(*model, backend, static_cast<int>(M), std::max<int64_t>(1, T - query),
+                      profiler.get());
     for (size_t si = 0; si < S; ++si) {
       const bool whole = settings[si] == "prompt";
       replay_all(rec, whole ? T : query, context, tally.data(), S, si);
@@ -434,7 +452,7 @@ void run_eval(const EvalArgs& a) {
         PrefillRecording::record(*model, std::span(tokens).first(static_cast<size_t>(prefix)),
                                  backend, kv_dtype, {.all_query_scores = any_h2o});
     replay_all(rec, prefix, static_cast<int64_t>(tokens.size()), shared.data(), 1, 0);
-    Lockstep lockstep(*model, backend, static_cast<int>(M), 1);
+    Lockstep lockstep(*model, backend, static_cast<int>(M), 1, profiler.get());
     for (auto pos = static_cast<size_t>(prefix); pos < tokens.size(); ++pos) {
       for (size_t mi = 0; mi < M; ++mi)
         add(mi, static_cast<int64_t>(pos) - prefix, nll(logits[mi], tokens[pos]));
@@ -627,6 +645,15 @@ void run_eval(const EvalArgs& a) {
         {"iso_quality", iso}};
     std::ofstream(a.json_out) << j.dump(2) << "\n";
   }
+  if (profiler) {
+    json j = profiler->profile().to_json();
+    j["run"] = {{"command", "ekva eval"},
+                {"model", a.model_dir},
+                {"methods", a.methods},
+                {"budgets", a.budgets},
+                {"threads", a.threads}};
+    write_text_file(a.op_profile, j.dump(1) + "\n", "op profile");
+  }
 }
 
 }  // namespace
@@ -686,6 +713,8 @@ void add_eval_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--json-out", args->json_out, "Write the results as JSON");
   cmd->add_option("--markdown-out", args->markdown_out, "Write the table as markdown");
+  cmd->add_option("--op-profile", args->op_profile,
+                  "Time every op and write the profile (for ekva roofline report) to this file");
   cmd->callback([args] { run_eval(*args); });
 }
 

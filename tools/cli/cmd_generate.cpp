@@ -2,7 +2,7 @@
 // with the text and the run's figures (tokens/s, bytes read, KV sizes).
 //   ekva generate -m DIR -p TEXT -n N [--temperature T --top-k K --top-p P --seed S] [--json]
 //                 [--policy P --allocator A --budget B --profile FILE] [--kv-dtype bf16|f32]
-//                 [-t N] [-c N] [--ignore-eos]
+//                 [-t N] [-c N] [--ignore-eos] [--op-profile FILE]
 //   ekva generate -m DIR --prompts FILE.jsonl [--max-batch B --step-tokens T] [...]
 #include <cstdio>
 #include <fstream>
@@ -40,6 +40,7 @@ struct GenerateArgs {
   std::string prompts_file;  // JSONL: many prompts through the scheduler
   int max_batch = 16;
   int64_t step_tokens = 512;
+  std::string op_profile;  // where to write the op profile (--op-profile)
 };
 
 ekva::EngineOptions engine_options(const GenerateArgs& a) {
@@ -50,7 +51,29 @@ ekva::EngineOptions engine_options(const GenerateArgs& a) {
   eo.kv.compress_per_layer = a.compress_per_layer == "on";  // checked by the option
   eo.kv_dtype = a.kv_dtype;
   eo.max_step_tokens = a.step_tokens;
+  eo.profile_ops = !a.op_profile.empty();
   return eo;
+}
+
+// The engine's op profile, with what was run, to --op-profile.
+void write_op_profile(const GenerateArgs& a, const ekva::Engine& engine, int64_t prompts) {
+  if (a.op_profile.empty()) return;
+  nlohmann::json j = nlohmann::json::parse(engine.op_profile_json());
+  j["run"] = {{"command", "ekva generate"},
+              {"model", a.model_dir},
+              {"architecture", engine.architecture()},
+              {"prompts", prompts},
+              {"max_batch", a.prompts_file.empty() ? 1 : a.max_batch},
+              {"max_new_tokens", a.n},
+              {"step_tokens", a.step_tokens},
+              {"threads", a.threads},
+              {"kv",
+               {{"policy", a.kv.policy},
+                {"allocator", a.kv.allocator},
+                {"budget", a.kv.budget},
+                {"dtype", a.kv_dtype}}}};
+  write_text_file(a.op_profile, j.dump(1) + "\n", "op profile");
+  std::cerr << "[ekva] op profile written to " << a.op_profile << std::endl;
 }
 
 // One line of a prompts file: {"prompt": TEXT, "max_new_tokens": N (optional),
@@ -164,6 +187,7 @@ void run_prompts(const GenerateArgs& a) {
                     {"max_batch", s.max_batch}};
     std::cout << j.dump() << std::endl;
   }
+  write_op_profile(a, *engine, static_cast<int64_t>(prompts.size()));
   if (refused > 0)
     throw ekva::Error(fmt::format("{}: {} of {} prompts refused (see their records)",
                                   a.prompts_file, refused, prompts.size()));
@@ -185,6 +209,7 @@ void run_generate(const GenerateArgs& a) {
       std::fflush(stdout);
     }
   });
+  write_op_profile(a, *engine, 1);
   if (a.json) {
     nlohmann::json j;
     j["model"] = a.model_dir;
@@ -280,6 +305,9 @@ void add_generate_command(CLI::App& app) {
   gen->add_option("--kv-dtype", g.kv_dtype, "Stored K/V element type: bf16 or f32")
       ->check(CLI::IsMember({"bf16", "f32"}))
       ->capture_default_str();
+  gen->add_option("--op-profile", g.op_profile,
+                  "Time every op of the forward pass and write the profile (time, bytes, FLOPs "
+                  "per op, layer and expert) to this JSON file, for ekva roofline report");
   gen->add_option("--compress-per-layer", g.compress_per_layer,
                   "Compress the prompt layer by layer (on) or after the last layer (off)")
       ->check(CLI::IsMember({"on", "off"}))

@@ -11,5 +11,7 @@ void add_generate_command(CLI::App& app);
 void add_info_command(CLI::App& app);
 void add_calibrate_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
+void add_roofline_command(CLI::App& app);
+void add_plan_command(CLI::App& app);
 
 }  // namespace ekva::cli

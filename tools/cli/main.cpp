@@ -1,9 +1,12 @@
 // The `ekva` command: sets up CLI11 and dispatches to the subcommands, one file each
-// (cmd_generate.cpp, cmd_info.cpp, cmd_calibrate.cpp, cmd_eval.cpp).
+// (cmd_generate.cpp, cmd_info.cpp, cmd_calibrate.cpp, cmd_eval.cpp, cmd_roofline.cpp,
+// cmd_plan.cpp).
 //   ekva generate -m DIR -p TEXT -n N [--temperature T --top-k K --top-p P --seed S] [--json]
 //   ekva info -m DIR
 //   ekva calibrate -m DIR --data FILE -o profile.json
 //   ekva eval ...
+//   ekva roofline probe|hardware|report ...
+//   ekva plan --model DIR --context N --batch B [--tpot-ms T] (--probe FILE | --hardware NAME)
 // Exit codes: 0 success, 1 bad input (ekva::Error), 2 bad command-line use, 3 internal error.
 #include <cstdio>
 #include <exception>
@@ -22,6 +25,8 @@ int main(int argc, char** argv) {
   ekva::cli::add_info_command(app);
   ekva::cli::add_calibrate_command(app);
   ekva::cli::add_eval_command(app);
+  ekva::cli::add_roofline_command(app);
+  ekva::cli::add_plan_command(app);
 
   try {
     app.parse(argc, argv);  // runs the callback of the subcommand given
