@@ -80,9 +80,10 @@ std::vector<StepOp> decode_ops(const ModelConfig& m, DType wt, int64_t B, double
     if (m.qkv_bias)
       for (const int64_t w : {m.q_dim(), m.kv_dim(), m.kv_dim()})
         ops.push_back({AddBiasParams{nullptr, nullptr, B, w}.cost(), 1, false});
-    if (m.qk_norm) {
-      norm(m.q_dim());
-      norm(m.kv_dim());
+    if (m.qk_norm != QkNorm::kNone) {  // over whole projections (OLMoE) or per head (Qwen3)
+      const int64_t qn = m.q_norm_size(), kn = m.k_norm_size();
+      ops.push_back({RmsNormParams{nullptr, nullptr, B * m.q_dim() / qn, qn}.cost()});
+      ops.push_back({RmsNormParams{nullptr, nullptr, B * m.kv_dim() / kn, kn}.cost()});
     }
     if (m.clip_qkv > 0.f)
       for (const int64_t w : {m.q_dim(), m.kv_dim(), m.kv_dim()})
