@@ -19,6 +19,18 @@
 namespace ekva {
 namespace {
 
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kSanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+#else
+constexpr bool kSanitized = false;
+#endif
+
 const std::filesystem::path kModel =
     std::filesystem::path(EKVA_SOURCE_DIR) / "models/ekva-moe-tiny";
 
@@ -57,7 +69,11 @@ TEST(OpProfile, OpTimesAddUpToTheStepTime) {
     // The ops are most of the step; what is left is host work between them (cache
     // appends and views, grouping tokens per expert) and the profiler's bookkeeping.
     EXPECT_LE(t.op_seconds + t.profiler_seconds, t.wall_seconds) << t.phase;
-    EXPECT_GE(t.op_seconds, 0.75 * t.wall_seconds) << t.phase;
+    // (Under AddressSanitizer the host work between ops slows far more than the SIMD
+    // kernels, and the share falls to about 0.6: only the optimised build checks it.)
+    if (!kSanitized) {
+      EXPECT_GE(t.op_seconds, 0.75 * t.wall_seconds) << t.phase;
+    }
     double steps = 0;
     for (double s : t.step_seconds) steps += s;
     EXPECT_NEAR(steps, t.wall_seconds, 1e-9 * t.wall_seconds);
