@@ -5,6 +5,9 @@
 
 #include <fmt/format.h>
 
+#include "core/error.h"
+#include "core/xz_file.h"
+
 namespace ekva::cli {
 
 std::string human_bytes(double bytes) {
@@ -38,6 +41,23 @@ void write_text_file(const std::string& path, const std::string& text, const cha
   out << text;
   out.close();
   if (!out) throw ekva::Error(fmt::format("{}: cannot write {}", path, what));
+}
+
+std::vector<nlohmann::json> read_jsonl(const std::string& path) {
+  std::istringstream in(read_text_file(path));
+  std::vector<nlohmann::json> out;
+  std::string line;
+  int n = 0;
+  while (std::getline(in, line)) {
+    ++n;
+    if (line.empty()) continue;
+    try {
+      out.push_back(nlohmann::json::parse(line));
+    } catch (const nlohmann::json::exception& e) {
+      fail("{}:{}: not valid JSON: {}", path, n, e.what());
+    }
+  }
+  return out;
 }
 
 }  // namespace ekva::cli

@@ -2,6 +2,9 @@
 #pragma once
 
 #include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "ekva/error.h"
 #include "roofline/hardware.h"
@@ -20,6 +23,10 @@ std::string human_bytes(double bytes);
 
 // The whole file as bytes; throws ekva::Error "<path>: cannot open prompt file".
 std::string read_prompt_file(const std::string& path);
+
+// One JSON object per line of a plain or .xz file (blank lines skipped); throws
+// ekva::Error naming the file and line of a line that is not valid JSON.
+std::vector<nlohmann::json> read_jsonl(const std::string& path);
 
 // The ceilings of --probe FILE (ekva roofline probe) or --hardware NAME (the datasheet
 // table); neither, or both, is a UsageError.

@@ -19,6 +19,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "cli_util.h"
 #include "commands.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
@@ -139,17 +140,8 @@ void run_calibrate(const CalibrateArgs& a) {
   if (!a.retrieval_heads.empty()) {
     // Needle prompts of the calibration contexts only (the evaluation's 4k-16k prompts
     // stay held out), spread evenly over the set's tasks, depths and seeds.
-    std::istringstream in(read_text_file(a.retrieval_heads));
     std::vector<nlohmann::json> records;
-    std::string line;
-    for (int line_no = 1; std::getline(in, line); ++line_no) {
-      if (line.empty()) continue;
-      nlohmann::json j;
-      try {
-        j = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::exception& e) {
-        fail("{}:{}: not valid JSON: {}", a.retrieval_heads, line_no, e.what());
-      }
+    for (nlohmann::json& j : read_jsonl(a.retrieval_heads)) {
       const int ctx = j.value("context", 0);
       if (std::find(a.retrieval_contexts.begin(), a.retrieval_contexts.end(), ctx) !=
           a.retrieval_contexts.end())

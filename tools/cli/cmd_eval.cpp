@@ -137,24 +137,6 @@ struct Tally {
   }
 };
 
-// Plain JSON lines, or xz-compressed ones when the name ends in .xz (the shipped sets).
-std::vector<json> read_jsonl(const std::string& path) {
-  std::istringstream in(read_text_file(path));
-  std::vector<json> out;
-  std::string line;
-  int n = 0;
-  while (std::getline(in, line)) {
-    ++n;
-    if (line.empty()) continue;
-    try {
-      out.push_back(json::parse(line));
-    } catch (const json::exception& e) {
-      fail("{}:{}: not valid JSON: {}", path, n, e.what());
-    }
-  }
-  return out;
-}
-
 // The share of `positions` a cache still holds: [0] over every (layer, kv-head), [1 + l]
 // over layer l's kv-heads.
 std::vector<double> kept_share(const KvCache& cache, const KvModelShape& shape,
