@@ -516,6 +516,9 @@ TEST(Calibration, ShippedModelOnTheCommittedSample) {
   EXPECT_GT(mass[5][0], 0.2);
   EXPECT_GT(mass[5][0], 3 * best);
 
+  p.commit = "0123abc";
+  p.machine = "test machine (2 threads)";
+  p.created = "2026-12-03T12:00:00Z";
   const auto dir = test::temp_dir("calibration_shipped");
   p.save(dir / "profile.json");
   const CalibrationProfile q = CalibrationProfile::load(dir / "profile.json", model->config());
@@ -524,6 +527,9 @@ TEST(Calibration, ShippedModelOnTheCommittedSample) {
     ASSERT_EQ(q.layers[l].head_retrieval.size(), 2u);
     for (size_t h = 0; h < 2; ++h) EXPECT_NEAR(q.layers[l].head_retrieval[h], mass[l][h], 1e-5);
   }
+  EXPECT_EQ(q.commit, p.commit);
+  EXPECT_EQ(q.machine, p.machine);
+  EXPECT_EQ(q.created, p.created);
   EXPECT_EQ(q.tokens, 512);
   ASSERT_EQ(q.layers.size(), 8u);
   for (const LayerStats& L : q.layers) {

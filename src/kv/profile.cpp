@@ -183,6 +183,9 @@ void CalibrationProfile::save(const std::filesystem::path& path) const {
   j["sequences"] = sequences;
   j["context"] = context;
   j["data"] = data;
+  for (const auto& [key, value] :
+       {std::pair{"commit", &commit}, {"machine", &machine}, {"created", &created}})
+    if (!value->empty()) j[key] = *value;
   ordered_json notes = ordered_json::object();
   for (const auto& [key, text] : kNotes) notes[key] = text;
   j["notes"] = std::move(notes);
@@ -264,6 +267,9 @@ CalibrationProfile CalibrationProfile::load(const std::filesystem::path& path,
   p.sequences = r.integer(j, "", "sequences", 1, p.tokens);
   p.context = r.integer(j, "", "context", 1, p.tokens);
   p.data = r.string(j, "", "data");
+  for (const auto& [key, value] :
+       {std::pair{"commit", &p.commit}, {"machine", &p.machine}, {"created", &p.created}})
+    if (j.contains(key)) *value = r.string(j, "", key);  // optional: provenance
 
   const json& layers_json = r.array(j, "", "layers", static_cast<size_t>(p.n_layers));
   p.layers.resize(static_cast<size_t>(p.n_layers));

@@ -62,8 +62,11 @@ struct CalibrationProfile {
   int head_dim = 0;
   int64_t tokens = 0;  // tokens the statistics were gathered over
   int64_t sequences = 0;
-  int64_t context = 0;             // tokens per calibration sequence
-  std::string data;                // where the text came from
+  int64_t context = 0;  // tokens per calibration sequence
+  std::string data;     // where the text came from
+  // Provenance, written when known (`ekva calibrate` sets them): the commit the
+  // engine was built from (--commit), the machine, and the UTC time of the run.
+  std::string commit, machine, created;
   std::vector<LayerStats> layers;  // [n_layers]
 
   // Throws ekva::Error naming the file and the field at fault, or the mismatch

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -14,6 +15,7 @@
 #include <string>
 #include <tuple>
 
+#include <fmt/chrono.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <CLI/CLI.hpp>
@@ -27,6 +29,7 @@
 #include "kv/profile.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
+#include "roofline/ceilings.h"
 #include "runtime/calibration_run.h"
 
 namespace ekva::cli {
@@ -45,6 +48,7 @@ struct CalibrateArgs {
   std::string retrieval_heads;  // needle prompts (.jsonl[.xz]), or none
   std::vector<int> retrieval_contexts{1024, 2048};
   int max_retrieval = 24;
+  std::string commit;  // recorded in the profile
 };
 
 std::string clock_text(double seconds) {
@@ -180,6 +184,9 @@ void run_calibrate(const CalibrateArgs& a) {
       calibrate(*model, sequences, options, pool,
                 [&](int64_t done, int64_t total) { progress.update(done, total); });
   CalibrationProfile out = profile;
+  out.commit = a.commit;
+  out.machine = cpu_description(static_cast<int>(pool.size()));
+  out.created = fmt::format("{:%Y-%m-%dT%H:%M:%SZ}", fmt::gmtime(std::time(nullptr)));
   if (!needles.empty()) {
     fmt::print(stderr, "calibrate: retrieval heads over {} needle prompts\n", needles.size());
     const auto mass = retrieval_head_mass(*model, needles, pool, [&](int64_t done, int64_t total) {
@@ -250,6 +257,7 @@ void add_calibrate_command(CLI::App& app) {
   cmd->add_option("--max-retrieval", args->max_retrieval, "Needle prompts, at most")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  cmd->add_option("--commit", args->commit, "Commit of the engine, recorded in the profile");
   cmd->callback([args] { run_calibrate(*args); });
 }
 
