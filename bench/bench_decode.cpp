@@ -169,7 +169,7 @@ int main(int argc, char** argv) {
         meter.start();
         const auto counters = model->forward({&step, 1}, act, backend);
         const auto u = meter.stop();
-        logits.assign(act.logits.data(), act.logits.data() + c.vocab_size);
+        logits.assign(act.host_logits(), act.host_logits() + c.vocab_size);
         const size_t bytes = counters.weight_bytes + counters.kv_bytes;
         const double gbs = static_cast<double>(bytes) / u.wall_s / 1e9;
         step_all.push_back(gbs);

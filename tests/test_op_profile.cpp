@@ -52,7 +52,7 @@ void run_profiled(const Model& model, ProfilingBackend& profiler, int prompt, in
     next = (100 + 37 * s) % c.vocab_size;
   }
   if (last_logits != nullptr)
-    last_logits->assign(act.logits.data(), act.logits.data() + c.vocab_size);
+    last_logits->assign(act.host_logits(), act.host_logits() + c.vocab_size);
 }
 
 TEST(OpProfile, OpTimesAddUpToTheStepTime) {
@@ -137,7 +137,7 @@ TEST(OpProfile, RecordsEveryOpPerLayerAndExpertAtItsCost) {
     model->forward({&st, 1}, act, test::cpu());
     next = (100 + 37 * s) % cc.vocab_size;
   }
-  plain.assign(act.logits.data(), act.logits.data() + cc.vocab_size);
+  plain.assign(act.host_logits(), act.host_logits() + cc.vocab_size);
   EXPECT_EQ(plain, profiled);
 }
 

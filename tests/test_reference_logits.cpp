@@ -179,7 +179,7 @@ TEST_P(ReferenceLogits, BatchMatchesEachSequenceAlone) {
       for (int64_t r = act.logit_begin[j]; r < act.logit_begin[j + 1]; ++r) {
         const size_t pos = b + static_cast<size_t>(r - act.logit_begin[j]);
         EXPECT_LT(
-            test::rel_error(act.logits.data() + r * static_cast<int64_t>(V), &alone[i][pos * V], V),
+            test::rel_error(act.host_logits() + r * static_cast<int64_t>(V), &alone[i][pos * V], V),
             kTolerance)
             << "sequence " << i << " position " << pos;
       }

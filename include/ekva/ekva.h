@@ -52,6 +52,9 @@ struct EngineOptions {
   // Time every op of the forward pass, with its bytes and FLOPs, per op, layer and
   // expert (Engine::op_profile_json; `ekva generate --op-profile`). Off: no cost.
   bool profile_ops = false;
+  // Where the forward pass runs: "cpu", or "cuda" / "cuda:N" (the weights and the KV
+  // cache in that GPU's memory; the full cache only, for now).
+  std::string device = "cpu";
 };
 
 struct SamplingOptions {

@@ -138,6 +138,11 @@ void CudaBackend::download(void* host_dst, const void* device_src, size_t bytes)
   EKVA_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
+void CudaBackend::fill_zero(void* device_dst, size_t bytes) {
+  if (bytes == 0) return;
+  EKVA_CUDA_CHECK(cudaMemsetAsync(device_dst, 0, bytes, stream_));
+}
+
 void CudaBackend::embedding(const EmbeddingParams& p) { cuda::embedding(p, fault_, stream_); }
 
 void CudaBackend::matmul(const MatmulParams& p) {

@@ -50,6 +50,7 @@ class CudaBackend final : public Backend {
   std::string_view name() const override { return "cuda"; }
   void* allocate(size_t bytes) override;
   void release(void* p) override;
+  int memory_domain() const override { return 1 + device_; }
 
   void embedding(const EmbeddingParams& p) override;
   void matmul(const MatmulParams& p) override;
@@ -72,9 +73,10 @@ class CudaBackend final : public Backend {
   // (naming the op and the value), after clearing it so the backend stays usable.
   void synchronize();
   // host -> device; returns once the bytes are copied (ordered after queued ops).
-  void upload(void* device_dst, const void* host_src, size_t bytes);
+  void upload(void* device_dst, const void* host_src, size_t bytes) override;
   // device -> host after synchronize() (so a pending fault throws instead).
-  void download(void* host_dst, const void* device_src, size_t bytes);
+  void download(void* host_dst, const void* device_src, size_t bytes) override;
+  void fill_zero(void* device_dst, size_t bytes) override;
 
   cudaStream_t stream() const { return stream_; }
   int device() const { return device_; }

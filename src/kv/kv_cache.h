@@ -78,6 +78,10 @@ class KvCache {
   virtual size_t bytes_used() const = 0;
   // Forgets everything; the cache can be reused for a new sequence.
   virtual void clear() = 0;
+  // Where the K/V live (Backend::memory_domain): append() reads k and v there and
+  // view() hands out chunks there; 0: host memory. A forward pass runs a cache
+  // only on a backend of the same domain.
+  virtual int memory_domain() const { return 0; }
 };
 
 // Every entry kept, in f32, contiguous per (layer, kv-head): [capacity, head_dim]

@@ -45,6 +45,18 @@ Activations::Activations(const ModelConfig& c, Backend& backend, ForwardLimits l
   logit_rows = {backend, L};
   final_xn = {backend, L * H};
   logits = {backend, L * static_cast<size_t>(c.vocab_size)};
+  device = !backend.host_memory();
+  host.tokens.resize(T);
+  host.positions.resize(T);
+  host.seq.resize(T);
+  host.q_scored.resize(T);
+  host.logit_rows.resize(L);
+  host.experts.resize(T * K);
+  host.expert_weights.resize(T * K);
+  host.top1.resize(T);
+  host.expert_rows.resize(T * K);
+  host.expert_row_weights.resize(T * K);
+  if (device) host.logits.resize(L * static_cast<size_t>(c.vocab_size));
   token_begin.reserve(static_cast<size_t>(limits.max_sequences) + 1);
   logit_begin.reserve(static_cast<size_t>(limits.max_sequences) + 1);
   expert_begin.reserve(E + 1);

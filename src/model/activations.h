@@ -48,6 +48,23 @@ struct Activations {
   BackendBuffer<int32_t> logit_rows;        // [max_logit_rows] token rows the LM head reads
   BackendBuffer<float> final_xn;            // [max_logit_rows, hidden]
   BackendBuffer<float> logits;              // [max_logit_rows, vocab]
+  // Host copies of what the host writes or reads between ops: the forward pass lays
+  // the batch out and groups tokens per expert here and uploads the result (for a
+  // host backend the upload is a memcpy), and reads the routing back from the
+  // device. Sized like the buffers above.
+  struct Host {
+    std::vector<int32_t> tokens, positions, seq, logit_rows;
+    std::vector<uint8_t> q_scored;
+    std::vector<int32_t> experts, top1, expert_rows;
+    std::vector<float> expert_weights, expert_row_weights;
+    std::vector<float> logits;  // [max_logit_rows, vocab], backends of device memory only
+    std::vector<float> observed;  // a tensor downloaded for a ForwardObserver
+  } host;
+  bool device = false;  // the buffers are in device memory (not host_memory())
+  // The last call's logits in host memory: rows logit_begin[i] .. logit_begin[i + 1]
+  // of [max_logit_rows, vocab] for batch entry i.
+  const float* host_logits() const { return device ? host.logits.data() : logits.data(); }
+
   // Host metadata of the last call, reused across calls. Batch entry i's tokens
   // are rows token_begin[i] .. token_begin[i + 1]; its logits are rows
   // logit_begin[i] .. logit_begin[i + 1] of `logits`.

@@ -69,10 +69,49 @@ size_t Model::active_weight_bytes_per_token() const {
   return bytes;
 }
 
+void Model::place(Backend& backend) {
+  const int domain = backend.memory_domain();
+  if (domain == 0) return;
+  for (const auto& p : placed_)
+    if (p->memory_domain == domain) return;
+  try {
+    placed_.push_back(place_weights(weights_, rope_inv_freq_, backend));
+  } catch (const Error& e) {
+    size_t total = 0;
+    weights_.for_each([&](auto& t) { total += t.nbytes(); });
+    fail("placing the model's weights ({:.1f} MiB) on {}: {}", total / 1048576.0, backend.name(),
+         e.what());
+  }
+}
+
+const ModelWeights& Model::weights_for(int memory_domain) const {
+  if (memory_domain == 0) return weights_;
+  for (const auto& p : placed_)
+    if (p->memory_domain == memory_domain) return p->weights;
+  fail("forward: the weights are not in the backend's memory (domain {}): call Model::place first",
+       memory_domain);
+}
+
 // The batch of one call, as the blocks see it.
 struct Model::Step {
   std::span<const SequenceStep> batch;
   int64_t n_tokens = 0;  // T
+  const ModelWeights* w = nullptr;  // in the backend's memory
+  const float* rope_inv_freq = nullptr;
+  const ForwardObserver* observer = nullptr;
+
+  // Hands a tensor of the backend's memory to the observer (downloaded first when
+  // the backend's memory is a device's).
+  void observe(std::string_view name, int layer, const float* x, int64_t rows, int64_t width,
+               Activations& a, Backend& backend) const {
+    if (observer == nullptr || !observer->tensor) return;
+    if (a.device) {
+      a.host.observed.resize(static_cast<size_t>(rows * width));
+      backend.download(a.host.observed.data(), x, a.host.observed.size() * sizeof(float));
+      x = a.host.observed.data();
+    }
+    observer->tensor(name, layer, x, rows, width);
+  }
 };
 
 ForwardCounters Model::forward(std::span<const SequenceStep> batch, Activations& a,
@@ -85,11 +124,17 @@ ForwardCounters Model::forward(std::span<const SequenceStep> batch, Activations&
     fail("forward: batch of {} sequences exceeds the maximum of {}", B, a.limits.max_sequences);
 
   // Lay the batch out: token rows, positions, sequence index, logit rows.
+  Activations::Host& h = a.host;
+  const int domain = backend.memory_domain();
   a.token_begin.assign(1, 0);
   a.logit_begin.assign(1, 0);
   for (int64_t i = 0; i < B; ++i) {
     const SequenceStep& st = batch[static_cast<size_t>(i)];
     EKVA_CHECK(st.cache != nullptr, "forward: batch entry {} has no KV cache", i);
+    if (st.cache->memory_domain() != domain)
+      fail("forward: the KV cache of batch entry {} is in {} memory, the backend ({}) computes in {}",
+           i, st.cache->memory_domain() == 0 ? "host" : "device", backend.name(),
+           domain == 0 ? "host memory" : "device memory");
     const auto n = static_cast<int64_t>(st.tokens.size());
     if (n == 0) fail("forward: batch entry {} has no tokens", i);
     const int64_t T0 = a.token_begin.back();
@@ -108,43 +153,62 @@ ForwardCounters Model::forward(std::span<const SequenceStep> batch, Activations&
       const int32_t id = st.tokens[static_cast<size_t>(t)];
       if (id < 0 || id >= c.vocab_size)
         fail("token id {} is outside the vocabulary (0..{})", id, c.vocab_size - 1);
-      a.tokens.data()[T0 + t] = id;
-      a.positions.data()[T0 + t] = static_cast<int32_t>(pos0 + t);
-      a.seq.data()[T0 + t] = static_cast<int32_t>(i);
+      h.tokens[static_cast<size_t>(T0 + t)] = id;
+      h.positions[static_cast<size_t>(T0 + t)] = static_cast<int32_t>(pos0 + t);
+      h.seq[static_cast<size_t>(T0 + t)] = static_cast<int32_t>(i);
     }
     for (int64_t r = 0; r < n_logits; ++r)
-      a.logit_rows.data()[L0 + r] = static_cast<int32_t>(T0 + n - n_logits + r);
+      h.logit_rows[static_cast<size_t>(L0 + r)] = static_cast<int32_t>(T0 + n - n_logits + r);
     a.token_begin.push_back(T0 + n);
     a.logit_begin.push_back(L0 + n_logits);
   }
-  const Step s{batch, a.token_begin.back()};
+  const ModelWeights& W = weights_for(domain);
+  const float* inv_freq = rope_inv_freq_.data();
+  if (domain != 0)
+    for (const auto& p : placed_)
+      if (p->memory_domain == domain) inv_freq = p->rope_inv_freq.data();
+  const Step s{batch, a.token_begin.back(), &W, inv_freq, observer};
   const int64_t T = s.n_tokens;
+  const int64_t n_out = a.logit_begin.back();
+  const auto T_bytes = static_cast<size_t>(T) * sizeof(int32_t);
+  backend.upload(a.tokens.data(), h.tokens.data(), T_bytes);
+  backend.upload(a.positions.data(), h.positions.data(), T_bytes);
+  // Decode steps want every row's logits in order: the LM head then reads x's rows as
+  // they are, without a gather.
+  bool gather = n_out != T;
+  for (int64_t r = 0; r < n_out && !gather; ++r) gather = h.logit_rows[static_cast<size_t>(r)] != r;
+  if (gather)
+    backend.upload(a.logit_rows.data(), h.logit_rows.data(),
+                   static_cast<size_t>(n_out) * sizeof(int32_t));
   ForwardCounters counters;
 
-  backend.at({"embed"}).embedding({weights_.embed, a.tokens.data(), T, a.x.data()});
-  counters.weight_bytes += static_cast<size_t>(T * H) * dtype_size(weights_.embed.dtype);
+  backend.at({"embed"}).embedding({W.embed, a.tokens.data(), T, a.x.data()});
+  counters.weight_bytes += static_cast<size_t>(T * H) * dtype_size(W.embed.dtype);
 
   for (int layer = 0; layer < c.n_layers; ++layer) {
-    attention_block(layer, s, a, backend, observer, counters);
-    moe_block(layer, s, a, backend, observer, counters);
+    attention_block(layer, s, a, backend, counters);
+    moe_block(layer, s, a, backend, counters);
     // The layer's entries are tagged and scored: its budget can be enforced now.
     for (const SequenceStep& st : batch)
       if (!st.prompt_continues) st.cache->end_layer(layer);
-    if (observer && observer->tensor) observer->tensor("hidden", layer, a.x.data(), T, H);
+    s.observe("hidden", layer, a.x.data(), T, H, a, backend);
   }
   for (const SequenceStep& st : batch)
     if (!st.prompt_continues) st.cache->end_forward();
 
   // Final norm and LM head, only for the rows the callers want.
-  const int64_t n_out = a.logit_begin.back();
-  for (int64_t r = 0; r < n_out; ++r)
-    std::copy_n(a.x.data() + int64_t{a.logit_rows.data()[r]} * H, H, a.final_xn.data() + r * H);
+  if (gather)  // a row gather: the "table" is x itself
+    backend.at({"final_gather"})
+        .embedding({{DType::kF32, T, H, a.x.data()}, a.logit_rows.data(), n_out, a.final_xn.data()});
   backend.at({"final_norm"})
-      .rmsnorm({a.final_xn.data(), weights_.final_norm.data(), n_out, H, c.rms_norm_eps,
-                a.final_xn.data()});
+      .rmsnorm({gather ? a.final_xn.data() : a.x.data(), W.final_norm.data(), n_out, H,
+                c.rms_norm_eps, a.final_xn.data()});
   backend.at({"lm_head"})
-      .matmul({a.final_xn.data(), n_out, nullptr, weights_.lm_head, a.logits.data(), c.vocab_size});
-  counters.weight_bytes += weights_.lm_head.nbytes();
+      .matmul({a.final_xn.data(), n_out, nullptr, W.lm_head, a.logits.data(), c.vocab_size});
+  counters.weight_bytes += W.lm_head.nbytes();
+  if (a.device)
+    backend.download(a.host.logits.data(), a.logits.data(),
+                     static_cast<size_t>(n_out * c.vocab_size) * sizeof(float));
   return counters;
 }
 
@@ -169,23 +233,24 @@ ForwardCounters Model::forward(std::span<const int32_t> tokens, KvCache& cache,
     total.kv_bytes += c.kv_bytes;
     if (all_logits || t0 + m == n) {
       const auto rows = static_cast<size_t>(a.logit_begin.back());
-      logits.insert(logits.end(), a.logits.data(), a.logits.data() + rows * V);
+      logits.insert(logits.end(), a.host_logits(), a.host_logits() + rows * V);
     }
   }
   return total;
 }
 
 void Model::attention_block(int layer, const Step& s, Activations& a, Backend& backend,
-                            const ForwardObserver* observer, ForwardCounters& counters) const {
+                            ForwardCounters& counters) const {
   const ModelConfig& c = config_;
-  const LayerWeights& L = weights_.layers[static_cast<size_t>(layer)];
+  const LayerWeights& L = s.w->layers[static_cast<size_t>(layer)];
+  const Activations::Host& h = a.host;
   const int64_t T = s.n_tokens;
   const int64_t H = c.hidden_size;
   const auto observe = [&](std::string_view name, const float* x, int64_t width) {
-    if (observer && observer->tensor) observer->tensor(name, layer, x, T, width);
+    s.observe(name, layer, x, T, width, a, backend);
   };
   const auto at = [&](const char* name) -> Backend& { return backend.at({name, layer}); };
-  const auto project = [&](const char* name, const WeightMatrix& w, const std::vector<float>& bias,
+  const auto project = [&](const char* name, const WeightMatrix& w, const WeightVector& bias,
                            const float* x, float* y) {
     at(name).matmul({x, T, nullptr, w, y, w.rows});
     if (!bias.empty()) at(name).add_bias({y, bias.data(), T, w.rows});
@@ -211,10 +276,8 @@ void Model::attention_block(int layer, const Step& s, Activations& a, Backend& b
     at("clip_qkv").clamp({a.k.data(), T * c.kv_dim(), c.clip_qkv});
     at("clip_qkv").clamp({a.v.data(), T * c.kv_dim(), c.clip_qkv});
   }
-  at("rope_q").rope(
-      {a.q.data(), a.positions.data(), T, c.n_heads, c.head_dim, rope_inv_freq_.data()});
-  at("rope_k").rope(
-      {a.k.data(), a.positions.data(), T, c.n_kv_heads, c.head_dim, rope_inv_freq_.data()});
+  at("rope_q").rope({a.q.data(), a.positions.data(), T, c.n_heads, c.head_dim, s.rope_inv_freq});
+  at("rope_k").rope({a.k.data(), a.positions.data(), T, c.n_kv_heads, c.head_dim, s.rope_inv_freq});
   observe("q", a.q.data(), c.q_dim());
   observe("k", a.k.data(), c.kv_dim());
   observe("v", a.v.data(), c.kv_dim());
@@ -227,21 +290,23 @@ void Model::attention_block(int layer, const Step& s, Activations& a, Backend& b
     const SequenceStep& st = s.batch[static_cast<size_t>(i)];
     const int64_t t0 = a.token_begin[static_cast<size_t>(i)];
     const auto n = static_cast<int64_t>(st.tokens.size());
-    const std::span<const int32_t> pos(a.positions.data() + t0, st.tokens.size());
+    const std::span<const int32_t> pos(h.positions.data() + t0, st.tokens.size());
     st.cache->append(layer, pos, a.k.data() + t0 * c.kv_dim(), a.v.data() + t0 * c.kv_dim());
     const int64_t n_scored =
         st.prompt_continues ? 0 : std::clamp<int64_t>(st.cache->scored_queries(layer, pos), 0, n);
-    for (int64_t t = 0; t < n; ++t) a.q_scored.data()[t0 + t] = t >= n - n_scored;
+    for (int64_t t = 0; t < n; ++t) a.host.q_scored[static_cast<size_t>(t0 + t)] = t >= n - n_scored;
     any_scored = any_scored || n_scored > 0;
     if (!st.prompt_continues) st.cache->observe_queries(layer, pos, a.q.data() + t0 * c.q_dim());
-    for (int h = 0; h < c.n_kv_heads; ++h) {
-      auto& list = a.chunks[static_cast<size_t>(i * c.n_kv_heads + h)];
+    for (int kh = 0; kh < c.n_kv_heads; ++kh) {
+      auto& list = a.chunks[static_cast<size_t>(i * c.n_kv_heads + kh)];
       list.clear();
-      st.cache->view(layer, h, list);
+      st.cache->view(layer, kh, list);
       for (const KvChunk& ch : list)
         counters.kv_bytes += static_cast<size_t>(ch.n) * ch.entry_bytes(c.head_dim);
     }
   }
+  // The plan is made on the host from the query metadata: the host copies serve
+  // (a backend of device memory reads the rest of the call there).
   AttentionParams p;
   p.n_queries = T;
   p.n_heads = c.n_heads;
@@ -250,11 +315,11 @@ void Model::attention_block(int layer, const Step& s, Activations& a, Backend& b
   p.scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
   p.sliding_window = c.sliding_window;
   p.q = a.q.data();
-  p.q_positions = a.positions.data();
+  p.q_positions = h.positions.data();
   p.out = a.attn.data();
-  p.q_seq = a.seq.data();
+  p.q_seq = h.seq.data();
   p.n_seqs = B;
-  p.q_scored = any_scored ? a.q_scored.data() : nullptr;
+  p.q_scored = any_scored ? h.q_scored.data() : nullptr;
   at("attention").attention(p, std::span(a.chunks).first(static_cast<size_t>(B * c.n_kv_heads)));
   observe("attn_out", a.attn.data(), c.q_dim());
 
@@ -284,16 +349,17 @@ void Model::swiglu(const MlpWeights& m, const FfnSiteNames& names, int layer, in
 }
 
 void Model::moe_block(int layer, const Step& s, Activations& a, Backend& backend,
-                      const ForwardObserver* observer, ForwardCounters& counters) const {
+                      ForwardCounters& counters) const {
   const ModelConfig& c = config_;
-  const LayerWeights& L = weights_.layers[static_cast<size_t>(layer)];
+  const LayerWeights& L = s.w->layers[static_cast<size_t>(layer)];
+  Activations::Host& h = a.host;
   const int64_t T = s.n_tokens;
   const int64_t H = c.hidden_size;
 
   const auto at = [&](const char* name) -> Backend& { return backend.at({name, layer}); };
 
   at("ffn_norm").rmsnorm({a.x.data(), L.post_attn_norm.data(), T, H, c.rms_norm_eps, a.xn.data()});
-  if (observer && observer->tensor) observer->tensor("ffn_norm", layer, a.xn.data(), T, H);
+  s.observe("ffn_norm", layer, a.xn.data(), T, H, a, backend);
 
   if (L.mlp) {  // a dense layer
     swiglu(*L.mlp, kDenseMlp, layer, -1, a.xn.data(), nullptr, T, a.out.data(), a, backend,
@@ -303,38 +369,42 @@ void Model::moe_block(int layer, const Step& s, Activations& a, Backend& backend
     const int K = c.router.top_k;
     at("router").matmul({a.xn.data(), T, nullptr, L.router, a.router_logits.data(), E});  // [T, E]
     counters.weight_bytes += L.router.nbytes();
-    if (observer && observer->tensor)
-      observer->tensor("router_logits", layer, a.router_logits.data(), T, E);
+    s.observe("router_logits", layer, a.router_logits.data(), T, E, a, backend);
     at("route").route({a.router_logits.data(), T, E, K, c.router.renormalize, a.experts.data(),
                        a.expert_weights.data()});
-    if (observer && observer->routing)
-      observer->routing(layer, a.experts.data(), a.expert_weights.data(), T, K);
+    // The host groups the tokens and tags the entries: it reads the routing back.
+    const auto TK = static_cast<size_t>(T * K);
+    backend.download(h.experts.data(), a.experts.data(), TK * sizeof(int32_t));
+    backend.download(h.expert_weights.data(), a.expert_weights.data(), TK * sizeof(float));
+    if (s.observer && s.observer->routing)
+      s.observer->routing(layer, h.experts.data(), h.expert_weights.data(), T, K);
 
     // The top-1 expert tags this layer's new entries, in each sequence's cache.
-    for (int64_t t = 0; t < T; ++t) a.top1.data()[t] = a.experts.data()[t * K];
+    for (int64_t t = 0; t < T; ++t) h.top1[static_cast<size_t>(t)] = h.experts[static_cast<size_t>(t * K)];
     for (size_t i = 0; i < s.batch.size(); ++i) {
       const int64_t t0 = a.token_begin[i];
-      const std::span<const int32_t> pos(a.positions.data() + t0, s.batch[i].tokens.size());
-      s.batch[i].cache->tag(layer, pos, a.top1.data() + t0);
+      const std::span<const int32_t> pos(h.positions.data() + t0, s.batch[i].tokens.size());
+      s.batch[i].cache->tag(layer, pos, h.top1.data() + t0);
     }
 
     // Group the batch's tokens by expert (counting sort: tokens ascending within
     // an expert) so each expert's weights are read once per call.
     a.expert_begin.assign(static_cast<size_t>(E) + 1, 0);
-    for (int64_t i = 0; i < T * K; ++i)
-      ++a.expert_begin[static_cast<size_t>(a.experts.data()[i]) + 1];
+    for (size_t i = 0; i < TK; ++i) ++a.expert_begin[static_cast<size_t>(h.experts[i]) + 1];
     for (int e = 0; e < E; ++e)
       a.expert_begin[static_cast<size_t>(e) + 1] += a.expert_begin[static_cast<size_t>(e)];
-    for (int64_t i = 0; i < T * K; ++i) {
-      const auto e = static_cast<size_t>(a.experts.data()[i]);
-      const int64_t slot = a.expert_begin[e]++;
-      a.expert_rows.data()[slot] = static_cast<int32_t>(i / K);
-      a.expert_row_weights.data()[slot] = a.expert_weights.data()[i];
+    for (size_t i = 0; i < TK; ++i) {
+      const auto e = static_cast<size_t>(h.experts[i]);
+      const auto slot = static_cast<size_t>(a.expert_begin[e]++);
+      h.expert_rows[slot] = static_cast<int32_t>(i / static_cast<size_t>(K));
+      h.expert_row_weights[slot] = h.expert_weights[i];
     }
     std::rotate(a.expert_begin.rbegin(), a.expert_begin.rbegin() + 1, a.expert_begin.rend());
     a.expert_begin[0] = 0;
+    backend.upload(a.expert_rows.data(), h.expert_rows.data(), TK * sizeof(int32_t));
+    backend.upload(a.expert_row_weights.data(), h.expert_row_weights.data(), TK * sizeof(float));
 
-    std::fill_n(a.out.data(), T * H, 0.f);
+    backend.fill_zero(a.out.data(), static_cast<size_t>(T * H) * sizeof(float));
     for (int e = 0; e < E; ++e) {
       const int64_t r0 = a.expert_begin[static_cast<size_t>(e)];
       const int64_t n = a.expert_begin[static_cast<size_t>(e) + 1] - r0;
@@ -354,7 +424,7 @@ void Model::moe_block(int layer, const Step& s, Activations& a, Backend& backend
       at("shared_add").gated_add({a.out.data(), a.ffn_out.data(), a.shared_gate.data(), T, H});
     }
   }
-  if (observer && observer->tensor) observer->tensor("ffn_out", layer, a.out.data(), T, H);
+  s.observe("ffn_out", layer, a.out.data(), T, H, a, backend);
   at("ffn_residual").add({a.x.data(), a.out.data(), T * H});
 }
 

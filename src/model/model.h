@@ -70,6 +70,14 @@ class Model {
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
   const TensorStore& tensors() const { return store_; }
+  // Copies the weights into `backend`'s memory, once per memory domain, so that
+  // forward() can run on it (and on every backend of that domain: a profiling
+  // decorator of it too); a host backend needs none. The backend must outlive the
+  // model. Throws when the weights do not fit, naming the sizes.
+  void place(Backend& backend);
+  // The weights forward() reads on a backend of `memory_domain`.
+  const ModelWeights& weights_for(int memory_domain) const;
+
   // Bytes of weights a single-token step reads on average: everything except the
   // experts not routed to, assuming top_k of n_experts (plus one embedding row).
   size_t active_weight_bytes_per_token() const;
@@ -95,9 +103,9 @@ class Model {
   Model() = default;
   struct Step;
   void attention_block(int layer, const Step& s, Activations& a, Backend& backend,
-                       const ForwardObserver* observer, ForwardCounters& counters) const;
+                       ForwardCounters& counters) const;
   void moe_block(int layer, const Step& s, Activations& a, Backend& backend,
-                 const ForwardObserver* observer, ForwardCounters& counters) const;
+                 ForwardCounters& counters) const;
   void swiglu(const MlpWeights& m, const FfnSiteNames& names, int layer, int expert, const float* x,
               const int32_t* rows, int64_t n_rows, float* out, Activations& a, Backend& backend,
               ForwardCounters& counters) const;
@@ -106,6 +114,7 @@ class Model {
   TensorStore store_;
   ModelWeights weights_;
   std::vector<float> rope_inv_freq_;  // [head_dim / 2]
+  std::vector<std::unique_ptr<PlacedWeights>> placed_;  // one per device memory domain
 };
 
 }  // namespace ekva

@@ -1,12 +1,15 @@
 #include "model/weights.h"
 
 #include <cstring>
+#include <map>
+#include <type_traits>
 #include <set>
 #include <string_view>
 
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "ops/backend.h"
 
 namespace ekva {
 
@@ -36,14 +39,15 @@ class Binder {
                       std::string_view why = {}) {
     const TensorInfo& t = expect(name, {rows, cols}, why);
     if (t.dtype == DType::kF16) {
-      auto& buf = w_.owned.emplace_back(widen(t));
+      auto& buf = w_.owned->emplace_back(widen(t));
       return {DType::kF32, rows, cols, buf.data()};
     }
     return {t.dtype, rows, cols, t.data};
   }
 
-  std::vector<float> vector(const std::string& name, int64_t n, std::string_view why = {}) {
-    return widen(expect(name, {n}, why));
+  WeightVector vector(const std::string& name, int64_t n, std::string_view why = {}) {
+    const auto& buf = w_.owned->emplace_back(widen(expect(name, {n}, why)));
+    return {buf.data(), n};
   }
 
   void check_all_used() const {
@@ -88,6 +92,7 @@ MlpWeights bind_mlp(Binder& b, const std::string& prefix, const char* gate, cons
 
 ModelWeights ModelWeights::bind(const ModelConfig& c, const TensorStore& store) {
   ModelWeights w;
+  w.owned = std::make_shared<std::deque<std::vector<float>>>();
   Binder b(store, w);
   const int64_t H = c.hidden_size;
   w.embed = b.matrix("model.embed_tokens.weight", c.vocab_size, H);
@@ -145,6 +150,38 @@ ModelWeights ModelWeights::bind(const ModelConfig& c, const TensorStore& store) 
   }
   b.check_all_used();
   return w;
+}
+
+std::unique_ptr<PlacedWeights> place_weights(const ModelWeights& host,
+                                             std::span<const float> rope_inv_freq,
+                                             Backend& backend) {
+  auto placed = std::make_unique<PlacedWeights>();
+  placed->memory_domain = backend.memory_domain();
+  placed->weights = host;  // shares `owned`; every pointer is replaced below
+  // One device copy per distinct host tensor (the tied LM head is the embedding).
+  std::map<const void*, const void*> copies;
+  const auto copy = [&](const void* src, size_t bytes) -> const void* {
+    if (src == nullptr || bytes == 0) return src;
+    if (const auto it = copies.find(src); it != copies.end()) return it->second;
+    void* dst = backend.allocate(bytes);
+    placed->buffers.emplace_back(dst, [&backend](void* p) { backend.release(p); });
+    backend.upload(dst, src, bytes);
+    placed->bytes += bytes;
+    copies.emplace(src, dst);
+    return dst;
+  };
+  placed->weights.for_each([&](auto& t) {
+    using T = std::decay_t<decltype(t)>;
+    if constexpr (std::is_same_v<T, WeightMatrix>) {
+      t.data = copy(t.data, t.nbytes());
+    } else {
+      t.ptr = static_cast<const float*>(copy(t.ptr, t.nbytes()));
+    }
+  });
+  placed->rope_inv_freq = {
+      static_cast<const float*>(copy(rope_inv_freq.data(), rope_inv_freq.size_bytes())),
+      static_cast<int64_t>(rope_inv_freq.size())};
+  return placed;
 }
 
 }  // namespace ekva

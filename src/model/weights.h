@@ -5,7 +5,9 @@
 #pragma once
 
 #include <deque>
+#include <memory>
 #include <optional>
+#include <span>
 #include <vector>
 
 #include "model/config.h"
@@ -14,17 +16,31 @@
 
 namespace ekva {
 
+class Backend;
+
+// A weight vector (a norm's weights, a projection's bias) in f32, in host memory or,
+// once placed (PlacedWeights), in a backend's. Empty when the tensor is absent.
+struct WeightVector {
+  const float* ptr = nullptr;
+  int64_t n = 0;
+
+  const float* data() const { return ptr; }
+  int64_t size() const { return n; }
+  bool empty() const { return n == 0; }
+  size_t nbytes() const { return static_cast<size_t>(n) * sizeof(float); }
+};
+
 // gate/up: [intermediate, hidden]; down: [hidden, intermediate] (SwiGLU).
 struct MlpWeights {
   WeightMatrix gate, up, down;
 };
 
 struct LayerWeights {
-  std::vector<float> input_norm;      // [hidden]
-  std::vector<float> post_attn_norm;  // [hidden]
+  WeightVector input_norm;      // [hidden]
+  WeightVector post_attn_norm;  // [hidden]
   WeightMatrix q, k, v, o;  // q: [q_dim, hidden], k/v: [kv_dim, hidden], o: [hidden, q_dim]
-  std::vector<float> q_bias, k_bias, v_bias, o_bias;  // empty when absent
-  std::vector<float> q_norm, k_norm;  // OLMoE: [q_dim], [kv_dim]; Qwen3-MoE: [head_dim] each
+  WeightVector q_bias, k_bias, v_bias, o_bias;  // empty when absent
+  WeightVector q_norm, k_norm;  // OLMoE: [q_dim], [kv_dim]; Qwen3-MoE: [head_dim] each
   // MoE layers
   WeightMatrix router;              // [n_experts, hidden]
   std::vector<MlpWeights> experts;  // [n_experts]
@@ -37,12 +53,45 @@ struct LayerWeights {
 struct ModelWeights {
   WeightMatrix embed;    // [vocab, hidden]
   WeightMatrix lm_head;  // [vocab, hidden]; the embedding when tied
-  std::vector<float> final_norm;
+  WeightVector final_norm;
   std::vector<LayerWeights> layers;
-  // f32 copies of f16 tensors; deque so that pointers stay valid as it grows.
-  std::deque<std::vector<float>> owned;
+  // f32 copies of f16 matrices and of every vector; a deque so that pointers stay
+  // valid as it grows, shared so that a copy of the weights (PlacedWeights) is cheap.
+  std::shared_ptr<std::deque<std::vector<float>>> owned;
 
   static ModelWeights bind(const ModelConfig& config, const TensorStore& store);
+
+  // Calls f(WeightMatrix&) and f(WeightVector&) for every tensor (the tied LM head
+  // too: it shares the embedding's data pointer).
+  template <typename F>
+  void for_each(F&& f) {
+    f(embed), f(lm_head), f(final_norm);
+    const auto mlp = [&](MlpWeights& m) { f(m.gate), f(m.up), f(m.down); };
+    for (LayerWeights& L : layers) {
+      f(L.input_norm), f(L.post_attn_norm), f(L.q), f(L.k), f(L.v), f(L.o);
+      f(L.q_bias), f(L.k_bias), f(L.v_bias), f(L.o_bias), f(L.q_norm), f(L.k_norm);
+      f(L.router), f(L.shared_expert_gate);
+      for (MlpWeights& e : L.experts) mlp(e);
+      if (L.shared_expert) mlp(*L.shared_expert);
+      if (L.mlp) mlp(*L.mlp);
+    }
+  }
 };
+
+// A model's weights copied into a backend's memory (a GPU's), each tensor once
+// (tied ones share), for forward passes on backends of that memory domain.
+struct PlacedWeights {
+  int memory_domain = 0;
+  ModelWeights weights;        // the same tensors, pointing at `buffers`
+  WeightVector rope_inv_freq;  // [rotary dims / 2]
+  size_t bytes = 0;            // device memory the tensors take
+  std::vector<std::shared_ptr<void>> buffers;
+};
+
+// Copies `host` (and the RoPE frequencies) to `backend`'s memory. Throws naming the
+// sizes when the backend cannot hold them.
+std::unique_ptr<PlacedWeights> place_weights(const ModelWeights& host,
+                                             std::span<const float> rope_inv_freq,
+                                             Backend& backend);
 
 }  // namespace ekva

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstring>
 #include <memory>
 #include <span>
 #include <string_view>
@@ -44,6 +45,26 @@ class Backend {
   // release(). Allocation failures throw ekva::Error.
   virtual void* allocate(size_t bytes) = 0;
   virtual void release(void* p) = 0;
+
+  // Where that memory is: 0 for host memory the caller can read and write directly
+  // (the CPU backends), else an id of the device (CUDA device d: 1 + d). Weights
+  // placed for one backend serve every backend of the same domain (a profiling
+  // decorator shares its inner backend's).
+  virtual int memory_domain() const { return 0; }
+  bool host_memory() const { return memory_domain() == 0; }
+  // Copies between host memory and the backend's, ordered after the ops queued so
+  // far; both return once the bytes are copied (download waits for the queued ops
+  // and reports a fault they found). For a host backend both are memcpy.
+  virtual void upload(void* dst, const void* host_src, size_t bytes) {
+    if (bytes > 0) std::memcpy(dst, host_src, bytes);
+  }
+  virtual void download(void* host_dst, const void* src, size_t bytes) {
+    if (bytes > 0) std::memcpy(host_dst, src, bytes);
+  }
+  // Sets `bytes` of the backend's memory at dst to zero, in order with the ops.
+  virtual void fill_zero(void* dst, size_t bytes) {
+    if (bytes > 0) std::memset(dst, 0, bytes);
+  }
 
   virtual void embedding(const EmbeddingParams& p) = 0;
   virtual void matmul(const MatmulParams& p) = 0;

@@ -126,6 +126,14 @@ class ProfilingBackend final : public Backend {
   std::string_view name() const override { return inner_.name(); }
   void* allocate(size_t bytes) override { return inner_.allocate(bytes); }
   void release(void* p) override { inner_.release(p); }
+  int memory_domain() const override { return inner_.memory_domain(); }
+  void upload(void* dst, const void* host_src, size_t bytes) override {
+    inner_.upload(dst, host_src, bytes);
+  }
+  void download(void* host_dst, const void* src, size_t bytes) override {
+    inner_.download(host_dst, src, bytes);
+  }
+  void fill_zero(void* dst, size_t bytes) override { inner_.fill_zero(dst, bytes); }
   void embedding(const EmbeddingParams& p) override;
   void matmul(const MatmulParams& p) override;
   void rmsnorm(const RmsNormParams& p) override;

@@ -68,7 +68,7 @@ class SessionImpl final : public Session {
     last_.kv_bytes += c.kv_bytes;
   }
   std::span<const float> logits() const {
-    return {act_.logits.data(), static_cast<size_t>(rt_.model->config().vocab_size)};
+    return {act_.host_logits(), static_cast<size_t>(rt_.model->config().vocab_size)};
   }
 
   const Runtime& rt_;
@@ -87,6 +87,15 @@ class EngineImpl final : public Engine {
     rt_.model = Model::load(dir);
     rt_.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_model_dir(dir));
     rt_.cpu = std::make_unique<CpuBackend>(options.threads);
+    rt_.device = DeviceSpec::parse(options.device);
+    if (!rt_.device.is_cpu()) {
+      if (options.profile_ops)
+        fail("device {}: the op profile times ops on the host, which is wrong for a GPU's "
+             "asynchronous ops (CUDA events are not built yet); profile on the cpu",
+             rt_.device.str());
+      rt_.gpu = open_device_backend(rt_.device);
+      rt_.model->place(*rt_.gpu);
+    }
     if (options.profile_ops) rt_.profiler = std::make_unique<ProfilingBackend>(*rt_.cpu);
     const ModelConfig& c = rt_.model->config();
     if (options.context > c.max_position_embeddings)

@@ -6,9 +6,15 @@ namespace ekva {
 
 std::unique_ptr<KvCache> Runtime::make_cache(int64_t capacity, PagedKvStore* store) const {
   const ModelConfig& c = model->config();
-  if (!compression)
-    return std::make_unique<FullKvCache>(KvShape{c.n_layers, c.n_kv_heads, c.head_dim}, capacity,
-                                         kv_dtype);
+  const KvShape shape{c.n_layers, c.n_kv_heads, c.head_dim};
+  if (gpu) {
+    if (compression)
+      fail("device {}: the compressed KV cache runs on the cpu only for now (its store's arena "
+           "is host memory); use --device cpu, or the full cache (--policy full)",
+           device.str());
+    return make_device_full_cache(device, *gpu, shape, capacity, kv_dtype);
+  }
+  if (!compression) return std::make_unique<FullKvCache>(shape, capacity, kv_dtype);
   if (store != nullptr)
     return std::make_unique<CompressedKvCache>(*store, c, *compression, backend());
   return std::make_unique<CompressedKvCache>(c, *compression, context, backend());
@@ -16,6 +22,7 @@ std::unique_ptr<KvCache> Runtime::make_cache(int64_t capacity, PagedKvStore* sto
 
 Backend& Runtime::backend() const {
   if (profiler) return *profiler;
+  if (gpu) return *gpu;
   return *cpu;
 }
 

@@ -13,10 +13,16 @@
 #include "model/model.h"
 #include "model/tokenizer.h"
 #include "ops/profiling_backend.h"
+#include "runtime/devices.h"
 
 namespace ekva {
 
 struct Runtime {
+  // The GPU the forward pass runs on, when the device is not the CPU: the model's
+  // weights are placed on it and every KV cache lives in its memory. First, so that
+  // it outlives the weights and caches it holds.
+  DeviceSpec device;
+  std::unique_ptr<Backend> gpu;
   std::unique_ptr<Model> model;
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<CpuBackend> cpu;
@@ -29,7 +35,8 @@ struct Runtime {
   // K/V element type of every cache, full or compressed (compression->kv_dtype too).
   DType kv_dtype = DType::kBF16;
 
-  // What the forward pass runs on: the profiler when there is one, else the CPU backend.
+  // What the forward pass runs on: the profiler when there is one, else the GPU's
+  // backend or the CPU's.
   Backend& backend() const;
   // Steps of the profile (no-ops without a profiler): the forward calls between them
   // count towards `phase` ("decode", "prefill", "mixed").

@@ -137,7 +137,7 @@ class SchedulerImpl final : public Scheduler {
         ++s.stats.decode_steps;
         s.stats.decode_bytes_read += counters.weight_bytes + counters.kv_bytes;
       }
-      const std::span<const float> logits(act_->logits.data() + act_->logit_begin[i] * vocab,
+      const std::span<const float> logits(act_->host_logits() + act_->logit_begin[i] * vocab,
                                           static_cast<size_t>(vocab));
       SequenceUpdate u{.id = s.id};
       if (sample(s, logits, u)) done.push_back(&s);

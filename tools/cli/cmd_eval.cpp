@@ -214,7 +214,7 @@ class Lockstep {
     const auto vocab = static_cast<size_t>(model_.config().vocab_size);
     for (size_t b = 0; b < batch_.size(); ++b) {
       const float* row =
-          act_.logits.data() + static_cast<size_t>(act_.logit_begin[b + 1] - 1) * vocab;
+          act_.host_logits() + static_cast<size_t>(act_.logit_begin[b + 1] - 1) * vocab;
       logits[index_[b]].assign(row, row + vocab);
     }
   }

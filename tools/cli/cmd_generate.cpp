@@ -2,7 +2,7 @@
 // with the text and the run's figures (tokens/s, bytes read, KV sizes).
 //   ekva generate -m DIR -p TEXT -n N [--temperature T --top-k K --top-p P --seed S] [--json]
 //                 [--policy P --allocator A --budget B --profile FILE] [--kv-dtype bf16|f32]
-//                 [-t N] [-c N] [--ignore-eos] [--op-profile FILE]
+//                 [-t N] [-c N] [--ignore-eos] [--op-profile FILE] [--device cpu|cuda[:N]]
 //   ekva generate -m DIR --prompts FILE.jsonl [--max-batch B --step-tokens T] [...]
 #include <cstdio>
 #include <fstream>
@@ -41,6 +41,7 @@ struct GenerateArgs {
   int max_batch = 16;
   int64_t step_tokens = 512;
   std::string op_profile;  // where to write the op profile (--op-profile)
+  std::string device = "cpu";
 };
 
 ekva::EngineOptions engine_options(const GenerateArgs& a) {
@@ -52,6 +53,7 @@ ekva::EngineOptions engine_options(const GenerateArgs& a) {
   eo.kv_dtype = a.kv_dtype;
   eo.max_step_tokens = a.step_tokens;
   eo.profile_ops = !a.op_profile.empty();
+  eo.device = a.device;
   return eo;
 }
 
@@ -214,6 +216,7 @@ void run_generate(const GenerateArgs& a) {
     nlohmann::json j;
     j["model"] = a.model_dir;
     j["architecture"] = engine->architecture();
+    j["device"] = a.device;
     j["prompt"] = prompt;
     j["text"] = text;
     j["tokens"] = stats.tokens;
@@ -287,6 +290,9 @@ void add_generate_command(CLI::App& app) {
   gen->add_option("--seed", g.sampling.seed, "Sampling seed");
   gen->add_option("-t,--threads", g.threads, "Threads (0 = one per core)")
       ->check(CLI::NonNegativeNumber);
+  gen->add_option("--device", g.device,
+                  "cpu, or cuda / cuda:N: weights, activations and the (full) KV cache on that GPU")
+      ->capture_default_str();
   gen->add_option("-c,--ctx", g.context, "Context length (0 = the model's)")
       ->check(CLI::NonNegativeNumber);
   gen->add_flag("--json", g.json, "Print one JSON object instead of streaming text");

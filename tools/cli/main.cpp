@@ -16,8 +16,14 @@
 #include "cli_util.h"
 #include "commands.h"
 #include "ekva/error.h"
+#ifdef EKVA_HAVE_CUDA
+#include "cuda/register.h"
+#endif
 
 int main(int argc, char** argv) {
+#ifdef EKVA_HAVE_CUDA
+  ekva::cuda::register_cuda();  // --device cuda
+#endif
   CLI::App app{"EKVA: MoE inference with an expert-aware compressed KV cache"};
   app.require_subcommand(1);
 
