@@ -27,10 +27,11 @@ DeviceFullKvCache::DeviceFullKvCache(CudaBackend& backend, KvShape shape, int64_
   } catch (const Error& e) {
     backend_.release(k_);
     backend_.release(v_);
-    fail("KV cache: {} tokens of {} layers x {} kv-heads x {} dims ({:.1f} MiB) do not fit on "
-         "the device: {}",
-         capacity, shape.n_layers, shape.n_kv_heads, shape.head_dim, reserved_ / 1048576.0,
-         e.what());
+    fail(
+        "KV cache: {} tokens of {} layers x {} kv-heads x {} dims ({:.1f} MiB) do not fit on "
+        "the device: {}",
+        capacity, shape.n_layers, shape.n_kv_heads, shape.head_dim, reserved_ / 1048576.0,
+        e.what());
   }
   std::vector<int32_t> iota(static_cast<size_t>(capacity));
   std::iota(iota.begin(), iota.end(), 0);
@@ -47,8 +48,7 @@ DeviceFullKvCache::~DeviceFullKvCache() {
 }
 
 size_t DeviceFullKvCache::head_bytes() const {
-  return static_cast<size_t>(capacity_) * static_cast<size_t>(shape_.head_dim) *
-         dtype_size(dtype_);
+  return static_cast<size_t>(capacity_) * static_cast<size_t>(shape_.head_dim) * dtype_size(dtype_);
 }
 
 int DeviceFullKvCache::memory_domain() const { return backend_.memory_domain(); }
@@ -64,9 +64,10 @@ void DeviceFullKvCache::append(int layer, std::span<const int32_t> positions, co
   // Entry i holds token i: the positions array is 0, 1, 2, ... once for all layers.
   for (int64_t t = 0; t < n; ++t)
     if (positions[static_cast<size_t>(t)] != len + t)
-      fail("KV cache (device, full): entry {} of layer {} would be at position {}; the full "
-           "cache keeps every token in order",
-           len + t, layer, positions[static_cast<size_t>(t)]);
+      fail(
+          "KV cache (device, full): entry {} of layer {} would be at position {}; the full "
+          "cache keeps every token in order",
+          len + t, layer, positions[static_cast<size_t>(t)]);
   const int64_t H = shape_.n_kv_heads, D = shape_.head_dim;
   const size_t offset = static_cast<size_t>(layer) * static_cast<size_t>(H) * head_bytes();
   kv_append(k, v, static_cast<std::byte*>(k_) + offset, static_cast<std::byte*>(v_) + offset,

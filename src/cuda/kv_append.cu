@@ -13,8 +13,8 @@ constexpr int kThreads = 256;
 // elements of a row, so loads and stores coalesce.
 template <typename T>
 __global__ void kv_append_kernel(const float* __restrict__ k, const float* __restrict__ v,
-                                 T* __restrict__ k_dst, T* __restrict__ v_dst, int64_t n,
-                                 int64_t H, int64_t D, int64_t capacity, int64_t len) {
+                                 T* __restrict__ k_dst, T* __restrict__ v_dst, int64_t n, int64_t H,
+                                 int64_t D, int64_t capacity, int64_t len) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (i >= n * H * D) return;
   const int64_t d = i % D, h = (i / D) % H, t = i / (D * H);
@@ -39,8 +39,8 @@ void kv_append(const float* k, const float* v, void* k_dst, void* v_dst, bool bf
   EKVA_CUDA_REQUIRE(blocks <= 0x7fffffff, "cuda::kv_append: tokens exceed the grid limit");
   if (bf16)
     kv_append_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-        k, v, static_cast<__nv_bfloat16*>(k_dst), static_cast<__nv_bfloat16*>(v_dst), n,
-        n_kv_heads, head_dim, capacity, len);
+        k, v, static_cast<__nv_bfloat16*>(k_dst), static_cast<__nv_bfloat16*>(v_dst), n, n_kv_heads,
+        head_dim, capacity, len);
   else
     kv_append_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
         k, v, static_cast<float*>(k_dst), static_cast<float*>(v_dst), n, n_kv_heads, head_dim,

@@ -10,18 +10,17 @@ namespace ekva::cuda {
 
 void register_cuda() {
   register_device_support(
-      "cuda",
-      {.device_count = [] { return device_count(); },
-       .make_backend = [](int device) -> std::unique_ptr<Backend> {
-         return std::make_unique<CudaBackend>(device);
-       },
-       .make_full_cache = [](Backend& backend, KvShape shape, int64_t capacity,
-                             DType kv_dtype) -> std::unique_ptr<KvCache> {
-         auto* gpu = dynamic_cast<CudaBackend*>(&backend);
-         EKVA_CHECK(gpu != nullptr, "a device KV cache needs the cuda backend, not {}",
-                    backend.name());
-         return std::make_unique<DeviceFullKvCache>(*gpu, shape, capacity, kv_dtype);
-       }});
+      "cuda", {.device_count = [] { return device_count(); },
+               .make_backend = [](int device) -> std::unique_ptr<Backend> {
+                 return std::make_unique<CudaBackend>(device);
+               },
+               .make_full_cache = [](Backend& backend, KvShape shape, int64_t capacity,
+                                     DType kv_dtype) -> std::unique_ptr<KvCache> {
+                 auto* gpu = dynamic_cast<CudaBackend*>(&backend);
+                 EKVA_CHECK(gpu != nullptr, "a device KV cache needs the cuda backend, not {}",
+                            backend.name());
+                 return std::make_unique<DeviceFullKvCache>(*gpu, shape, capacity, kv_dtype);
+               }});
 }
 
 }  // namespace ekva::cuda

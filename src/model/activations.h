@@ -57,7 +57,7 @@ struct Activations {
     std::vector<uint8_t> q_scored;
     std::vector<int32_t> experts, top1, expert_rows;
     std::vector<float> expert_weights, expert_row_weights;
-    std::vector<float> logits;  // [max_logit_rows, vocab], backends of device memory only
+    std::vector<float> logits;    // [max_logit_rows, vocab], backends of device memory only
     std::vector<float> observed;  // a tensor downloaded for a ForwardObserver
   } host;
   bool device = false;  // the buffers are in device memory (not host_memory())

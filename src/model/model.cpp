@@ -95,7 +95,7 @@ const ModelWeights& Model::weights_for(int memory_domain) const {
 // The batch of one call, as the blocks see it.
 struct Model::Step {
   std::span<const SequenceStep> batch;
-  int64_t n_tokens = 0;  // T
+  int64_t n_tokens = 0;             // T
   const ModelWeights* w = nullptr;  // in the backend's memory
   const float* rope_inv_freq = nullptr;
   const ForwardObserver* observer = nullptr;
@@ -132,9 +132,11 @@ ForwardCounters Model::forward(std::span<const SequenceStep> batch, Activations&
     const SequenceStep& st = batch[static_cast<size_t>(i)];
     EKVA_CHECK(st.cache != nullptr, "forward: batch entry {} has no KV cache", i);
     if (st.cache->memory_domain() != domain)
-      fail("forward: the KV cache of batch entry {} is in {} memory, the backend ({}) computes in {}",
-           i, st.cache->memory_domain() == 0 ? "host" : "device", backend.name(),
-           domain == 0 ? "host memory" : "device memory");
+      fail(
+          "forward: the KV cache of batch entry {} is in {} memory, the backend ({}) computes in "
+          "{}",
+          i, st.cache->memory_domain() == 0 ? "host" : "device", backend.name(),
+          domain == 0 ? "host memory" : "device memory");
     const auto n = static_cast<int64_t>(st.tokens.size());
     if (n == 0) fail("forward: batch entry {} has no tokens", i);
     const int64_t T0 = a.token_begin.back();
@@ -199,7 +201,8 @@ ForwardCounters Model::forward(std::span<const SequenceStep> batch, Activations&
   // Final norm and LM head, only for the rows the callers want.
   if (gather)  // a row gather: the "table" is x itself
     backend.at({"final_gather"})
-        .embedding({{DType::kF32, T, H, a.x.data()}, a.logit_rows.data(), n_out, a.final_xn.data()});
+        .embedding(
+            {{DType::kF32, T, H, a.x.data()}, a.logit_rows.data(), n_out, a.final_xn.data()});
   backend.at({"final_norm"})
       .rmsnorm({gather ? a.final_xn.data() : a.x.data(), W.final_norm.data(), n_out, H,
                 c.rms_norm_eps, a.final_xn.data()});
@@ -294,7 +297,8 @@ void Model::attention_block(int layer, const Step& s, Activations& a, Backend& b
     st.cache->append(layer, pos, a.k.data() + t0 * c.kv_dim(), a.v.data() + t0 * c.kv_dim());
     const int64_t n_scored =
         st.prompt_continues ? 0 : std::clamp<int64_t>(st.cache->scored_queries(layer, pos), 0, n);
-    for (int64_t t = 0; t < n; ++t) a.host.q_scored[static_cast<size_t>(t0 + t)] = t >= n - n_scored;
+    for (int64_t t = 0; t < n; ++t)
+      a.host.q_scored[static_cast<size_t>(t0 + t)] = t >= n - n_scored;
     any_scored = any_scored || n_scored > 0;
     if (!st.prompt_continues) st.cache->observe_queries(layer, pos, a.q.data() + t0 * c.q_dim());
     for (int kh = 0; kh < c.n_kv_heads; ++kh) {
@@ -380,7 +384,8 @@ void Model::moe_block(int layer, const Step& s, Activations& a, Backend& backend
       s.observer->routing(layer, h.experts.data(), h.expert_weights.data(), T, K);
 
     // The top-1 expert tags this layer's new entries, in each sequence's cache.
-    for (int64_t t = 0; t < T; ++t) h.top1[static_cast<size_t>(t)] = h.experts[static_cast<size_t>(t * K)];
+    for (int64_t t = 0; t < T; ++t)
+      h.top1[static_cast<size_t>(t)] = h.experts[static_cast<size_t>(t * K)];
     for (size_t i = 0; i < s.batch.size(); ++i) {
       const int64_t t0 = a.token_begin[i];
       const std::span<const int32_t> pos(h.positions.data() + t0, s.batch[i].tokens.size());

@@ -113,7 +113,7 @@ class Model {
   ModelConfig config_;
   TensorStore store_;
   ModelWeights weights_;
-  std::vector<float> rope_inv_freq_;  // [head_dim / 2]
+  std::vector<float> rope_inv_freq_;                    // [head_dim / 2]
   std::vector<std::unique_ptr<PlacedWeights>> placed_;  // one per device memory domain
 };
 

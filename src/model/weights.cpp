@@ -2,9 +2,9 @@
 
 #include <cstring>
 #include <map>
-#include <type_traits>
 #include <set>
 #include <string_view>
+#include <type_traits>
 
 #include <fmt/format.h>
 

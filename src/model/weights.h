@@ -38,7 +38,7 @@ struct MlpWeights {
 struct LayerWeights {
   WeightVector input_norm;      // [hidden]
   WeightVector post_attn_norm;  // [hidden]
-  WeightMatrix q, k, v, o;  // q: [q_dim, hidden], k/v: [kv_dim, hidden], o: [hidden, q_dim]
+  WeightMatrix q, k, v, o;      // q: [q_dim, hidden], k/v: [kv_dim, hidden], o: [hidden, q_dim]
   WeightVector q_bias, k_bias, v_bias, o_bias;  // empty when absent
   WeightVector q_norm, k_norm;  // OLMoE: [q_dim], [kv_dim]; Qwen3-MoE: [head_dim] each
   // MoE layers

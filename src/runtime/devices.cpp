@@ -19,9 +19,10 @@ std::map<std::string, DeviceSupport, std::less<>>& registry() {
 const DeviceSupport& support_for(const DeviceSpec& spec) {
   const auto it = registry().find(spec.kind);
   if (it == registry().end())
-    fail("device {}: this build has no {} backend (it is built when the CUDA compiler, nvcc, is "
-         "found at configure time); use --device cpu",
-         spec.str(), spec.kind);
+    fail(
+        "device {}: this build has no {} backend (it is built when the CUDA compiler, nvcc, is "
+        "found at configure time); use --device cpu",
+        spec.str(), spec.kind);
   return it->second;
 }
 
@@ -35,8 +36,7 @@ DeviceSpec DeviceSpec::parse(std::string_view text) {
   DeviceSpec spec;
   if (text == "cpu") return spec;
   const std::string_view kind = text.substr(0, text.find(':'));
-  if (kind != "cuda")
-    fail("device '{}': expected cpu, cuda or cuda:N (N the GPU's index)", text);
+  if (kind != "cuda") fail("device '{}': expected cpu, cuda or cuda:N (N the GPU's index)", text);
   spec.kind = "cuda";
   if (kind.size() < text.size()) {
     const std::string_view n = text.substr(kind.size() + 1);
@@ -47,9 +47,7 @@ DeviceSpec DeviceSpec::parse(std::string_view text) {
   return spec;
 }
 
-std::string DeviceSpec::str() const {
-  return is_cpu() ? kind : fmt::format("{}:{}", kind, index);
-}
+std::string DeviceSpec::str() const { return is_cpu() ? kind : fmt::format("{}:{}", kind, index); }
 
 std::unique_ptr<Backend> open_device_backend(const DeviceSpec& spec) {
   EKVA_CHECK(!spec.is_cpu(), "open_device_backend: cpu is not a device backend");

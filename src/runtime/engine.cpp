@@ -90,9 +90,10 @@ class EngineImpl final : public Engine {
     rt_.device = DeviceSpec::parse(options.device);
     if (!rt_.device.is_cpu()) {
       if (options.profile_ops)
-        fail("device {}: the op profile times ops on the host, which is wrong for a GPU's "
-             "asynchronous ops (CUDA events are not built yet); profile on the cpu",
-             rt_.device.str());
+        fail(
+            "device {}: the op profile times ops on the host, which is wrong for a GPU's "
+            "asynchronous ops (CUDA events are not built yet); profile on the cpu",
+            rt_.device.str());
       rt_.gpu = open_device_backend(rt_.device);
       rt_.model->place(*rt_.gpu);
     }

@@ -9,9 +9,10 @@ std::unique_ptr<KvCache> Runtime::make_cache(int64_t capacity, PagedKvStore* sto
   const KvShape shape{c.n_layers, c.n_kv_heads, c.head_dim};
   if (gpu) {
     if (compression)
-      fail("device {}: the compressed KV cache runs on the cpu only for now (its store's arena "
-           "is host memory); use --device cpu, or the full cache (--policy full)",
-           device.str());
+      fail(
+          "device {}: the compressed KV cache runs on the cpu only for now (its store's arena "
+          "is host memory); use --device cpu, or the full cache (--policy full)",
+          device.str());
     return make_device_full_cache(device, *gpu, shape, capacity, kv_dtype);
   }
   if (!compression) return std::make_unique<FullKvCache>(shape, capacity, kv_dtype);
