@@ -56,7 +56,7 @@ int main(int argc, char** argv) {
     model->place(gpu);
     const ekva::ModelConfig& c = model->config();
     const ekva::KvShape shape{c.n_layers, c.n_kv_heads, c.head_dim};
-    if (context + steps + 1 > c.max_position_embeddings)
+    if (context + steps + 2 > c.max_position_embeddings)
       ekva::fail("--context {} + {} steps exceed the model's context of {}", context, steps,
                  c.max_position_embeddings);
     std::mt19937 rng(7);
@@ -67,7 +67,7 @@ int main(int argc, char** argv) {
       std::vector<std::unique_ptr<ekva::cuda::DeviceFullKvCache>> caches;
       for (int b = 0; b < B; ++b)
         caches.push_back(
-            std::make_unique<ekva::cuda::DeviceFullKvCache>(gpu, shape, context + steps + 1));
+            std::make_unique<ekva::cuda::DeviceFullKvCache>(gpu, shape, context + steps + 2));
       const int64_t chunk = 512;
       ekva::Activations act(c, gpu,
                             {.max_sequences = B, .max_tokens = std::max<int64_t>(B, chunk)});
@@ -87,7 +87,7 @@ int main(int argc, char** argv) {
       std::vector<ekva::SequenceStep> batch(static_cast<size_t>(B));
       std::vector<double> ms;
       ekva::ForwardCounters counters;
-      for (int s = 0; s < steps + 2; ++s) {  // two warm-up steps
+      for (int s = 0; s < steps + 2; ++s) {  // two warm-up steps (capacity: steps + 2)
         for (int b = 0; b < B; ++b) {
           next[static_cast<size_t>(b)] = token(rng);
           batch[static_cast<size_t>(b)] = {caches[static_cast<size_t>(b)].get(),

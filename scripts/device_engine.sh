@@ -16,7 +16,7 @@ BUDGET=${BUDGET:-570}
 EKVA_BUILD_ONLY=1 source "$ROOT/scripts/device_build.sh" || exit 1
 B=$BUILD
 step "ctest (whole suite, CUDA tests included)" 150 "$OUT/ctest.txt" \
-  ctest --test-dir "$B" -j "$(nproc)" --output-on-failure
+  ctest --test-dir "$B" -j "$(nproc)" --output-on-failure -E "$NO_CORPUS"
 grep -E "tests passed|tests failed|\(Failed\)" "$OUT/ctest.txt" | head -20 | sed 's/^/    /' >> "$OUT/summary.txt"
 grep -hE "^\[ (worst|shipped|generate) " "$OUT/ctest.txt" > "$OUT/engine_errors.txt"
 # ctest hides passing tests' output: run the engine tests once more for their figures.

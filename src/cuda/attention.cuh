@@ -37,6 +37,15 @@ namespace ekva::cuda {
 // Plan options that fill an H200-class GPU: several waves of blocks over all SMs.
 AttentionPlanOptions attention_plan_options(int device);
 
+// The head dim the kernel computes a head of `head_dim` with: 64 or 128, the smallest
+// that holds it (0 past 128). A model with another head dim (the small reference
+// checkpoints) keeps its K/V rows zero-padded to it in device memory (the device KV
+// cache does), and CudaBackend pads q and unpads the output around the kernel: the
+// zero columns change no dot product.
+inline int64_t attention_padded_head_dim(int64_t head_dim) {
+  return head_dim <= 0 ? 0 : head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 0;
+}
+
 // What attention_prepare() packed: device pointers into the workspace plus the sizes
 // the launches need. A plain value; copy it freely while the workspace lives.
 struct AttentionTable {

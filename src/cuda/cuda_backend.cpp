@@ -66,14 +66,15 @@ void CudaBackend::free_all() noexcept {
   // No throwing here: errors of queued work were the last synchronize()'s to report.
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
   if (blas_ != nullptr) cublasDestroy(blas_);
-  for (Scratch* s : {&blas_workspace_, &matmul_scratch_, &attention_workspace_})
+  for (Scratch* s :
+       {&blas_workspace_, &matmul_scratch_, &attention_workspace_, &attention_padding_})
     if (s->ptr != nullptr) cudaFree(s->ptr);
   if (fault_ != nullptr) cudaFree(fault_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
   blas_ = nullptr;
   fault_ = nullptr;
   stream_ = nullptr;
-  blas_workspace_ = matmul_scratch_ = attention_workspace_ = {};
+  blas_workspace_ = matmul_scratch_ = attention_workspace_ = attention_padding_ = {};
 }
 
 void* CudaBackend::allocate(size_t bytes) {
@@ -194,16 +195,43 @@ void CudaBackend::run_attention(const AttentionParams& host_p,
   cuda::attention(host_p, chunks, plan, ws, bytes, stream_);
 }
 
+AttentionParams CudaBackend::padded(const AttentionParams& p) {
+  const int64_t dp = attention_padded_head_dim(p.head_dim);
+  if (dp == 0 || dp == p.head_dim) return p;
+  // q into [T, heads, dp] with zero columns; the output comes back through the same
+  // scratch and is cut to head_dim by unpad().
+  const int64_t rows = std::max<int64_t>(p.n_queries, 0) * p.n_heads;
+  auto* buf = static_cast<float*>(
+      scratch(attention_padding_, std::max<size_t>(2 * static_cast<size_t>(rows * dp) * 4, 256)));
+  cuda::copy_rows(p.q, p.head_dim, buf, dp, rows, stream_);
+  AttentionParams q = p;
+  q.head_dim = dp;
+  q.q = buf;
+  q.out = buf + rows * dp;
+  return q;
+}
+
+void CudaBackend::unpad(const AttentionParams& p, const AttentionParams& padded_p) {
+  if (padded_p.head_dim == p.head_dim) return;
+  cuda::copy_rows(padded_p.out, padded_p.head_dim, p.out, p.head_dim,
+                  std::max<int64_t>(p.n_queries, 0) * p.n_heads, stream_);
+}
+
 void CudaBackend::attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
                             const AttentionPlan& plan) {
-  run_attention(host_metadata(p), chunks, plan);
+  const AttentionParams h = host_metadata(p);
+  const AttentionParams hp = padded(h);
+  run_attention(hp, chunks, plan);
+  unpad(h, hp);
 }
 
 void CudaBackend::attention(const AttentionParams& p,
                             std::span<const std::vector<KvChunk>> chunks) {
   const AttentionParams h = host_metadata(p);
-  plan_attention(h, chunks, attention_plan_options(), plan_);
-  run_attention(h, chunks, plan_);
+  const AttentionParams hp = padded(h);
+  plan_attention(hp, chunks, attention_plan_options(), plan_);
+  run_attention(hp, chunks, plan_);
+  unpad(h, hp);
 }
 
 }  // namespace ekva::cuda

@@ -94,12 +94,16 @@ class CudaBackend final : public Backend {
   AttentionParams host_metadata(const AttentionParams& p);
   void run_attention(const AttentionParams& host_p, std::span<const std::vector<KvChunk>> chunks,
                      const AttentionPlan& plan);
+  // A head dim the kernel lacks (attention_padded_head_dim): p with q padded into
+  // scratch and out pointing there; unpad() copies that output to p.out.
+  AttentionParams padded(const AttentionParams& p);
+  void unpad(const AttentionParams& p, const AttentionParams& padded_p);
 
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasContext* blas_ = nullptr;
   DeviceFault* fault_ = nullptr;  // device
-  Scratch blas_workspace_, matmul_scratch_, attention_workspace_;
+  Scratch blas_workspace_, matmul_scratch_, attention_workspace_, attention_padding_;
   AttentionPlan plan_;
   std::vector<int32_t> q_positions_, q_seq_;  // host copies of device metadata
   std::vector<uint8_t> q_scored_;

@@ -1,6 +1,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "cuda/attention.cuh"
 #include "cuda/check.cuh"
 #include "cuda/cuda_backend.h"
 #include "cuda/device_kv_cache.h"
@@ -16,8 +17,15 @@ DeviceFullKvCache::DeviceFullKvCache(CudaBackend& backend, KvShape shape, int64_
       dtype_(kv_dtype),
       layer_len_(static_cast<size_t>(shape.n_layers), 0) {
   EKVA_CHECK(capacity > 0, "KV cache capacity must be positive, got {}", capacity);
-  if (kv_dtype != DType::kF32 && kv_dtype != DType::kBF16)
-    fail("KV cache: K/V are stored in f32 or bf16, not {}", dtype_name(kv_dtype));
+  row_width_ = attention_padded_head_dim(shape.head_dim);
+  if (row_width_ == 0)
+    fail("KV cache (device): head_dim {} is not supported by the CUDA attention (at most 128)",
+         shape.head_dim);
+  if (kv_dtype != DType::kBF16)
+    fail(
+        "KV cache (device): K/V are stored in bf16 on the GPU (the CUDA attention reads bf16), "
+        "not {}; use --kv-dtype bf16",
+        dtype_name(kv_dtype));
   const size_t heads = static_cast<size_t>(shape.n_layers) * static_cast<size_t>(shape.n_kv_heads);
   reserved_ = 2 * heads * head_bytes() + static_cast<size_t>(capacity) * sizeof(int32_t);
   try {
@@ -32,6 +40,10 @@ DeviceFullKvCache::DeviceFullKvCache(CudaBackend& backend, KvShape shape, int64_
         "the device: {}",
         capacity, shape.n_layers, shape.n_kv_heads, shape.head_dim, reserved_ / 1048576.0,
         e.what());
+  }
+  if (row_width_ != shape.head_dim) {  // the padding columns stay zero
+    backend_.fill_zero(k_, heads * head_bytes());
+    backend_.fill_zero(v_, heads * head_bytes());
   }
   std::vector<int32_t> iota(static_cast<size_t>(capacity));
   std::iota(iota.begin(), iota.end(), 0);
@@ -71,7 +83,7 @@ void DeviceFullKvCache::append(int layer, std::span<const int32_t> positions, co
   const int64_t H = shape_.n_kv_heads, D = shape_.head_dim;
   const size_t offset = static_cast<size_t>(layer) * static_cast<size_t>(H) * head_bytes();
   kv_append(k, v, static_cast<std::byte*>(k_) + offset, static_cast<std::byte*>(v_) + offset,
-            dtype_ == DType::kBF16, n, H, D, capacity_, len, backend_.stream());
+            dtype_ == DType::kBF16, n, H, D, row_width_, capacity_, len, backend_.stream());
   len += n;
   if (layer == 0) length_ = std::max(length_, len);
 }
@@ -89,8 +101,8 @@ void DeviceFullKvCache::view(int layer, int kv_head, std::vector<KvChunk>& out) 
 size_t DeviceFullKvCache::bytes_used() const {
   size_t entries = 0;
   for (int64_t n : layer_len_) entries += static_cast<size_t>(n);
-  return entries * static_cast<size_t>(shape_.n_kv_heads) * 2 *
-         static_cast<size_t>(shape_.head_dim) * dtype_size(dtype_);
+  return entries * static_cast<size_t>(shape_.n_kv_heads) * 2 * static_cast<size_t>(row_width_) *
+         dtype_size(dtype_);
 }
 
 void DeviceFullKvCache::clear() {

@@ -1,10 +1,12 @@
-// The full KV cache in a GPU's memory: every entry kept, K/V in bf16 (or f32),
+// The full KV cache in a GPU's memory: every entry kept, K/V in bf16,
 // contiguous per (layer, kv-head) as FullKvCache lays them out on the host, so a
 // view is one chunk of device pointers that the CUDA attention reads directly.
 // append() converts the forward pass's f32 K/V rows on the backend's stream. The
 // whole capacity is allocated at construction (a GPU serving a context reserves it),
 // and positions are one device array shared by every layer (entries are never
-// evicted, so entry i of a layer is the sequence's token i).
+// evicted, so entry i of a layer is the sequence's token i). A head dim the CUDA
+// attention lacks is stored zero-padded to the one it computes with
+// (attention_padded_head_dim: 64 or 128), and bytes_used() counts what is stored.
 #pragma once
 
 #include <cstdint>
@@ -22,7 +24,7 @@ class DeviceFullKvCache final : public KvCache {
  public:
   // Throws when the device cannot hold `capacity` tokens (naming the bytes).
   DeviceFullKvCache(CudaBackend& backend, KvShape shape, int64_t capacity,
-                    DType kv_dtype = DType::kBF16);
+                    DType kv_dtype = DType::kBF16);  // bf16 only (the attention's)
   ~DeviceFullKvCache() override;
   DeviceFullKvCache(const DeviceFullKvCache&) = delete;
   DeviceFullKvCache& operator=(const DeviceFullKvCache&) = delete;
@@ -46,6 +48,7 @@ class DeviceFullKvCache final : public KvCache {
   CudaBackend& backend_;
   KvShape shape_;
   int64_t capacity_;
+  int64_t row_width_ = 0;  // head_dim, or the padded dim the CUDA attention computes with
   DType dtype_;
   int64_t length_ = 0;
   std::vector<int64_t> layer_len_;  // [n_layers]

@@ -111,4 +111,26 @@ void gated_add(const GatedAddParams& p, cudaStream_t stream) {
   EKVA_CUDA_CHECK_LAUNCH();
 }
 
+namespace {
+__global__ void copy_rows_kernel(const float* __restrict__ src, int64_t src_width,
+                                 float* __restrict__ dst, int64_t dst_width, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int64_t r = i / dst_width, c = i % dst_width;
+  dst[i] = c < src_width ? src[r * src_width + c] : 0.f;
+}
+}  // namespace
+
+void copy_rows(const float* src, int64_t src_width, float* dst, int64_t dst_width, int64_t n_rows,
+               cudaStream_t stream) {
+  EKVA_CUDA_REQUIRE(src_width > 0 && dst_width > 0 && n_rows >= 0, "cuda::copy_rows: bad sizes");
+  const int64_t n = n_rows * dst_width;
+  if (n == 0) return;
+  const int64_t blocks = (n + 255) / 256;
+  EKVA_CUDA_REQUIRE(blocks <= 0x7fffffff, "cuda::copy_rows: rows exceed the grid limit");
+  copy_rows_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(src, src_width, dst,
+                                                                      dst_width, n);
+  EKVA_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace ekva::cuda

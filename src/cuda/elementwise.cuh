@@ -18,5 +18,9 @@ void add(const AddParams& p, cudaStream_t stream);
 void silu_mul(const SiluMulParams& p, cudaStream_t stream);
 void scatter_add(const ScatterAddParams& p, cudaStream_t stream);
 void gated_add(const GatedAddParams& p, cudaStream_t stream);
+// dst[r, :dst_width] = src[r, :src_width] for n_rows rows, the columns past src_width
+// zero (padding) or dropped (dst_width < src_width): attention's padded head dims.
+void copy_rows(const float* src, int64_t src_width, float* dst, int64_t dst_width, int64_t n_rows,
+               cudaStream_t stream);
 
 }  // namespace ekva::cuda
