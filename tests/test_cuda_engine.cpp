@@ -108,6 +108,44 @@ TEST_P(CudaEngineReference, PrefillThenDecodeMatch) {
   }
 }
 
+// Every named intermediate of the forward pass (ForwardObserver) on the GPU against
+// the CPU engine's, layer by layer: where logits disagree, the first tensor that does
+// names the op.
+TEST_P(CudaEngineReference, IntermediatesMatchTheCpu) {
+  SKIP_WITHOUT_GPU();
+  const auto dir = test::reference_dir() / GetParam();
+  const auto model = Model::load(dir);
+  model->place(gpu());
+  const auto ref = SafetensorsFile::open(dir / "reference.safetensors");
+  const auto tokens = read_i32(*ref, "tokens");
+  const ModelConfig& c = model->config();
+  const auto run = [&](Backend& backend, KvCache& cache) {
+    std::vector<std::pair<std::string, std::vector<float>>> seen;
+    ForwardObserver observer;
+    observer.tensor = [&](std::string_view name, int layer, const float* x, int64_t n,
+                          int64_t width) {
+      seen.emplace_back(fmt::format("layer {} {}", layer, name),
+                        std::vector<float>(x, x + n * width));
+    };
+    std::vector<float> logits;
+    model->forward(std::span(tokens).first(8), cache, logits, true, backend, &observer);
+    seen.emplace_back("logits", logits);
+    return seen;
+  };
+  FullKvCache host_cache({c.n_layers, c.n_kv_heads, c.head_dim}, 16, DType::kBF16);
+  cuda::DeviceFullKvCache dev_cache(gpu(), {c.n_layers, c.n_kv_heads, c.head_dim}, 16);
+  const auto want = run(test::cpu(), host_cache);
+  const auto got = run(gpu(), dev_cache);
+  ASSERT_EQ(want.size(), got.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    ASSERT_EQ(want[i].first, got[i].first);
+    ASSERT_EQ(want[i].second.size(), got[i].second.size()) << want[i].first;
+    const double err =
+        test::rel_error(got[i].second.data(), want[i].second.data(), want[i].second.size());
+    ASSERT_LT(err, kBf16Tolerance) << "first tensor that differs: " << want[i].first;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Architectures, CudaEngineReference,
                          ::testing::Values("mixtral", "mixtral_sharded", "mixtral_f32",
                                            "mixtral_f16", "qwen2_moe", "qwen2_moe_norm",
