@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <random>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -152,6 +154,72 @@ INSTANTIATE_TEST_SUITE_P(Architectures, CudaEngineReference,
                                            "qwen3_moe", "qwen3_moe_dense", "qwen3_moe_sharded",
                                            "olmoe", "olmoe_clip", "mistral", "mistral_swa",
                                            "llama"));
+
+// CudaBackend::attention on head dims the kernel lacks (padded) and has, against
+// ref::attention on the same bf16 K/V: a prefill chunk of 5 queries over 9 entries.
+TEST(CudaBackendAttention, PaddedHeadDimsMatchTheReference) {
+  SKIP_WITHOUT_GPU();
+  for (const int64_t D : {16, 24, 64, 96}) {
+    const int64_t Dp = D <= 64 ? 64 : 128, H = 4, KV = 2, T = 5, N = 9;
+    std::mt19937 rng(static_cast<uint32_t>(D));
+    std::normal_distribution<float> normal;
+    std::vector<float> q(static_cast<size_t>(T * H * D));
+    for (float& x : q) x = normal(rng);
+    // Host K/V [N, D] per kv-head and the device copies [N, Dp], zero-padded.
+    std::vector<std::vector<uint16_t>> hk(KV), hv(KV), dk(KV), dv(KV);
+    for (int64_t h = 0; h < KV; ++h) {
+      hk[h].resize(static_cast<size_t>(N * D));
+      hv[h].resize(static_cast<size_t>(N * D));
+      dk[h].assign(static_cast<size_t>(N * Dp), 0);
+      dv[h].assign(static_cast<size_t>(N * Dp), 0);
+      for (int64_t i = 0; i < N; ++i)
+        for (int64_t d = 0; d < D; ++d) {
+          hk[h][i * D + d] = dk[h][i * Dp + d] = f32_to_bf16(normal(rng));
+          hv[h][i * D + d] = dv[h][i * Dp + d] = f32_to_bf16(normal(rng));
+        }
+    }
+    std::vector<int32_t> pos(N), qpos(T);
+    for (int64_t i = 0; i < N; ++i) pos[i] = static_cast<int32_t>(i);
+    for (int64_t t = 0; t < T; ++t) qpos[t] = static_cast<int32_t>(N - T + t);
+    const auto dev = [&](const void* src, size_t bytes) {
+      void* p = gpu().allocate(bytes);
+      gpu().upload(p, src, bytes);
+      return p;
+    };
+    auto* d_pos = static_cast<int32_t*>(dev(pos.data(), pos.size() * 4));
+    auto* d_q = static_cast<float*>(dev(q.data(), q.size() * 4));
+    auto* d_out = static_cast<float*>(gpu().allocate(q.size() * 4));
+    std::vector<std::vector<KvChunk>> host_lists(KV), dev_lists(KV);
+    std::vector<void*> owned;
+    for (int64_t h = 0; h < KV; ++h) {
+      host_lists[h].push_back({hk[h].data(), hv[h].data(), pos.data(), N, DType::kBF16});
+      owned.push_back(dev(dk[h].data(), dk[h].size() * 2));
+      owned.push_back(dev(dv[h].data(), dv[h].size() * 2));
+      dev_lists[h].push_back({owned[owned.size() - 2], owned.back(), d_pos, N, DType::kBF16});
+    }
+    AttentionParams p;
+    p.n_queries = T;
+    p.n_heads = H;
+    p.n_kv_heads = KV;
+    p.head_dim = D;
+    p.scale = 1.f / std::sqrt(static_cast<float>(D));
+    p.q = q.data();
+    p.q_positions = qpos.data();
+    std::vector<float> want(q.size()), got(q.size());
+    p.out = want.data();
+    ref::attention(p, host_lists);
+    p.q = d_q;
+    p.out = d_out;
+    gpu().attention(p, dev_lists);
+    gpu().download(got.data(), d_out, got.size() * 4);
+    // The kernel rounds q and p to TF32 (10-bit mantissa) for its tensor-core products.
+    EXPECT_LT(test::rel_error(got.data(), want.data(), got.size()), 5e-3) << "head_dim " << D;
+    for (void* o : owned) gpu().release(o);
+    gpu().release(d_pos);
+    gpu().release(d_q);
+    gpu().release(d_out);
+  }
+}
 
 const std::filesystem::path kModel =
     std::filesystem::path(EKVA_SOURCE_DIR) / "models/ekva-moe-tiny";
