@@ -60,7 +60,7 @@ DeviceFullKvCache::~DeviceFullKvCache() {
 }
 
 size_t DeviceFullKvCache::head_bytes() const {
-  return static_cast<size_t>(capacity_) * static_cast<size_t>(shape_.head_dim) * dtype_size(dtype_);
+  return static_cast<size_t>(capacity_) * static_cast<size_t>(row_width_) * dtype_size(dtype_);
 }
 
 int DeviceFullKvCache::memory_domain() const { return backend_.memory_domain(); }
