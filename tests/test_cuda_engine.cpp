@@ -103,9 +103,19 @@ TEST_P(CudaEngineReference, PrefillThenDecodeMatch) {
     for (const auto& [layer, per_token] : topk.items()) {
       const auto& mine = routed[std::stoi(layer)];
       ASSERT_EQ(mine.size(), per_token.size()) << "layer " << layer;
-      for (size_t t = 0; t < mine.size(); ++t)
-        EXPECT_EQ(mine[t], per_token[t].get<std::vector<int32_t>>())
-            << "layer " << layer << " token " << t;
+      // The reference keeps a margin (0.1 in router logits) between the 1st and 2nd
+      // expert and between the k-th and (k+1)-th, not between the ranks inside the
+      // top-k: bf16 rounding may swap two of those (same experts, same output). So the
+      // top-1 (the entry's tag) must match exactly and the chosen set as a set.
+      for (size_t t = 0; t < mine.size(); ++t) {
+        auto want = per_token[t].get<std::vector<int32_t>>();
+        ASSERT_FALSE(want.empty());
+        EXPECT_EQ(mine[t].front(), want.front()) << "top-1, layer " << layer << " token " << t;
+        auto got = mine[t];
+        std::sort(got.begin(), got.end());
+        std::sort(want.begin(), want.end());
+        EXPECT_EQ(got, want) << "expert set, layer " << layer << " token " << t;
+      }
     }
   }
 }
