@@ -18,5 +18,7 @@ void add(const AddParams& p, cudaStream_t stream);
 void silu_mul(const SiluMulParams& p, cudaStream_t stream);
 void scatter_add(const ScatterAddParams& p, cudaStream_t stream);
 void gated_add(const GatedAddParams& p, cudaStream_t stream);
+// A strided 2D copy (cudaMemcpy2DAsync) on the stream.
+void copy_rows(const CopyRowsParams& p, cudaStream_t stream);
 
 }  // namespace ekva::cuda
