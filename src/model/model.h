@@ -96,6 +96,8 @@ class Model {
   struct Step;
   void attention_block(int layer, const Step& s, Activations& a, Backend& backend,
                        const ForwardObserver* observer, ForwardCounters& counters) const;
+  void mla_block(int layer, const Step& s, Activations& a, Backend& backend,
+                 const ForwardObserver* observer, ForwardCounters& counters) const;
   void moe_block(int layer, const Step& s, Activations& a, Backend& backend,
                  const ForwardObserver* observer, ForwardCounters& counters) const;
   void swiglu(const MlpWeights& m, const FfnSiteNames& names, int layer, int expert, const float* x,
@@ -105,7 +107,7 @@ class Model {
   ModelConfig config_;
   TensorStore store_;
   ModelWeights weights_;
-  std::vector<float> rope_inv_freq_;  // [head_dim / 2]
+  std::vector<float> rope_inv_freq_;  // [rope_dim / 2]
 };
 
 }  // namespace ekva
