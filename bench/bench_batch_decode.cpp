@@ -168,8 +168,7 @@ int main(int argc, char** argv) {
           for (int i = 0; i < B; ++i) {
             if (full)
               r.caches.push_back(std::make_unique<ekva::FullKvCache>(
-                  ekva::KvShape{c.n_layers, c.n_kv_heads, c.head_dim}, context + steps + 2,
-                  kv_dtype));
+                  ekva::kv_cache_shape(c), context + steps + 2, kv_dtype));
             else
               r.caches.push_back(
                   std::make_unique<ekva::CompressedKvCache>(*r.store, c, cc, backend));

@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
                static_cast<double>(model->active_weight_bytes_per_token()) / 1e6);
 
     const int total_steps = rounds * steps;
-    ekva::FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, prompt_len + total_steps + 1);
+    ekva::FullKvCache cache(kv_cache_shape(c), prompt_len + total_steps + 1);
     std::mt19937 rng(1);
     std::vector<int32_t> prompt(static_cast<size_t>(prompt_len));
     for (auto& t : prompt) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(c.vocab_size));

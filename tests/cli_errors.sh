@@ -47,6 +47,18 @@ else
   echo "FAIL: info on qwen3_moe_dense"; echo "$out"; fails=$((fails+1))
 fi
 
+# `ekva info` on a DeepSeek-V3 checkpoint: MLA, its latent and its routing.
+out=$("$EKVA" info -m "$DATA/reference/deepseek_v3" 2>&1)
+if echo "$out" | grep -q "architecture      DeepseekV3ForCausalLM" &&
+   echo "$out" | grep -q "MLA, 4 heads x (nope 16 + rope 8), v_head_dim 16" &&
+   echo "$out" | grep -q "kv_lora_rank 32 + rope 8 per token, q_lora_rank 32" &&
+   echo "$out" | grep -q "sigmoid + selection bias, best 2 of 4 groups, scale 2.5" &&
+   echo "$out" | grep -q "KV per token      480 B (f32)"; then
+  echo "ok: info describes a DeepSeek-V3"
+else
+  echo "FAIL: info on deepseek_v3"; echo "$out"; fails=$((fails+1))
+fi
+
 # With a real tokenizer: the shipped model, when present.
 model=${SHIPPED_MODEL:-}
 if [ -n "$model" ] && [ -d "$model" ]; then

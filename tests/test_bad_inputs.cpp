@@ -2,6 +2,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
 
@@ -243,7 +244,7 @@ TEST_F(BadModelDir, SequenceLongerThanContext) {
   write_config();
   const auto model = Model::load(dir_);
   const auto& c = model->config();
-  FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, 64);
+  FullKvCache cache(kv_cache_shape(c), 64);
   std::vector<int32_t> tokens(9, 1);
   std::vector<float> logits;
   expect_error([&] { model->forward(tokens, cache, logits, false, test::cpu()); },
@@ -253,7 +254,7 @@ TEST_F(BadModelDir, SequenceLongerThanContext) {
 TEST_F(BadModelDir, TokenOutsideVocabulary) {
   const auto model = Model::load(dir_);
   const auto& c = model->config();
-  FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, 64);
+  FullKvCache cache(kv_cache_shape(c), 64);
   std::vector<int32_t> tokens = {1, 384};
   std::vector<float> logits;
   expect_error([&] { model->forward(tokens, cache, logits, false, test::cpu()); },
@@ -330,6 +331,164 @@ TEST_F(BadQwen3Dir, DefaultsAreQwen3MoeConfigs) {
   config_["mlp_only_layers"] = json::array({1});
   expect_error([&] { ModelConfig::from_json(config_, "config.json"); },
                {"config.json", "missing required field 'intermediate_size'"});
+}
+
+// --- DeepSeek-V2/V3: MLA shapes, routing methods, RoPE scaling ------------------
+
+class BadDeepseekDir : public BadModelDir {
+ protected:
+  // V3: 3 layers (0 dense), 4 heads x (16 nope + 8 rope), kv_lora_rank 32, q_lora_rank
+  // 32, v_head_dim 16, 16 experts in 4 groups, top-4.
+  const char* source_case() const override { return "deepseek_v3"; }
+};
+
+TEST_F(BadDeepseekDir, ValidCopyLoads) {
+  const auto m = Model::load(dir_);
+  const ModelConfig& c = m->config();
+  EXPECT_TRUE(c.is_mla());
+  EXPECT_EQ(c.n_kv_heads, 1);
+  EXPECT_EQ(c.head_dim, 32 + 8);
+  EXPECT_EQ(c.rope_dim, 8);
+  EXPECT_EQ(c.router.scoring, RouterScoring::kSigmoid);
+  EXPECT_EQ(c.router.group_score, GroupScore::kTop2Sum);
+  EXPECT_EQ(c.router.n_groups, 4);
+  EXPECT_EQ(c.router.top_groups, 2);
+  EXPECT_FLOAT_EQ(c.router.scale, 2.5f);
+  EXPECT_TRUE(c.router.renormalize);
+  EXPECT_EQ(c.layer_is_moe, (std::vector<uint8_t>{0, 1, 1}));
+  EXPECT_FLOAT_EQ(c.mla.softmax_scale, 1.f / std::sqrt(24.f));
+  EXPECT_EQ(kv_shape_of(c).v_dim, 32);
+}
+
+TEST_F(BadDeepseekDir, KvLoraRankContradictsWeights) {
+  config_["kv_lora_rank"] = 24;
+  write_config();
+  expect_error([&] { Model::load(dir_); },
+               {"'model.layers.0.self_attn.kv_a_proj_with_mqa.weight'", "has shape [40, 64]",
+                "config implies [32, 64]", "kv_lora_rank 24 + qk_rope_head_dim 8"});
+}
+
+TEST_F(BadDeepseekDir, NullQLoraRankContradictsWeights) {
+  config_["q_lora_rank"] = nullptr;  // means q_proj, but the checkpoint has q_a/q_b
+  write_config();
+  expect_error([&] { Model::load(dir_); },
+               {"missing tensor 'model.layers.0.self_attn.q_proj.weight'"});
+}
+
+TEST_F(BadDeepseekDir, MissingCorrectionBias) {
+  rewrite_weights(
+      [](json& h, std::string&) { h.erase("model.layers.1.mlp.gate.e_score_correction_bias"); });
+  expect_error([&] { Model::load(dir_); },
+               {"missing tensor 'model.layers.1.mlp.gate.e_score_correction_bias'"});
+}
+
+TEST_F(BadDeepseekDir, UnsupportedTopkMethod) {
+  config_["topk_method"] = "greedy";  // DeepseekV3TopkRouter implements noaux_tc only
+  write_config();
+  expect_error([&] { Model::load(dir_); },
+               {"config.json", "topk_method 'greedy'", "not supported", "noaux_tc"});
+}
+
+TEST_F(BadDeepseekDir, UnsupportedScoringFunc) {
+  config_["scoring_func"] = "softmax";
+  write_config();
+  expect_error([&] { Model::load(dir_); },
+               {"config.json", "scoring_func 'softmax'", "not supported", "sigmoid"});
+}
+
+TEST_F(BadDeepseekDir, UnsupportedRopeScalingType) {
+  config_["rope_scaling"] = {{"type", "dynamic"}, {"factor", 2.0}};
+  write_config();
+  expect_error([&] { Model::load(dir_); },
+               {"config.json", "rope_scaling type 'dynamic'", "not supported", "yarn"});
+}
+
+TEST_F(BadDeepseekDir, YarnAttentionFactorOtherThanOne) {
+  // mscale != mscale_all_dim scales cos/sin (so q and k) by their ratio: refused.
+  config_["rope_scaling"] = {{"type", "yarn"},
+                             {"factor", 4.0},
+                             {"mscale", 0.707},
+                             {"mscale_all_dim", 1.0},
+                             {"original_max_position_embeddings", 64}};
+  write_config();
+  expect_error([&] { Model::load(dir_); }, {"config.json", "yarn", "attention_factor"});
+}
+
+TEST_F(BadDeepseekDir, GroupsDoNotDivideExperts) {
+  config_["n_group"] = 3;
+  config_["topk_group"] = 2;
+  write_config();
+  expect_error([&] { Model::load(dir_); },
+               {"config.json", "n_routed_experts (16)", "multiple of n_group (3)"});
+}
+
+TEST_F(BadDeepseekDir, MoeLayerFreqRefused) {
+  config_["moe_layer_freq"] = 2;
+  write_config();
+  expect_error([&] { Model::load(dir_); }, {"config.json", "moe_layer_freq 2", "not supported"});
+}
+
+TEST_F(BadDeepseekDir, KvHeadsOtherThanHeads) {
+  config_["num_key_value_heads"] = 2;
+  write_config();
+  expect_error([&] { Model::load(dir_); },
+               {"config.json", "num_key_value_heads (2)", "num_attention_heads (4)", "MLA"});
+}
+
+TEST_F(BadDeepseekDir, DefaultsAreDeepseekV3Configs) {
+  // DeepseekV3Config's defaults: noaux_tc with sigmoid, 8 groups / best 4, norm_topk_prob,
+  // routed_scaling_factor 2.5, 3 dense layers, rope_interleave; q_lora_rank 1536.
+  for (const char* k : {"topk_method", "scoring_func", "n_group", "topk_group", "norm_topk_prob",
+                        "routed_scaling_factor", "first_k_dense_replace", "q_lora_rank"})
+    config_.erase(k);
+  config_["n_routed_experts"] = 16;
+  const ModelConfig c = ModelConfig::from_json(config_, "config.json");
+  EXPECT_EQ(c.router.n_groups, 8);
+  EXPECT_EQ(c.router.top_groups, 4);
+  EXPECT_TRUE(c.router.renormalize);
+  EXPECT_FLOAT_EQ(c.router.scale, 2.5f);
+  EXPECT_EQ(c.layer_is_moe, (std::vector<uint8_t>{0, 0, 0}));
+  EXPECT_EQ(c.mla.q_lora_rank, 1536);
+  EXPECT_TRUE(c.mla.rope_pairs);
+}
+
+class BadDeepseekV2Dir : public BadModelDir {
+ protected:
+  const char* source_case() const override { return "deepseek_v2"; }
+};
+
+TEST_F(BadDeepseekV2Dir, UnsupportedTopkMethod) {
+  config_["topk_method"] = "noaux_tc";
+  write_config();
+  expect_error([&] { Model::load(dir_); }, {"config.json", "topk_method 'noaux_tc'", "DeepSeek-V2",
+                                            "greedy, group_limited_greedy"});
+}
+
+TEST_F(BadDeepseekV2Dir, UnsupportedScoringFunc) {
+  config_["scoring_func"] = "sigmoid";
+  write_config();
+  expect_error([&] { Model::load(dir_); },
+               {"config.json", "scoring_func 'sigmoid'", "DeepSeek-V2", "softmax"});
+}
+
+TEST_F(BadDeepseekV2Dir, NormTopkProbRefused) {
+  config_["norm_topk_prob"] = true;
+  write_config();
+  expect_error([&] { Model::load(dir_); }, {"config.json", "norm_topk_prob", "DeepSeek-V2"});
+}
+
+TEST_F(BadDeepseekV2Dir, GroupLimitedNeedsGroups) {
+  config_["topk_method"] = "group_limited_greedy";
+  config_.erase("n_group");
+  write_config();
+  expect_error([&] { Model::load(dir_); }, {"config.json", "missing required field 'n_group'"});
+}
+
+TEST_F(BadDeepseekV2Dir, SharedExpertWidthContradictsWeights) {
+  config_["n_shared_experts"] = 3;  // the checkpoint's shared experts are 2 x 32 wide
+  write_config();
+  expect_error([&] { Model::load(dir_); }, {"'model.layers.1.mlp.shared_experts.gate_proj.weight'",
+                                            "has shape [64, 64]", "config implies [96, 64]"});
 }
 
 TEST(BadShardedDir, IndexNamesMissingShard) {

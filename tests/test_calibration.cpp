@@ -80,7 +80,7 @@ Captured capture(const Model& model, const std::vector<int32_t>& tokens) {
     cap.experts[static_cast<size_t>(layer)].assign(e, e + n * k);
     cap.weights[static_cast<size_t>(layer)].assign(w, w + n * k);
   };
-  FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, static_cast<int64_t>(tokens.size()));
+  FullKvCache cache(kv_cache_shape(c), static_cast<int64_t>(tokens.size()));
   std::vector<float> logits;
   CpuBackend backend(1);
   model.forward(tokens, cache, logits, false, backend, &o);

@@ -66,7 +66,7 @@ TEST(CompressedCache, FullBudgetReproducesTheFullCache) {
   const ModelConfig& c = model().config();
   const auto prompt = test::random_tokens(150, 1);
   for (const DType dtype : {DType::kBF16, DType::kF32}) {
-    FullKvCache full({c.n_layers, c.n_kv_heads, c.head_dim}, 256, dtype);
+    FullKvCache full(kv_cache_shape(c), 256, dtype);
     const auto want = run(full, prompt, 20);
     for (const auto& [alloc, policy, budget] :
          std::vector<std::tuple<std::string, std::string, std::string>>{
@@ -189,7 +189,7 @@ TEST(CompressedCache, BatchSharesOneStoreWithPerSequenceBudgets) {
     ASSERT_EQ(static_cast<int64_t>(blocks.size()), in_use) << "a block leaked";
   }
   // The uncompressed sequence matches its own full-cache run; the others hold less.
-  FullKvCache full({c.n_layers, c.n_kv_heads, c.head_dim}, 1024, store.config().kv_dtype);
+  FullKvCache full(kv_cache_shape(c), 1024, store.config().kv_dtype);
   const auto want = run(full, test::random_tokens(300, 10), 150);
   // The same stored dtype, so only summation order differs (one chunk per block
   // against one chunk); bf16 storage turns that f32 noise into the odd flipped

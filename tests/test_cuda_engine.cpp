@@ -108,13 +108,13 @@ TEST_P(CudaEngineReference, PrefillThenDecodeMatch) {
       // top-k: bf16 rounding may swap two of those (same experts, same output). So the
       // top-1 (the entry's tag) must match exactly and the chosen set as a set.
       for (size_t t = 0; t < mine.size(); ++t) {
-        auto want = per_token[t].get<std::vector<int32_t>>();
-        ASSERT_FALSE(want.empty());
-        EXPECT_EQ(mine[t].front(), want.front()) << "top-1, layer " << layer << " token " << t;
+        auto chosen = per_token[t].get<std::vector<int32_t>>();
+        ASSERT_FALSE(chosen.empty());
+        EXPECT_EQ(mine[t].front(), chosen.front()) << "top-1, layer " << layer << " token " << t;
         auto got = mine[t];
         std::sort(got.begin(), got.end());
-        std::sort(want.begin(), want.end());
-        EXPECT_EQ(got, want) << "expert set, layer " << layer << " token " << t;
+        std::sort(chosen.begin(), chosen.end());
+        EXPECT_EQ(got, chosen) << "expert set, layer " << layer << " token " << t;
       }
     }
   }

@@ -38,7 +38,7 @@ const std::filesystem::path kModel =
 void run_profiled(const Model& model, ProfilingBackend& profiler, int prompt, int steps,
                   std::vector<float>* last_logits = nullptr) {
   const ModelConfig& c = model.config();
-  FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, prompt + steps + 1);
+  FullKvCache cache(kv_cache_shape(c), prompt + steps + 1);
   Activations act(c, profiler, {.max_sequences = 1, .max_tokens = prompt});
   std::vector<int32_t> tokens(static_cast<size_t>(prompt));
   for (int i = 0; i < prompt; ++i) tokens[static_cast<size_t>(i)] = (1 + 37 * i) % c.vocab_size;

@@ -287,8 +287,8 @@ TEST(PerLayerCompression, ChunkedPrefillCompressesInItsLastChunk) {
   // prompt through a full cache in the same chunks sets the scale (3e-4 on an
   // AVX-512 host, below 1e-4 on AVX2 ones).
   const int64_t context = T + 2;
-  FullKvCache full_chunked({c.n_layers, c.n_kv_heads, c.head_dim}, context, DType::kBF16);
-  FullKvCache full_whole({c.n_layers, c.n_kv_heads, c.head_dim}, context, DType::kBF16);
+  FullKvCache full_chunked(kv_cache_shape(c), context, DType::kBF16);
+  FullKvCache full_whole(kv_cache_shape(c), context, DType::kBF16);
   std::vector<float> full_chunked_logits, full_whole_logits;
   model().forward(prompt(), full_chunked, full_chunked_logits, false, test::cpu(), nullptr, 300);
   model().forward(prompt(), full_whole, full_whole_logits, false, test::cpu());

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <random>
@@ -12,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/thread_pool.h"
+#include "kv/compressed_cache.h"
 #include "kv/kv_cache.h"
 #include "model/model.h"
 #include "test_util.h"
@@ -66,7 +68,7 @@ TEST_P(ReferenceLogits, PrefillThenDecodeMatch) {
       routed[layer].emplace_back(experts + t * k, experts + (t + 1) * k);
   };
 
-  FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, N);
+  FullKvCache cache(kv_cache_shape(c), N);
   std::vector<float> logits;
   model->forward(std::span(ref.tokens).first(static_cast<size_t>(ref.prefill_len)), cache, logits,
                  /*all_logits=*/true, pool, &observer);
@@ -102,7 +104,7 @@ TEST_P(ReferenceLogits, LastLogitsOnlyMatchesAllLogits) {
   const Reference ref = load_reference(dir);
   const ModelConfig& c = model->config();
   const auto V = static_cast<size_t>(c.vocab_size);
-  FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, 64);
+  FullKvCache cache(kv_cache_shape(c), 64);
   std::vector<float> logits;
   const auto n = static_cast<size_t>(ref.tokens.size());
   model->forward(ref.tokens, cache, logits, false, test::cpu());
@@ -118,7 +120,7 @@ TEST_P(ReferenceLogits, ChunkedPrefillMatchesWhole) {
   const Reference ref = load_reference(dir);
   const ModelConfig& c = model->config();
   const auto V = static_cast<size_t>(c.vocab_size);
-  FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, 64);
+  FullKvCache cache(kv_cache_shape(c), 64);
   std::vector<float> logits;
   model->forward(ref.tokens, cache, logits, /*all_logits=*/true, test::cpu(), nullptr,
                  /*max_step=*/5);
@@ -146,7 +148,7 @@ TEST_P(ReferenceLogits, BatchMatchesEachSequenceAlone) {
   }
   std::vector<std::vector<float>> alone(3);
   for (size_t i = 0; i < 3; ++i) {
-    FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, 64);
+    FullKvCache cache(kv_cache_shape(c), 64);
     model->forward(seqs[i], cache, alone[i], /*all_logits=*/true, test::cpu());
   }
 
@@ -160,8 +162,7 @@ TEST_P(ReferenceLogits, BatchMatchesEachSequenceAlone) {
       {{nA - 1, nA}, {}, {nC - 1, nC}}};
   std::vector<std::unique_ptr<FullKvCache>> caches;
   for (int i = 0; i < 3; ++i)
-    caches.push_back(
-        std::make_unique<FullKvCache>(KvShape{c.n_layers, c.n_kv_heads, c.head_dim}, 64));
+    caches.push_back(std::make_unique<FullKvCache>(kv_cache_shape(c), 64));
   Activations act(c, test::cpu(), {.max_sequences = 3, .max_tokens = 64, .max_logit_rows = 64});
   for (const auto& call : plan) {
     std::vector<SequenceStep> batch;
@@ -200,7 +201,7 @@ TEST_P(ReferenceLogits, ReferenceBackendMatchesNumpy) {
   const ModelConfig& c = model->config();
   const auto V = static_cast<size_t>(c.vocab_size);
   const auto backend = make_reference_backend();
-  FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, 64);
+  FullKvCache cache(kv_cache_shape(c), 64);
   std::vector<float> logits;
   model->forward(ref.tokens, cache, logits, /*all_logits=*/true, *backend);
   for (size_t t = 0; t < ref.tokens.size(); ++t)
@@ -212,8 +213,92 @@ INSTANTIATE_TEST_SUITE_P(Architectures, ReferenceLogits,
                          ::testing::Values("mixtral", "mixtral_sharded", "mixtral_f32",
                                            "mixtral_f16", "qwen2_moe", "qwen2_moe_norm",
                                            "qwen3_moe", "qwen3_moe_dense", "qwen3_moe_sharded",
-                                           "olmoe", "olmoe_clip", "mistral", "mistral_swa",
-                                           "llama"));
+                                           "olmoe", "olmoe_clip", "mistral", "mistral_swa", "llama",
+                                           "deepseek_v2", "deepseek_v2_group", "deepseek_v3",
+                                           "deepseek_v3_yarn"));
+
+// --- MLA (DeepSeek): the cache holds the latent, compressed caches run on it -------
+
+// Logits of a prefill of the reference prompt's first `prefill` tokens, then of each
+// remaining token decoded one at a time.
+std::vector<std::vector<float>> prefill_then_decode(const Model& model, KvCache& cache,
+                                                    const std::vector<int32_t>& tokens,
+                                                    size_t prefill) {
+  std::vector<std::vector<float>> out(1);
+  model.forward(std::span(tokens).first(prefill), cache, out[0], false, test::cpu());
+  for (size_t t = prefill; t < tokens.size(); ++t)
+    model.forward(std::span(tokens).subspan(t, 1), cache, out.emplace_back(), false, test::cpu());
+  return out;
+}
+
+TEST(MlaCache, BytesPerTokenAreTheLatents) {
+  // DeepSeek-V3 case: 3 layers, latent kv_lora_rank 32 + rope 8 = 40 per token and layer.
+  const auto model = Model::load(test::reference_dir() / "deepseek_v3");
+  const ModelConfig& c = model->config();
+  const Reference ref = load_reference(test::reference_dir() / "deepseek_v3");
+  const auto n = static_cast<int64_t>(ref.tokens.size());
+  const int64_t latent = 32 + 8;
+  ASSERT_EQ(c.head_dim, latent);
+  ASSERT_EQ(c.n_kv_heads, 1);
+
+  FullKvCache full(kv_cache_shape(c), 64);  // f32
+  std::vector<float> logits;
+  const ForwardCounters prefill = model->forward(ref.tokens, full, logits, false, test::cpu());
+  EXPECT_EQ(full.bytes_used(), static_cast<size_t>(n * c.n_layers * latent * 4));
+  // Attention read each layer's n entries once, the latent row only (no V rows).
+  EXPECT_EQ(prefill.kv_bytes, static_cast<size_t>(n * c.n_layers * latent * 4));
+  std::vector<KvChunk> view;
+  full.view(1, 0, view);
+  ASSERT_EQ(view.size(), 1u);
+  EXPECT_EQ(view[0].v, view[0].k);
+  EXPECT_EQ(view[0].entry_bytes(latent), static_cast<size_t>(latent * 4));
+
+  // The paged store (bf16) likewise: one latent row per entry.
+  CompressionConfig cfg;
+  cfg.policy = "full";
+  CompressedKvCache paged(c, cfg, 64, test::cpu());
+  model->forward(ref.tokens, paged, logits, false, test::cpu());
+  const CompressionStats stats = paged.stats();
+  EXPECT_EQ(stats.live_entries, n * c.n_layers);
+  EXPECT_EQ(stats.bytes.kv, static_cast<size_t>(n * c.n_layers * latent * 2));
+  EXPECT_EQ(paged.store_entry_bytes(), static_cast<size_t>(latent * 2));
+}
+
+TEST(MlaCache, CompressedCacheRunsOnDeepseek) {
+  // Segments per (layer, expert) over the one latent head: a full budget reproduces
+  // the full cache of the same dtype; a SnapKV budget of 40% evicts and stays finite.
+  for (const char* name : {"deepseek_v2", "deepseek_v3"}) {
+    const auto model = Model::load(test::reference_dir() / name);
+    const ModelConfig& c = model->config();
+    const Reference ref = load_reference(test::reference_dir() / name);
+    FullKvCache full(kv_cache_shape(c), 64, DType::kBF16);
+    const auto want = prefill_then_decode(*model, full, ref.tokens, 16);
+
+    CompressionConfig cfg;
+    cfg.policy = "snapkv";
+    cfg.sink_tokens = 2;
+    cfg.recent_window = 4;
+    cfg.observation_window = 4;
+    cfg.block_size = 4;
+    cfg.budget = BudgetSpec::parse("100%");
+    CompressedKvCache same(c, cfg, 64, test::cpu());
+    const auto got = prefill_then_decode(*model, same, ref.tokens, 16);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i)
+      EXPECT_LT(test::rel_error(got[i].data(), want[i].data(), got[i].size()), 1e-5)
+          << name << " step " << i;
+    EXPECT_EQ(same.stats().evicted_entries, 0);
+
+    cfg.budget = BudgetSpec::parse("40%");
+    CompressedKvCache snap(c, cfg, 64, test::cpu());
+    const auto small = prefill_then_decode(*model, snap, ref.tokens, 16);
+    const CompressionStats st = snap.stats();
+    EXPECT_GT(st.evicted_entries, 0) << name;
+    EXPECT_LT(st.live_entries, st.full_entries) << name;
+    for (const auto& row : small)
+      for (float x : row) ASSERT_TRUE(std::isfinite(x)) << name;
+  }
+}
 
 }  // namespace
 }  // namespace ekva

@@ -212,8 +212,7 @@ TEST(ForwardLimits, BatchesBeyondTheLimitsAreErrors) {
   Activations act(c, test::cpu(), {.max_sequences = 2, .max_tokens = 8});
   std::vector<std::unique_ptr<FullKvCache>> caches;
   for (int i = 0; i < 3; ++i)
-    caches.push_back(
-        std::make_unique<FullKvCache>(KvShape{c.n_layers, c.n_kv_heads, c.head_dim}, 64));
+    caches.push_back(std::make_unique<FullKvCache>(kv_cache_shape(c), 64));
   const std::vector<int32_t> tokens = {1, 2, 3, 4, 5};
   std::vector<SequenceStep> batch;
   for (int i = 0; i < 3; ++i)

@@ -56,7 +56,7 @@ TEST_P(ShippedModel, LogitsAndRoutingMatchTransformers) {
 
   // Prefill up to `start`, then decode the 16 positions whose logits are stored:
   // both paths are checked against the reference.
-  FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, N);
+  FullKvCache cache(kv_cache_shape(c), N);
   std::vector<float> logits;
   model->forward(std::span(tokens).first(static_cast<size_t>(start + 1)), cache, logits, false,
                  test::cpu(), &observer);

@@ -168,8 +168,37 @@ def cfg_olmoe(p):
     }
 
 
+def cfg_deepseek(p):
+    """DeepseekV2Config / DeepseekV3Config fields as real checkpoints write them."""
+    v3 = p["arch"] == "deepseek_v3"
+    c = {
+        "architectures": ["DeepseekV3ForCausalLM" if v3 else "DeepseekV2ForCausalLM"],
+        "model_type": p["arch"], "attention_bias": p.get("bias", False), "attention_dropout": 0.0,
+        "aux_loss_alpha": 0.001, "bos_token_id": p["V"] - 2, "eos_token_id": p["V"] - 1,
+        "ep_size": 1, "first_k_dense_replace": p["first_dense"], "hidden_act": "silu",
+        "hidden_size": p["H"], "initializer_range": 0.02, "intermediate_size": p["I"],
+        "kv_lora_rank": p["kv_lora"], "max_position_embeddings": p.get("max_pos", 4096),
+        "moe_intermediate_size": p["moeI"], "moe_layer_freq": 1, "n_group": p.get("n_group"),
+        "n_routed_experts": p["E"], "n_shared_experts": p["n_shared"],
+        "norm_topk_prob": p["norm"], "num_attention_heads": p["nh"],
+        "num_experts_per_tok": p["k"], "num_hidden_layers": p["L"],
+        "num_key_value_heads": p["nh"], "q_lora_rank": p["q_lora"],
+        "qk_nope_head_dim": p["nope"], "qk_rope_head_dim": p["rope"],
+        "rms_norm_eps": p.get("eps", 1e-6), "rope_scaling": p.get("rope_scaling"),
+        "rope_theta": p.get("theta", 10000.0), "routed_scaling_factor": p["rsf"],
+        "scoring_func": "sigmoid" if v3 else "softmax", "seq_aux": True,
+        "tie_word_embeddings": p.get("tie", False), "topk_group": p.get("topk_group"),
+        "topk_method": "noaux_tc" if v3 else p["method"], "use_cache": True,
+        "v_head_dim": p["v"], "vocab_size": p["V"],
+    }
+    if v3:
+        c["rope_interleave"] = p.get("interleave", True)
+    return c
+
+
 CFG_BUILDERS = {"mixtral": cfg_mixtral, "mistral": cfg_mistral, "llama": cfg_llama,
-                "qwen2_moe": cfg_qwen2_moe, "qwen3_moe": cfg_qwen3_moe, "olmoe": cfg_olmoe}
+                "qwen2_moe": cfg_qwen2_moe, "qwen3_moe": cfg_qwen3_moe, "olmoe": cfg_olmoe,
+                "deepseek_v2": cfg_deepseek, "deepseek_v3": cfg_deepseek}
 
 # ----------------------------------------------------------------------------
 # cases
@@ -226,6 +255,40 @@ CASES = {
     "mistral_swa": dict(arch="mistral", dtype="bfloat16", seed=111, shards=1,
                         V=320, H=64, L=2, nh=4, nkv=2, hd=16, I=160, sliding_window=8,
                         desc="Mistral dense, bf16, sliding_window 8 < N (query i sees keys i-7..i)"),
+    # DeepSeek (MLA). A device script cross-checks these against transformers:
+    # scripts/device_check_deepseek_reference.py (torch + transformers, eager attention).
+    "deepseek_v2": dict(arch="deepseek_v2", dtype="bfloat16", seed=120, shards=1,
+                        V=320, H=64, L=3, nh=4, q_lora=None, kv_lora=32, nope=16, rope=8, v=16,
+                        I=96, moeI=32, E=8, k=2, n_shared=2, first_dense=1, method="greedy",
+                        norm=False, rsf=1.5,
+                        desc="DeepSeek-V2, bf16, MLA without a query LoRA (q_proj), kv_lora_rank 32, "
+                             "rope 8 (pairs), softmax greedy top-2 of 8, routed_scaling_factor 1.5, "
+                             "2 shared experts, first_k_dense_replace 1"),
+    "deepseek_v2_group": dict(arch="deepseek_v2", dtype="bfloat16", seed=121, shards=3,
+                              V=288, H=64, L=2, nh=8, q_lora=48, kv_lora=32, nope=8, rope=8, v=12,
+                              I=96, moeI=16, E=16, k=3, n_shared=1, first_dense=0,
+                              method="group_limited_greedy", n_group=4, topk_group=2,
+                              norm=False, rsf=2.0,
+                              desc="DeepSeek-V2, bf16, 3 shards + index, query LoRA 48, "
+                                   "group_limited_greedy (4 groups, best 2) top-3 of 16, "
+                                   "routed_scaling_factor 2, all layers sparse"),
+    "deepseek_v3": dict(arch="deepseek_v3", dtype="bfloat16", seed=122, shards=1,
+                        V=320, H=64, L=3, nh=4, q_lora=32, kv_lora=32, nope=16, rope=8, v=16,
+                        I=96, moeI=24, E=16, k=4, n_shared=1, first_dense=1, n_group=4,
+                        topk_group=2, norm=True, rsf=2.5,
+                        desc="DeepSeek-V3, bf16, query LoRA 32, rope_interleave, noaux_tc: sigmoid + "
+                             "e_score_correction_bias, 4 groups (top-2 sums), best 2, top-4 of 16, "
+                             "norm_topk_prob, routed_scaling_factor 2.5, first_k_dense_replace 1"),
+    "deepseek_v3_yarn": dict(arch="deepseek_v3", dtype="float32", seed=123, shards=1,
+                             V=256, H=48, L=2, nh=6, q_lora=None, kv_lora=16, nope=8, rope=16, v=8,
+                             I=64, moeI=16, E=8, k=2, n_shared=2, first_dense=0, n_group=1,
+                             topk_group=1, norm=False, rsf=1.0, interleave=False, max_pos=1024,
+                             rope_scaling={"type": "yarn", "factor": 8.0, "beta_fast": 32,
+                                           "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0,
+                                           "original_max_position_embeddings": 128},
+                             desc="DeepSeek-V3, f32, YaRN factor 8 (mscale = mscale_all_dim = 1: "
+                                  "softmax scale x 1.46), no query LoRA, rope_interleave false, "
+                                  "ungrouped sigmoid top-2 of 8, 2 shared experts"),
     "llama": dict(arch="llama", dtype="float32", seed=109, shards=1,
                   V=300, H=64, L=2, nh=4, nkv=1, I=144, tie=True,
                   desc="Llama dense, f32, tied embeddings, GQA 4:1, no head_dim field"),
@@ -241,6 +304,8 @@ def weight_shapes(cfg):
     s = R.model_spec(cfg)
     H, nh, nkv, hd, V = s["H"], s["nh"], s["nkv"], s["hd"], s["V"]
     out = [("model.embed_tokens.weight", (V, H), "embed")]
+    if s["mt"] in ("deepseek_v2", "deepseek_v3"):
+        return deepseek_shapes(cfg, s, out)
     for i in range(s["L"]):
         p = f"model.layers.{i}."
         a = p + "self_attn."
@@ -297,6 +362,55 @@ def weight_shapes(cfg):
     return out
 
 
+def deepseek_shapes(cfg, s, out):
+    H, nh, V = s["H"], s["nh"], s["V"]
+    qk = s["nope"] + s["rope"]
+    for i in range(s["L"]):
+        p = f"model.layers.{i}."
+        a = p + "self_attn."
+        if s["q_lora"]:
+            out += [(a + "q_a_proj.weight", (s["q_lora"], H), "lin")]
+            if s["bias"]:
+                out += [(a + "q_a_proj.bias", (s["q_lora"],), "bias")]
+            out += [(a + "q_a_layernorm.weight", (s["q_lora"],), "norm"),
+                    (a + "q_b_proj.weight", (nh * qk, s["q_lora"]), "lin")]
+        else:
+            out += [(a + "q_proj.weight", (nh * qk, H), "lin")]
+        out += [(a + "kv_a_proj_with_mqa.weight", (s["kv_lora"] + s["rope"], H), "lin")]
+        if s["bias"]:
+            out += [(a + "kv_a_proj_with_mqa.bias", (s["kv_lora"] + s["rope"],), "bias")]
+        out += [(a + "kv_a_layernorm.weight", (s["kv_lora"],), "norm"),
+                (a + "kv_b_proj.weight", (nh * (s["nope"] + s["v_head"]), s["kv_lora"]), "lin"),
+                (a + "o_proj.weight", (H, nh * s["v_head"]), "lin")]
+        if s["bias"]:
+            out += [(a + "o_proj.bias", (H,), "bias")]
+        m = p + "mlp."
+        if s["kinds"][i] == "dense":
+            I = s["dense_I"]
+            out += [(m + "gate_proj.weight", (I, H), "lin"), (m + "up_proj.weight", (I, H), "lin"),
+                    (m + "down_proj.weight", (H, I), "lin")]
+        else:
+            I = s["expert_I"]
+            out += [(m + "gate.weight", (s["E"], H), "router")]
+            if s["scoring"] == "sigmoid":
+                out += [(m + "gate.e_score_correction_bias", (s["E"],), "score_bias")]
+            for e in range(s["E"]):
+                out += [(f"{m}experts.{e}.gate_proj.weight", (I, H), "lin"),
+                        (f"{m}experts.{e}.up_proj.weight", (I, H), "lin"),
+                        (f"{m}experts.{e}.down_proj.weight", (H, I), "lin")]
+            if s["shared_I"]:
+                S = s["shared_I"]
+                out += [(m + "shared_experts.gate_proj.weight", (S, H), "lin"),
+                        (m + "shared_experts.up_proj.weight", (S, H), "lin"),
+                        (m + "shared_experts.down_proj.weight", (H, S), "lin")]
+        out += [(p + "input_layernorm.weight", (H,), "norm"),
+                (p + "post_attention_layernorm.weight", (H,), "norm")]
+    out += [("model.norm.weight", (H,), "norm")]
+    if not s["tie"]:
+        out += [("lm_head.weight", (V, H), "lin")]
+    return out
+
+
 def init_std(kind, shape, tied):
     """Scales chosen so that activations stay O(1) and logits are O(1):
     linear layers 1/sqrt(fan_in), router 2/sqrt(H) (router logits ~N(0, 2^2):
@@ -312,6 +426,8 @@ def init_std(kind, shape, tied):
         return 0.1
     if kind == "norm":
         return 0.1
+    if kind == "score_bias":  # small next to sigmoid scores: reorders some choices only
+        return 0.05
     raise ValueError(kind)
 
 
@@ -348,7 +464,7 @@ def choose_tokens(cfg, w64, seed, n=N_TOKENS):
                 break
             _, info = R.forward(cfg, w64, toks + [cand])
             gk, g1 = R.router_margins(info, s["k"])
-            if min(gk[:, t].min(), g1[:, t].min()) >= ROUTER_GAP:
+            if min(gk[:, t].min(), g1[:, t].min()) >= s.get("router_gap", ROUTER_GAP):
                 break
         else:
             raise RuntimeError(f"no token with a clear routing margin at position {t}")

@@ -25,7 +25,29 @@ make_reference.py's module docstring for the list):
   * OLMoE: q_norm / k_norm are RMSNorms over the whole projected q (size
     hidden) / k (size head_dim*nkv) BEFORE the head reshape; clip_qkv clamps
     q, k, v (after the norms) to [-clip, clip].
+  * DeepSeek-V2 / V3 (modeling_deepseek_v2.py / _v3.py): multi-head latent
+    attention, computed here in the plain (non-absorbed) form transformers uses:
+    q = q_b_proj(q_a_layernorm(q_a_proj(x))) or q_proj(x), split per head into
+    [qk_nope | qk_rope]; kv_a_proj_with_mqa(x) = [c | k_rope]; k_nope, v =
+    kv_b_proj(kv_a_layernorm(c)) per head; k_rope shared by all heads. The
+    q_a / kv_a layernorms use RMSNorm's default eps 1e-6, not rms_norm_eps.
+    RoPE over the rope dims only: V2 rotates pairs (2i, 2i+1) (view_as_complex);
+    V3 with rope_interleave de-interleaves (view(d/2, 2).transpose) then
+    rotate_half, else plain rotate_half. cos/sin times YaRN's attention_factor.
+    Scale qk_head_dim^-0.5, times get_mscale(factor, mscale_all_dim)^2 under a
+    rope_scaling with mscale_all_dim (DeepseekV3Attention and DeepSeek's V2
+    code; transformers' V2 lacks it: see scripts/device_check_deepseek_reference.py).
+    Layer i routes iff i >= first_k_dense_replace; shared experts (ungated,
+    width moe_intermediate_size * n_shared_experts) are added.
+    V2 routing: softmax; greedy top-k, or group_limited_greedy (group score =
+    max prob, top topk_group groups, the others masked to 0); weights * rsf.
+    V3 routing (noaux_tc): s = sigmoid(logits); choice = s + e_score_correction_bias;
+    group score = sum of the group's top 2 choices; top topk_group groups, the
+    others masked to 0.0; top-k of choice; weights = s of those, / (sum + 1e-20)
+    if norm_topk_prob, then * routed_scaling_factor.
 """
+
+import math
 
 import json
 import os
@@ -245,13 +267,104 @@ def load_checkpoint(folder):
 # config interpretation (what transformers does with each config.json field)
 # ----------------------------------------------------------------------------
 
-SUPPORTED = ("mixtral", "mistral", "llama", "qwen2_moe", "qwen3_moe", "olmoe")
+SUPPORTED = ("mixtral", "mistral", "llama", "qwen2_moe", "qwen3_moe", "olmoe",
+             "deepseek_v2", "deepseek_v3")
+
+
+def yarn_get_mscale(scale, mscale=1.0):
+    if scale <= 1:
+        return 1.0
+    return 0.1 * mscale * math.log(scale) + 1.0
+
+
+def deepseek_spec(cfg):
+    """What DeepseekV2Config / DeepseekV3Config and their modeling files make of
+    config.json (defaults as the config classes set them)."""
+    mt = cfg["model_type"]
+    v3 = mt == "deepseek_v3"
+    H, nh = cfg["hidden_size"], cfg["num_attention_heads"]
+    nkv = cfg.get("num_key_value_heads") or nh
+    if nkv != nh:
+        raise NotImplementedError("MLA with num_key_value_heads != num_attention_heads")
+    q_lora = cfg["q_lora_rank"] if "q_lora_rank" in cfg else 1536
+    rope = cfg["qk_rope_head_dim"]
+    theta = float(cfg.get("rope_theta", 10000.0))
+    rs = cfg.get("rope_scaling")
+    inv = 1.0 / (theta ** (np.arange(0, rope, 2, dtype=np.float64) / rope))
+    attention_factor = 1.0
+    scale = float(cfg["qk_nope_head_dim"] + rope) ** -0.5
+    if rs:
+        kind = rs.get("rope_type", rs.get("type"))
+        if kind != "yarn":
+            raise NotImplementedError("rope scaling " + str(kind))
+        factor = float(rs["factor"])
+        mscale, mad = rs.get("mscale"), rs.get("mscale_all_dim")
+        if rs.get("attention_factor") is not None:
+            attention_factor = float(rs["attention_factor"])
+        elif mscale and mad:
+            attention_factor = yarn_get_mscale(factor, mscale) / yarn_get_mscale(factor, mad)
+        else:
+            attention_factor = yarn_get_mscale(factor)
+        beta_fast = rs.get("beta_fast") or 32
+        beta_slow = rs.get("beta_slow") or 1
+        omax = rs["original_max_position_embeddings"]
+
+        def corr_dim(rot):
+            return (rope * math.log(omax / (rot * 2 * math.pi))) / (2 * math.log(theta))
+        low, high = corr_dim(beta_fast), corr_dim(beta_slow)
+        if rs.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, rope - 1)
+        if low == high:
+            high += 0.001
+        ramp = np.clip((np.arange(rope // 2, dtype=np.float64) - low) / (high - low), 0, 1)
+        extra = 1 - ramp
+        inv = inv / factor * (1 - extra) + inv * extra
+        mad0 = rs.get("mscale_all_dim", 0)
+        if mad0:
+            m = yarn_get_mscale(factor, mad0)
+            scale = scale * m * m
+    E = cfg["n_routed_experts"]
+    first_dense = cfg.get("first_k_dense_replace", 3 if v3 else 0)
+    if cfg.get("moe_layer_freq", 1) != 1:
+        raise NotImplementedError("moe_layer_freq != 1 (transformers ignores it)")
+    if v3:
+        method, scoring = "noaux_tc", "sigmoid"
+        n_group, topk_group = cfg.get("n_group", 8), cfg.get("topk_group", 4)
+        norm = bool(cfg.get("norm_topk_prob", True))
+        rsf = float(cfg.get("routed_scaling_factor", 2.5))
+    else:
+        method, scoring = cfg.get("topk_method", "greedy"), "softmax"
+        n_group, topk_group = (cfg["n_group"], cfg["topk_group"]) if method == "group_limited_greedy" else (1, 1)
+        norm = False
+        if cfg.get("norm_topk_prob", False):
+            raise NotImplementedError("DeepSeek-V2 norm_topk_prob (transformers and DeepSeek differ)")
+        rsf = float(cfg.get("routed_scaling_factor", 1.0))
+    n_shared = cfg.get("n_shared_experts", 1 if v3 else 2) or 0
+    return dict(
+        mt=mt, V=cfg["vocab_size"], H=H, L=cfg["num_hidden_layers"], nh=nh, nkv=1,
+        hd=cfg["kv_lora_rank"] + rope, eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        tie=bool(cfg.get("tie_word_embeddings", False)),
+        q_lora=q_lora, kv_lora=cfg["kv_lora_rank"], nope=cfg["qk_nope_head_dim"], rope=rope,
+        v_head=cfg["v_head_dim"], inv_freq=inv, attention_factor=attention_factor, scale=scale,
+        rope_mode=("interleave" if cfg.get("rope_interleave", True) else "half") if v3 else "complex",
+        bias=bool(cfg.get("attention_bias", False)),
+        kinds=["dense" if i < first_dense else "deepseek_moe" for i in range(cfg["num_hidden_layers"])],
+        E=E, k=cfg["num_experts_per_tok"], renorm=norm, method=method, scoring=scoring,
+        n_group=n_group, topk_group=topk_group, rsf=rsf,
+        expert_I=cfg["moe_intermediate_size"], shared_I=cfg["moe_intermediate_size"] * n_shared,
+        dense_I=cfg.get("intermediate_size"),
+        # routing margins are measured in the units the choice is made in
+        router_gap=0.01 if v3 else 0.1,
+    )
 
 
 def model_spec(cfg):
     mt = cfg["model_type"]
     if mt not in SUPPORTED:
         raise NotImplementedError(mt)
+    if mt in ("deepseek_v2", "deepseek_v3"):
+        return deepseek_spec(cfg)
     H = cfg["hidden_size"]
     nh = cfg["num_attention_heads"]
     if mt == "qwen3_moe":
@@ -362,6 +475,8 @@ def forward(cfg, w, tokens):
     where info['router'] is a list per MoE layer of dicts with 'layer',
     'topk' [N, k] (descending probability), 'logits' [N, E]."""
     s = model_spec(cfg)
+    if s["mt"] in ("deepseek_v2", "deepseek_v3"):
+        return deepseek_forward(s, w, tokens)
     tokens = np.asarray(tokens, dtype=np.int64)
     N = tokens.shape[0]
     nh, nkv, hd = s["nh"], s["nkv"], s["hd"]
@@ -456,12 +571,144 @@ def forward(cfg, w, tokens):
 
 
 def router_margins(info, k):
-    """Per (MoE layer, token): gap in router logits between the k-th and
-    (k+1)-th expert, and between the 1st and 2nd. Returns (min_k_gap [L, N],
-    min_top1_gap [L, N])."""
+    """Per (MoE layer, token): gap in router logits (or, where the router records
+    them, its choice scores) between the k-th and (k+1)-th expert, and between
+    the 1st and 2nd; group-limited routers also count the gap between the last
+    chosen group and the next. Returns (min_k_gap [L, N], min_top1_gap [L, N])."""
     gk, g1 = [], []
     for r in info["router"]:
-        srt = -np.sort(-r["logits"], axis=-1)
-        gk.append(srt[:, k - 1] - srt[:, k])
+        srt = -np.sort(-r.get("choice", r["logits"]), axis=-1)
+        kg = srt[:, k - 1] - srt[:, k]
+        if "group_gap" in r:
+            kg = np.minimum(kg, r["group_gap"])
+        if "kth_above_zero" in r:  # masked experts count 0: the chosen stay clear of it
+            kg = np.minimum(kg, r["kth_above_zero"])
+        gk.append(kg)
         g1.append(srt[:, 0] - srt[:, 1])
     return np.array(gk), np.array(g1)
+
+
+def _rope_pairs_complex(x, cos, sin):
+    """V2's apply_rotary_emb: (x[2i], x[2i+1]) as a complex number times e^{i f}."""
+    a, b = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2] = a * cos - b * sin
+    out[..., 1::2] = a * sin + b * cos
+    return out
+
+
+def deepseek_route(s, xn, w, m):
+    """Returns (order [N, k] in rank order, weights [N, k], info dict)."""
+    rl = xn @ w[m + "gate.weight"].T  # [N, E]
+    N, E = rl.shape
+    G, TG, k = s["n_group"], s["topk_group"], s["k"]
+    info = {"logits": rl}
+    if s["scoring"] == "softmax":
+        score = softmax(rl, axis=-1)
+        choice = score.copy()
+        rank_key = rl.copy()  # same order as the probabilities, in logit units for the gaps
+    else:
+        score = 1.0 / (1.0 + np.exp(-rl))
+        choice = score + w[m + "gate.e_score_correction_bias"][None, :]
+        rank_key = choice.copy()
+    if G > 1:
+        grouped = choice.reshape(N, G, E // G)
+        gkey = rank_key.reshape(N, G, E // G)
+        if s["method"] == "noaux_tc":
+            top2 = -np.sort(-grouped, axis=-1)[:, :, :2]
+            gs = top2.sum(-1)
+            gs_key = gs
+        else:
+            gs = grouped.max(-1)
+            gs_key = gkey.max(-1)
+        gorder = np.argsort(-gs, axis=-1, kind="stable")
+        keep = np.zeros((N, G), dtype=bool)
+        np.put_along_axis(keep, gorder[:, :TG], True, axis=-1)
+        srt = -np.sort(-gs_key, axis=-1)
+        info["group_gap"] = srt[:, TG - 1] - srt[:, TG]
+        mask = np.repeat(keep, E // G, axis=-1)
+        choice = np.where(mask, choice, 0.0)
+        # logit units: masked experts rank below every kept one
+        rank_key = np.where(mask, rank_key, -1e9 if s["scoring"] == "softmax" else 0.0)
+    order = np.argsort(-choice, axis=-1, kind="stable")[:, :k]
+    wt = np.take_along_axis(score, order, axis=-1)
+    if s["renorm"]:
+        wt = wt / (wt.sum(axis=-1, keepdims=True) + 1e-20)
+    wt = wt * s["rsf"]
+    info["choice"] = rank_key
+    if s["scoring"] == "sigmoid":
+        info["kth_above_zero"] = np.take_along_axis(choice, order[:, -1:], axis=-1)[:, 0]
+    return order, wt, info
+
+
+def deepseek_forward(s, w, tokens):
+    tokens = np.asarray(tokens, dtype=np.int64)
+    N = tokens.shape[0]
+    nh, nope, R, C, Vh = s["nh"], s["nope"], s["rope"], s["kv_lora"], s["v_head"]
+    qk = nope + R
+    f = np.arange(N, dtype=np.float64)[:, None] * s["inv_freq"][None, :]  # [N, R/2]
+    af = s["attention_factor"]
+    neg = np.where(np.arange(N)[None, :] <= np.arange(N)[:, None], 0.0, -np.inf)
+    info = {"router": []}
+
+    def rope(x):  # x [..., N, R]
+        if s["rope_mode"] == "complex":
+            return _rope_pairs_complex(x, np.cos(f) * af, np.sin(f) * af)
+        if s["rope_mode"] == "interleave":  # view(d/2, 2).transpose(-1, -2).reshape
+            x = np.concatenate([x[..., 0::2], x[..., 1::2]], axis=-1)
+        emb = np.concatenate([f, f], axis=-1)
+        return x * (np.cos(emb) * af) + rotate_half(x) * (np.sin(emb) * af)
+
+    def lin(x, name):
+        y = x @ w[name + ".weight"].T
+        if s["bias"] and name + ".bias" in w:
+            y = y + w[name + ".bias"]
+        return y
+
+    x = w["model.embed_tokens.weight"][tokens]
+    for li in range(s["L"]):
+        p = f"model.layers.{li}."
+        a = p + "self_attn."
+        xn = rmsnorm(x, w[p + "input_layernorm.weight"], s["eps"])
+        if s["q_lora"]:
+            q = rmsnorm(lin(xn, a + "q_a_proj"), w[a + "q_a_layernorm.weight"], 1e-6) @ w[a + "q_b_proj.weight"].T
+        else:
+            q = xn @ w[a + "q_proj.weight"].T
+        q = q.reshape(N, nh, qk).transpose(1, 0, 2)  # [nh, N, qk]
+        q_nope, q_rot = q[..., :nope], q[..., nope:]
+        ckv = lin(xn, a + "kv_a_proj_with_mqa")
+        c, k_rot = ckv[:, :C], ckv[:, C:]
+        kv = (rmsnorm(c, w[a + "kv_a_layernorm.weight"], 1e-6) @ w[a + "kv_b_proj.weight"].T)
+        kv = kv.reshape(N, nh, nope + Vh).transpose(1, 0, 2)
+        k_nope, v = kv[..., :nope], kv[..., nope:]
+        q_rot = rope(q_rot)
+        k_rot = rope(k_rot[None])  # [1, N, R], shared by the heads
+        qs = np.concatenate([q_nope, q_rot], axis=-1)
+        ks = np.concatenate([k_nope, np.repeat(k_rot, nh, axis=0)], axis=-1)
+        sc = (qs @ ks.transpose(0, 2, 1)) * s["scale"] + neg
+        o = softmax(sc, axis=-1) @ v  # [nh, N, Vh]
+        o = lin(o.transpose(1, 0, 2).reshape(N, nh * Vh), a + "o_proj")
+        x = x + o
+        xn = rmsnorm(x, w[p + "post_attention_layernorm.weight"], s["eps"])
+        m = p + "mlp."
+        if s["kinds"][li] == "dense":
+            y = _mlp(xn, w[m + "gate_proj.weight"], w[m + "up_proj.weight"], w[m + "down_proj.weight"])
+        else:
+            order, wt, rinfo = deepseek_route(s, xn, w, m)
+            y = np.zeros_like(xn)
+            for e in range(s["E"]):
+                rows, slot = np.nonzero(order == e)
+                if rows.size == 0:
+                    continue
+                ep = f"{m}experts.{e}."
+                ye = _mlp(xn[rows], w[ep + "gate_proj.weight"], w[ep + "up_proj.weight"], w[ep + "down_proj.weight"])
+                y[rows] += ye * wt[rows, slot][:, None]
+            if s["shared_I"]:
+                sp = m + "shared_experts."
+                y = y + _mlp(xn, w[sp + "gate_proj.weight"], w[sp + "up_proj.weight"], w[sp + "down_proj.weight"])
+            rinfo.update({"layer": li, "topk": order})
+            info["router"].append(rinfo)
+        x = x + y
+    x = rmsnorm(x, w["model.norm.weight"], s["eps"])
+    head = w["model.embed_tokens.weight"] if s["tie"] else w["lm_head.weight"]
+    return x @ head.T, info

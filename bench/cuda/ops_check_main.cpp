@@ -41,6 +41,7 @@ class ReferenceBackend final : public ekva::Backend {
   void route(const ekva::RouteParams& p) override { ekva::ref::route(p); }
   void scatter_add(const ekva::ScatterAddParams& p) override { ekva::ref::scatter_add(p); }
   void gated_add(const ekva::GatedAddParams& p) override { ekva::ref::gated_add(p); }
+  void copy_rows(const ekva::CopyRowsParams& p) override { ekva::ref::copy_rows(p); }
   using Backend::attention;
   void attention(const ekva::AttentionParams& p, std::span<const std::vector<ekva::KvChunk>> chunks,
                  const ekva::AttentionPlan&) override {

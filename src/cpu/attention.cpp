@@ -28,6 +28,9 @@ namespace ekva::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 constexpr int64_t kBlock = 32;
+// The most query heads one work item computes together (MLA: every head shares the
+// one latent "kv-head", up to 128 in DeepSeek-V3).
+constexpr int64_t kMaxGroup = 128;
 
 using DF = hn::ScalableTag<float>;
 using DU16 = hn::Rebind<uint16_t, DF>;  // half-width: as many lanes as DF
@@ -114,9 +117,10 @@ class RowPrefetch {
       const int64_t take = std::min(rows, ch.n - offset_);
       const size_t first = static_cast<size_t>(offset_) * row_bytes_;
       const size_t bytes = static_cast<size_t>(take) * row_bytes_;
+      const bool own_v = ch.v != ch.k;  // keys only (MLA): V is read from the K rows
       for (size_t b = 0; b < bytes; b += 64) {
         line(static_cast<const char*>(ch.k) + first + b);
-        line(static_cast<const char*>(ch.v) + first + b);
+        if (own_v) line(static_cast<const char*>(ch.v) + first + b);
       }
       rows -= take;
       offset_ += take;
@@ -271,9 +275,10 @@ HWY_INLINE void scale(float* o, float c, int64_t n) {
 // in registers kCols vectors of columns at a time: kHeads x kCols accumulators, kCols
 // V vectors and a broadcast weight. Four columns per pass on 32 registers (AVX-512)
 // halve the passes over the rows and the broadcasts of two.
+// o rows are D wide; V rows are ldv apart (ldv > D when V is a prefix of the K rows).
 template <int kHeads, int kCols, typename KT>
-HWY_INLINE void accumulate_columns(float* o, int64_t D, int64_t x, const float* p, const KT* v,
-                                   const int32_t* rows, int64_t n_rows) {
+HWY_INLINE void accumulate_columns(float* o, int64_t D, int64_t ldv, int64_t x, const float* p,
+                                   const KT* v, const int32_t* rows, int64_t n_rows) {
   const DF d;
   const auto N = static_cast<int64_t>(hn::Lanes(d));
   hn::Vec<DF> a[kHeads][kCols];
@@ -281,7 +286,7 @@ HWY_INLINE void accumulate_columns(float* o, int64_t D, int64_t x, const float* 
     for (int c = 0; c < kCols; ++c) a[h][c] = hn::LoadU(d, o + h * D + x + c * N);
   for (int64_t i = 0; i < n_rows; ++i) {
     const int64_t j = rows != nullptr ? rows[i] : i;
-    const KT* r = v + j * D + x;
+    const KT* r = v + j * ldv + x;
     hn::Vec<DF> vv[kCols];
     if constexpr (kPaired<KT>) {
       static_assert(kCols % 2 == 0);
@@ -299,38 +304,39 @@ HWY_INLINE void accumulate_columns(float* o, int64_t D, int64_t x, const float* 
 }
 
 template <int kHeads, typename KT>
-HWY_INLINE void accumulate_heads(float* o, int64_t D, const float* p, const KT* v,
+HWY_INLINE void accumulate_heads(float* o, int64_t D, int64_t ldv, const float* p, const KT* v,
                                  const int32_t* rows, int64_t n_rows) {
   constexpr int kWide = hn::MaxLanes(DF()) >= 16 && kHeads <= 4 ? 4 : 2;
   const auto N = static_cast<int64_t>(hn::Lanes(DF()));
   int64_t x = 0;
   for (; x + kWide * N <= D; x += kWide * N)
-    accumulate_columns<kHeads, kWide>(o, D, x, p, v, rows, n_rows);
+    accumulate_columns<kHeads, kWide>(o, D, ldv, x, p, v, rows, n_rows);
   if constexpr (kPaired<KT>) {
-    for (; x < D; x += 2 * N) accumulate_columns<kHeads, 2>(o, D, x, p, v, rows, n_rows);
+    for (; x < D; x += 2 * N) accumulate_columns<kHeads, 2>(o, D, ldv, x, p, v, rows, n_rows);
   } else {
-    for (; x + N <= D; x += N) accumulate_columns<kHeads, 1>(o, D, x, p, v, rows, n_rows);
+    for (; x + N <= D; x += N) accumulate_columns<kHeads, 1>(o, D, ldv, x, p, v, rows, n_rows);
     for (; x < D; ++x)
       for (int64_t i = 0; i < n_rows; ++i) {
         const int64_t j = rows != nullptr ? rows[i] : i;
         for (int h = 0; h < kHeads; ++h)
-          o[h * D + x] += p[h * kBlock + j] * kv_scalar(v, j * D + x);
+          o[h * D + x] += p[h * kBlock + j] * kv_scalar(v, j * ldv + x);
       }
   }
 }
 
 template <typename KT>
-HWY_INLINE void accumulate_group(float* o, int64_t G, int64_t D, const float* p, const KT* v,
-                                 const int32_t* rows, int64_t n_rows) {
+HWY_INLINE void accumulate_group(float* o, int64_t G, int64_t D, int64_t ldv, const float* p,
+                                 const KT* v, const int32_t* rows, int64_t n_rows) {
   int64_t g = 0;
-  for (; g + 4 <= G; g += 4) accumulate_heads<4>(o + g * D, D, p + g * kBlock, v, rows, n_rows);
+  for (; g + 4 <= G; g += 4)
+    accumulate_heads<4>(o + g * D, D, ldv, p + g * kBlock, v, rows, n_rows);
   switch (G - g) {
     case 3:
-      return accumulate_heads<3>(o + g * D, D, p + g * kBlock, v, rows, n_rows);
+      return accumulate_heads<3>(o + g * D, D, ldv, p + g * kBlock, v, rows, n_rows);
     case 2:
-      return accumulate_heads<2>(o + g * D, D, p + g * kBlock, v, rows, n_rows);
+      return accumulate_heads<2>(o + g * D, D, ldv, p + g * kBlock, v, rows, n_rows);
     case 1:
-      return accumulate_heads<1>(o + g * D, D, p + g * kBlock, v, rows, n_rows);
+      return accumulate_heads<1>(o + g * D, D, ldv, p + g * kBlock, v, rows, n_rows);
     default:
       return;
   }
@@ -362,30 +368,31 @@ HWY_INLINE float exp_shifted(float* s, float m) {
 }
 
 // Attention of G query heads q [G, D] over entries [begin, end) of the
-// concatenated chunks; writes m, l and unnormalised o [G, D], and, when raw is set,
+// concatenated chunks; writes m, l and unnormalised o [G, Dv] (Dv < D: V is the first
+// Dv elements of each K row, MLA), and, when raw is set,
 // every entry's scaled logit per head, raw [G, end - begin] (kMasked where hidden),
 // from which the caller derives the entries' probabilities once m and l are final.
 //
 // Per block of kBlock entries: the scores of all G heads (K read once), then per
 // head one rescale of o and FMAs of the block's V rows weighted by exp(s - m),
 // with the exponentials computed as vectors.
-void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32_t q_pos,
-                 int64_t window, const KvChunk* chunks, int64_t n_chunks, int64_t begin,
-                 int64_t end, float* m, float* l, float* o, float* raw) {
+void AttendPiece(const float* q, int64_t G, int64_t D, int64_t Dv, float scale_factor,
+                 int32_t q_pos, int64_t window, const KvChunk* chunks, int64_t n_chunks,
+                 int64_t begin, int64_t end, float* m, float* l, float* o, float* raw) {
   for (int64_t g = 0; g < G; ++g) {
     m[g] = kMasked;
     l[g] = 0.f;
   }
-  std::fill(o, o + G * D, 0.f);
-  // scores[g][j] for one block; G <= 64 is checked by the caller.
-  HWY_ALIGN float scores[64 * kBlock];
-  const float* qh[64];
+  std::fill(o, o + G * Dv, 0.f);
+  // scores[g][j] for one block; G <= kMaxGroup is checked by the caller.
+  HWY_ALIGN float scores[kMaxGroup * kBlock];
+  const float* qh[kMaxGroup];
   for (int64_t g = 0; g < G; ++g) qh[g] = q + g * D;
   // bf16 pieces whose head dim is whole pairs of vectors read K and V in even/odd
   // order (PairedBf16): q permuted here, o un-permuted at the end.
   const auto N = static_cast<int64_t>(hn::Lanes(DF()));
   constexpr int64_t kPermutedFloats = 8192;
-  bool paired = N > 1 && D % (2 * N) == 0 && G * D <= kPermutedFloats;
+  bool paired = N > 1 && D % (2 * N) == 0 && Dv % (2 * N) == 0 && G * D <= kPermutedFloats;
   for (int64_t c = 0; c < n_chunks && paired; ++c) paired = chunks[c].dtype == DType::kBF16;
   HWY_ALIGN float q_permuted[kPermutedFloats];
   if (paired) {
@@ -459,7 +466,7 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32
         // its exponential. m is only a shift: the result is the same.
         if (block_max > m[g] + kRescaleSlack) {
           const float correction = std::exp(m[g] - block_max);  // 0 on the first block
-          scale(o + g * D, correction, D);
+          scale(o + g * Dv, correction, Dv);
           l[g] *= correction;
           m[g] = block_max;
         }
@@ -481,21 +488,23 @@ void AttendPiece(const float* q, int64_t G, int64_t D, float scale_factor, int32
         }
       }
       if (n_rows == 0) continue;
+      // V rows are D apart: their own rows, or (Dv < D) the K rows they prefix.
       if (paired)
-        accumulate_group(o, G, D, scores, static_cast<const PairedBf16*>(ch.v) + j0 * D, rows,
+        accumulate_group(o, G, Dv, D, scores, static_cast<const PairedBf16*>(ch.v) + j0 * D, rows,
                          n_rows);
       else if (ch.dtype == DType::kBF16)
-        accumulate_group(o, G, D, scores, static_cast<const uint16_t*>(ch.v) + j0 * D, rows,
+        accumulate_group(o, G, Dv, D, scores, static_cast<const uint16_t*>(ch.v) + j0 * D, rows,
                          n_rows);
       else
-        accumulate_group(o, G, D, scores, static_cast<const float*>(ch.v) + j0 * D, rows, n_rows);
+        accumulate_group(o, G, Dv, D, scores, static_cast<const float*>(ch.v) + j0 * D, rows,
+                         n_rows);
     }
   }
   for (int64_t g = 0; g < G; ++g)
     if (m[g] <= kMasked) m[g] = -std::numeric_limits<float>::infinity();
   if (paired) {  // o back to element order, a pair of vectors at a time
     HWY_ALIGN float pair[2 * hn::MaxLanes(DF())];
-    for (int64_t x = 0; x < G * D; x += 2 * N) {
+    for (int64_t x = 0; x < G * Dv; x += 2 * N) {
       std::copy_n(o + x, 2 * N, pair);
       for (int64_t i = 0; i < N; ++i) {
         o[x + 2 * i] = pair[i];
@@ -577,8 +586,10 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
                const AttentionPlan& plan, ThreadPool& pool, AttentionWorkspace& workspace) {
   const int64_t G = p.n_heads / p.n_kv_heads;
   const int64_t D = p.head_dim;
+  const int64_t Dv = p.value_dim();
   const int64_t KH = p.n_kv_heads;
-  EKVA_CHECK(G <= 64, "attention: GQA group of {} query heads exceeds 64", G);
+  EKVA_CHECK(G <= 128, "attention: GQA group of {} query heads exceeds 128", G);
+  EKVA_CHECK(Dv <= D, "attention: value width {} exceeds the key width {}", Dv, D);
   EKVA_CHECK(static_cast<int64_t>(chunks.size()) == p.n_seqs * KH,
              "attention: {} chunk lists for {} sequences x {} kv-heads", chunks.size(), p.n_seqs,
              KH);
@@ -589,7 +600,7 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
   const auto scored = [&](int64_t t) { return p.q_scored != nullptr && p.q_scored[t] != 0; };
   const auto n_items = static_cast<int64_t>(plan.items.size());
 
-  // Partials: per item, G maxima, G sums and G x D unnormalised outputs; for the
+  // Partials: per item, G maxima, G sums and G x Dv unnormalised outputs; for the
   // items of scored queries also the raw logits of their entries ([G, item
   // length] at raw_begin[item]) until m and l are final.
   // Every slot is written by AttendPiece before it is read, so resizing (which keeps
@@ -601,7 +612,7 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
   std::vector<float>& raw = workspace.raw;
   part_m.resize(static_cast<size_t>(n_items * G));
   part_l.resize(static_cast<size_t>(n_items * G));
-  part_o.resize(static_cast<size_t>(n_items * G * D));
+  part_o.resize(static_cast<size_t>(n_items * G * Dv));
   if (p.q_scored != nullptr) {
     raw_begin.assign(static_cast<size_t>(n_items) + 1, 0);
     for (int64_t i = 0; i < n_items; ++i) {
@@ -618,10 +629,10 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
       const AttentionWorkItem& it = plan.items[static_cast<size_t>(i)];
       const auto& list = chunks[static_cast<size_t>(seq_of(it.query) * KH + it.kv_head)];
       HWY_DYNAMIC_DISPATCH(AttendPiece)
-      (p.q + (it.query * p.n_heads + it.kv_head * G) * D, G, D, p.scale, p.q_positions[it.query],
-       p.sliding_window, list.data(), static_cast<int64_t>(list.size()), it.begin, it.end,
-       &part_m[static_cast<size_t>(i * G)], &part_l[static_cast<size_t>(i * G)],
-       &part_o[static_cast<size_t>(i * G * D)],
+      (p.q + (it.query * p.n_heads + it.kv_head * G) * D, G, D, Dv, p.scale,
+       p.q_positions[it.query], p.sliding_window, list.data(), static_cast<int64_t>(list.size()),
+       it.begin, it.end, &part_m[static_cast<size_t>(i * G)], &part_l[static_cast<size_t>(i * G)],
+       &part_o[static_cast<size_t>(i * G * Dv)],
        scored(it.query) ? raw.data() + raw_begin[static_cast<size_t>(i)] : nullptr);
     }
   });
@@ -642,8 +653,8 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
       for (int64_t g = 0; g < G; ++g) {
         float m = -std::numeric_limits<float>::infinity();
         for (int64_t i = i0; i < i1; ++i) m = std::max(m, part_m[static_cast<size_t>(i * G + g)]);
-        float* out = p.out + (t * p.n_heads + h * G + g) * D;
-        std::fill(out, out + D, 0.f);
+        float* out = p.out + (t * p.n_heads + h * G + g) * Dv;
+        std::fill(out, out + Dv, 0.f);
         if (m == -std::numeric_limits<float>::infinity()) continue;  // nothing visible
         float l = 0.f;
         for (int64_t i = i0; i < i1; ++i) {
@@ -651,11 +662,11 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
           if (part_l[idx] == 0.f) continue;
           const float w = std::exp(part_m[idx] - m);
           l += part_l[idx] * w;
-          const float* o = &part_o[idx * static_cast<size_t>(D)];
-          for (int64_t d = 0; d < D; ++d) out[d] += w * o[d];
+          const float* o = &part_o[idx * static_cast<size_t>(Dv)];
+          for (int64_t d = 0; d < Dv; ++d) out[d] += w * o[d];
         }
         const float inv = 1.f / l;
-        for (int64_t d = 0; d < D; ++d) out[d] *= inv;
+        for (int64_t d = 0; d < Dv; ++d) out[d] *= inv;
         if (!final_m.empty()) {
           final_m[static_cast<size_t>((t * KH + h) * G + g)] = m;
           final_l[static_cast<size_t>((t * KH + h) * G + g)] = l;

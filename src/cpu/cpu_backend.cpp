@@ -35,6 +35,7 @@ class ReferenceBackend final : public Backend {
   void route(const RouteParams& p) override { ref::route(p); }
   void scatter_add(const ScatterAddParams& p) override { ref::scatter_add(p); }
   void gated_add(const GatedAddParams& p) override { ref::gated_add(p); }
+  void copy_rows(const CopyRowsParams& p) override { ref::copy_rows(p); }
   using Backend::attention;
   // The reference needs no plan: it walks every (query, head) whole.
   void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
@@ -74,6 +75,7 @@ void CpuBackend::silu_mul(const SiluMulParams& p) { cpu::silu_mul(p); }
 void CpuBackend::route(const RouteParams& p) { cpu::route(p); }
 void CpuBackend::scatter_add(const ScatterAddParams& p) { cpu::scatter_add(p); }
 void CpuBackend::gated_add(const GatedAddParams& p) { cpu::gated_add(p); }
+void CpuBackend::copy_rows(const CopyRowsParams& p) { cpu::copy_rows(p); }
 AttentionPlanOptions CpuBackend::attention_plan_options() const {
   return cpu::attention_plan_options(pool_);
 }

@@ -38,6 +38,7 @@ class CpuBackend final : public Backend {
   void route(const RouteParams& p) override;
   void scatter_add(const ScatterAddParams& p) override;
   void gated_add(const GatedAddParams& p) override;
+  void copy_rows(const CopyRowsParams& p) override;
   AttentionPlanOptions attention_plan_options() const override;
   // Both forms keep their scratch (and the second its plan) in the backend's
   // attention workspace, reused from call to call: a decode step's attention

@@ -99,32 +99,81 @@ void silu_mul(const SiluMulParams& p) {
 void route(const RouteParams& p) {
   const int E = p.n_experts;
   EKVA_CHECK(E <= kMaxRoutedExperts && p.top_k <= E, "route: {} experts, top {}", E, p.top_k);
-  std::array<float, kMaxRoutedExperts> prob;
+  EKVA_CHECK(
+      p.n_groups >= 1 && E % p.n_groups == 0 && p.top_groups >= 1 && p.top_groups <= p.n_groups,
+      "route: {} experts in {} groups, top {} groups", E, p.n_groups, p.top_groups);
+  std::array<float, kMaxRoutedExperts> prob;    // the scores (weights come from these)
+  std::array<float, kMaxRoutedExperts> choice;  // what the top-k ranks: biased, groups masked
   std::array<int32_t, kMaxRoutedExperts> order;
+  std::array<float, kMaxRoutedExperts> group;
+  std::array<int32_t, kMaxRoutedExperts> group_order;
+  const int per_group = E / p.n_groups;
   for (int64_t t = 0; t < p.n_tokens; ++t) {
     const float* logits = p.logits + t * E;
-    const float max_logit = *std::max_element(logits, logits + E);
-    float sum = 0.f;
+    if (p.scoring == RouterScoring::kSoftmax) {
+      const float max_logit = *std::max_element(logits, logits + E);
+      float sum = 0.f;
+      for (int e = 0; e < E; ++e)
+        sum += prob[static_cast<size_t>(e)] = std::exp(logits[e] - max_logit);
+      for (int e = 0; e < E; ++e) prob[static_cast<size_t>(e)] /= sum;
+    } else {
+      for (int e = 0; e < E; ++e) prob[static_cast<size_t>(e)] = 1.f / (1.f + std::exp(-logits[e]));
+    }
     for (int e = 0; e < E; ++e)
-      sum += prob[static_cast<size_t>(e)] = std::exp(logits[e] - max_logit);
-    for (int e = 0; e < E; ++e) prob[static_cast<size_t>(e)] /= sum;
+      choice[static_cast<size_t>(e)] =
+          prob[static_cast<size_t>(e)] + (p.selection_bias != nullptr ? p.selection_bias[e] : 0.f);
+    if (p.n_groups > 1) {
+      for (int g = 0; g < p.n_groups; ++g) {
+        float best = -INFINITY, second = -INFINITY;
+        for (int e = g * per_group; e < (g + 1) * per_group; ++e) {
+          const float c = choice[static_cast<size_t>(e)];
+          if (c > best) {
+            second = best;
+            best = c;
+          } else if (c > second) {
+            second = c;
+          }
+        }
+        group[static_cast<size_t>(g)] = p.group_score == GroupScore::kMax ? best : best + second;
+        group_order[static_cast<size_t>(g)] = g;
+      }
+      std::partial_sort(group_order.begin(), group_order.begin() + p.top_groups,
+                        group_order.begin() + p.n_groups, [&](int32_t a, int32_t b) {
+                          const float ga = group[static_cast<size_t>(a)];
+                          const float gb = group[static_cast<size_t>(b)];
+                          return ga > gb || (ga == gb && a < b);
+                        });
+      std::array<bool, kMaxRoutedExperts> keep{};
+      for (int g = 0; g < p.top_groups; ++g)
+        keep[static_cast<size_t>(group_order[static_cast<size_t>(g)])] = true;
+      for (int e = 0; e < E; ++e)
+        if (!keep[static_cast<size_t>(e / per_group)]) choice[static_cast<size_t>(e)] = 0.f;
+    }
     for (int e = 0; e < E; ++e) order[static_cast<size_t>(e)] = e;
     std::partial_sort(order.begin(), order.begin() + p.top_k, order.begin() + E,
                       [&](int32_t a, int32_t b) {
-                        const float pa = prob[static_cast<size_t>(a)];
-                        const float pb = prob[static_cast<size_t>(b)];
+                        const float pa = choice[static_cast<size_t>(a)];
+                        const float pb = choice[static_cast<size_t>(b)];
                         return pa > pb || (pa == pb && a < b);
                       });
     int32_t* experts = p.experts + t * p.top_k;
     float* weights = p.weights + t * p.top_k;
-    float top_sum = 0.f;
+    float top_sum = p.scoring == RouterScoring::kSigmoid ? 1e-20f : 0.f;
     for (int k = 0; k < p.top_k; ++k) {
       experts[k] = order[static_cast<size_t>(k)];
       top_sum += weights[k] = prob[static_cast<size_t>(experts[k])];
     }
     if (p.renormalize)
       for (int k = 0; k < p.top_k; ++k) weights[k] /= top_sum;
+    if (p.scale != 1.f)
+      for (int k = 0; k < p.top_k; ++k) weights[k] *= p.scale;
   }
+}
+
+void copy_rows(const CopyRowsParams& p) {
+  for (int64_t r = 0; r < p.n_rows; ++r)
+    std::memcpy(p.dst + r * p.dst_stride, p.src + r * p.src_stride,
+                static_cast<size_t>(p.width) * sizeof(float));
 }
 
 void scatter_add(const ScatterAddParams& p) {

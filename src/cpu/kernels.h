@@ -53,5 +53,6 @@ void silu_mul(const SiluMulParams& p);
 void route(const RouteParams& p);
 void scatter_add(const ScatterAddParams& p);
 void gated_add(const GatedAddParams& p);
+void copy_rows(const CopyRowsParams& p);
 
 }  // namespace ekva::cpu

@@ -183,7 +183,7 @@ void matmul(const MatmulParams& p, ThreadPool& pool) {
   yr.resize(static_cast<size_t>(p.n_rows));
   for (int64_t i = 0; i < p.n_rows; ++i) {
     const int64_t row = p.rows != nullptr ? int64_t{p.rows[i]} : i;
-    xr[static_cast<size_t>(i)] = p.x + row * p.w.cols;
+    xr[static_cast<size_t>(i)] = p.x + row * p.x_stride();
     yr[static_cast<size_t>(i)] = p.y + i * p.ldy;
   }
   matmul_impl(xr.data(), p.n_rows, p.w, yr.data(), pool);

@@ -666,6 +666,9 @@ void check_shapes(const AttentionParams& p, std::span<const std::vector<KvChunk>
                   const AttentionPlan& plan) {
   EKVA_ATTN_REQUIRE(p.n_queries >= 0 && p.n_kv_heads > 0 && p.n_heads > 0 && p.n_seqs > 0,
                     "n_queries >= 0 and n_heads, n_kv_heads, n_seqs > 0 required");
+  EKVA_ATTN_REQUIRE(p.v_dim == 0 || p.v_dim == p.head_dim,
+                    "values read from the keys (MLA, v_dim " + std::to_string(p.v_dim) +
+                        ") run on the CPU backend only so far");
   EKVA_ATTN_REQUIRE(p.n_heads % p.n_kv_heads == 0, "n_heads (" + std::to_string(p.n_heads) +
                                                        ") is not a multiple of n_kv_heads (" +
                                                        std::to_string(p.n_kv_heads) + ")");

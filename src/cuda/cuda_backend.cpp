@@ -165,6 +165,7 @@ void CudaBackend::silu_mul(const SiluMulParams& p) { cuda::silu_mul(p, stream_);
 void CudaBackend::route(const RouteParams& p) { cuda::route(p, stream_); }
 void CudaBackend::scatter_add(const ScatterAddParams& p) { cuda::scatter_add(p, stream_); }
 void CudaBackend::gated_add(const GatedAddParams& p) { cuda::gated_add(p, stream_); }
+void CudaBackend::copy_rows(const CopyRowsParams& p) { cuda::copy_rows(p, stream_); }
 
 AttentionPlanOptions CudaBackend::attention_plan_options() const {
   return cuda::attention_plan_options(device_);

@@ -63,6 +63,7 @@ class CudaBackend final : public Backend {
   void route(const RouteParams& p) override;
   void scatter_add(const ScatterAddParams& p) override;
   void gated_add(const GatedAddParams& p) override;
+  void copy_rows(const CopyRowsParams& p) override;
   AttentionPlanOptions attention_plan_options() const override;
   void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks,
                  const AttentionPlan& plan) override;

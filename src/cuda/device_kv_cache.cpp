@@ -17,6 +17,8 @@ DeviceFullKvCache::DeviceFullKvCache(CudaBackend& backend, KvShape shape, int64_
       dtype_(kv_dtype),
       layer_len_(static_cast<size_t>(shape.n_layers), 0) {
   EKVA_CHECK(capacity > 0, "KV cache capacity must be positive, got {}", capacity);
+  if (shape.keys_only())
+    fail("KV cache (device): keys-only (MLA) layers are not on the GPU yet; use --device cpu");
   row_width_ = attention_padded_head_dim(shape.head_dim);
   if (row_width_ == 0)
     fail("KV cache (device): head_dim {} is not supported by the CUDA attention (at most 128)",

@@ -133,4 +133,16 @@ void copy_rows(const float* src, int64_t src_width, float* dst, int64_t dst_widt
   EKVA_CUDA_CHECK_LAUNCH();
 }
 
+void copy_rows(const CopyRowsParams& p, cudaStream_t stream) {
+  EKVA_CUDA_REQUIRE(
+      p.n_rows >= 0 && p.width >= 0 && p.src_stride >= p.width && p.dst_stride >= p.width,
+      "cuda::copy_rows: negative size or a stride below the width");
+  if (p.n_rows * p.width == 0) return;
+  EKVA_CUDA_CHECK(cudaMemcpy2DAsync(p.dst, static_cast<size_t>(p.dst_stride) * sizeof(float), p.src,
+                                    static_cast<size_t>(p.src_stride) * sizeof(float),
+                                    static_cast<size_t>(p.width) * sizeof(float),
+                                    static_cast<size_t>(p.n_rows), cudaMemcpyDeviceToDevice,
+                                    stream));
+}
+
 }  // namespace ekva::cuda

@@ -22,5 +22,7 @@ void gated_add(const GatedAddParams& p, cudaStream_t stream);
 // zero (padding) or dropped (dst_width < src_width): attention's padded head dims.
 void copy_rows(const float* src, int64_t src_width, float* dst, int64_t dst_width, int64_t n_rows,
                cudaStream_t stream);
+// A strided 2D copy (cudaMemcpy2DAsync) on the stream.
+void copy_rows(const CopyRowsParams& p, cudaStream_t stream);
 
 }  // namespace ekva::cuda

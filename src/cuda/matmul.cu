@@ -90,6 +90,8 @@ void matmul(const MatmulParams& p, cublasHandle_t handle, void* scratch, size_t 
                     "cuda::matmul: weights must be bf16 or f32");
   EKVA_CUDA_REQUIRE(p.n_rows >= 0 && w.rows >= 0 && w.cols >= 0, "cuda::matmul: negative size");
   EKVA_CUDA_REQUIRE(p.ldy >= w.rows, "cuda::matmul: ldy is smaller than the weight's rows");
+  EKVA_CUDA_REQUIRE(p.x_stride() == w.cols,
+                    "cuda::matmul: strided x rows (ldx, MLA) run on the CPU backend only so far");
   // cuBLAS takes int sizes and leading dimensions.
   EKVA_CUDA_REQUIRE(
       p.n_rows <= 0x7fffffff && w.rows <= 0x7fffffff && w.cols <= 0x7fffffff && p.ldy <= 0x7fffffff,

@@ -88,6 +88,9 @@ void route(const RouteParams& p, cudaStream_t stream) {
                     "cuda::route: top_k must be in [0, n_experts]");
   EKVA_CUDA_REQUIRE(p.n_tokens >= 0 && p.n_tokens <= 0x7fffffff,
                     "cuda::route: n_tokens out of range");
+  EKVA_CUDA_REQUIRE(p.is_plain_softmax(),
+                    "cuda::route: sigmoid scores, a selection bias, expert groups and a scale "
+                    "(DeepSeek routing) run on the CPU backend only so far");
   if (p.n_tokens == 0 || p.top_k == 0) return;
   route_kernel<<<static_cast<unsigned>(p.n_tokens), kThreads, 0, stream>>>(p);
   EKVA_CUDA_CHECK_LAUNCH();

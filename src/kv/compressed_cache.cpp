@@ -40,7 +40,7 @@ void coalesce(std::vector<EntryRun>& runs, int64_t head_dim) {
 StoreConfig store_config_for(const KvModelShape& model, const CompressionConfig& config,
                              int64_t max_context) {
   StoreConfig s;
-  s.shape = {model.n_layers, model.n_kv_heads, model.head_dim};
+  s.shape = kv_cache_shape(model);
   s.n_experts = model.n_experts;
   s.block_size = config.block_size;
   s.granularity = make_allocator(config.allocator)->granularity();

@@ -99,7 +99,9 @@ class CompressedKvCache final : public KvCache {
   int sequence() const { return seq_; }
   PagedKvStore& store() { return *store_; }
   // K/V bytes of one entry in the store's dtype.
-  size_t store_entry_bytes() const { return 2 * store_->arena().row_bytes(); }
+  size_t store_entry_bytes() const {
+    return (store_->arena().keys_only() ? 1 : 2) * store_->arena().row_bytes();
+  }
   // Slack a segment may exceed its budget by before it is cut back (amortisation).
   static int64_t slack(int64_t budget) { return std::max<int64_t>(4, budget / 8); }
 

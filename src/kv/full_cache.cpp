@@ -42,11 +42,11 @@ void FullKvCache::append(int layer, std::span<const int32_t> positions, const fl
     auto& kh = k_[static_cast<size_t>(layer * shape_.n_kv_heads + h)];
     auto& vh = v_[static_cast<size_t>(layer * shape_.n_kv_heads + h)];
     kh.resize(static_cast<size_t>(len + n) * row_bytes);
-    vh.resize(static_cast<size_t>(len + n) * row_bytes);
+    if (!shape_.keys_only()) vh.resize(static_cast<size_t>(len + n) * row_bytes);
     for (int64_t t = 0; t < n; ++t) {
       const size_t src = static_cast<size_t>((t * shape_.n_kv_heads + h) * D);
       store_row(&kh[static_cast<size_t>(len + t) * row_bytes], k + src);
-      store_row(&vh[static_cast<size_t>(len + t) * row_bytes], v + src);
+      if (!shape_.keys_only()) store_row(&vh[static_cast<size_t>(len + t) * row_bytes], v + src);
     }
   }
   if (layer == 0) {
@@ -60,14 +60,17 @@ void FullKvCache::view(int layer, int kv_head, std::vector<KvChunk>& out) const 
   const auto& kh = k_[static_cast<size_t>(layer * shape_.n_kv_heads + kv_head)];
   const auto& vh = v_[static_cast<size_t>(layer * shape_.n_kv_heads + kv_head)];
   const int64_t n = layer_len_[static_cast<size_t>(layer)];
-  if (n > 0) out.push_back({kh.data(), vh.data(), positions_.data(), n, dtype_});
+  // Keys only (MLA): the values are read from the key rows, v == k.
+  if (n > 0)
+    out.push_back(
+        {kh.data(), shape_.keys_only() ? kh.data() : vh.data(), positions_.data(), n, dtype_});
 }
 
 size_t FullKvCache::bytes_used() const {
   size_t entries = 0;
   for (int64_t n : layer_len_) entries += static_cast<size_t>(n);
-  return entries * static_cast<size_t>(shape_.n_kv_heads) * 2 * shape_.head_dim *
-         dtype_size(dtype_);
+  return entries * static_cast<size_t>(shape_.n_kv_heads) * (shape_.keys_only() ? 1 : 2) *
+         static_cast<size_t>(shape_.head_dim) * dtype_size(dtype_);
 }
 
 void FullKvCache::clear() {

@@ -43,7 +43,8 @@ KvArena::KvArena(KvArenaConfig config)
     : block_size_(config.block_size),
       head_dim_(config.head_dim),
       dtype_(config.dtype),
-      max_empty_slabs_(config.max_empty_slabs) {
+      max_empty_slabs_(config.max_empty_slabs),
+      keys_only_(config.keys_only) {
   if (block_size_ <= 0) fail("KV arena: block_size must be positive, got {}", block_size_);
   if (head_dim_ <= 0) fail("KV arena: head_dim must be positive, got {}", head_dim_);
   if (dtype_ != DType::kBF16 && dtype_ != DType::kF32)
@@ -53,8 +54,8 @@ KvArena::KvArena(KvArenaConfig config)
          config.slab_blocks, max_empty_slabs_);
   const auto B = static_cast<size_t>(block_size_);
   row_bytes_ = static_cast<size_t>(head_dim_) * dtype_size(dtype_);
-  v_offset_ = align_up(B * row_bytes_);
-  block_bytes_ = v_offset_ + align_up(B * row_bytes_);
+  v_offset_ = keys_only_ ? 0 : align_up(B * row_bytes_);
+  block_bytes_ = keys_only_ ? align_up(B * row_bytes_) : v_offset_ + align_up(B * row_bytes_);
   const size_t wanted = config.slab_blocks > 0
                             ? static_cast<size_t>(config.slab_blocks)
                             : std::max<size_t>(1, kDefaultSlabBytes / block_bytes_);
@@ -153,15 +154,14 @@ void KvArena::write(int32_t block, int64_t slot, const float* k, const float* v)
   std::byte* const vd = kd + v_offset_;
   if (dtype_ == DType::kF32) {
     std::memcpy(kd, k, row_bytes_);
-    std::memcpy(vd, v, row_bytes_);
+    if (!keys_only_) std::memcpy(vd, v, row_bytes_);
     return;
   }
   auto* kb = reinterpret_cast<uint16_t*>(kd);
+  for (int d = 0; d < head_dim_; ++d) kb[d] = f32_to_bf16(k[d]);
+  if (keys_only_) return;
   auto* vb = reinterpret_cast<uint16_t*>(vd);
-  for (int d = 0; d < head_dim_; ++d) {
-    kb[d] = f32_to_bf16(k[d]);
-    vb[d] = f32_to_bf16(v[d]);
-  }
+  for (int d = 0; d < head_dim_; ++d) vb[d] = f32_to_bf16(v[d]);
 }
 
 void KvArena::copy_entries(int32_t src, int64_t src_slot, int32_t dst, int64_t dst_slot,
@@ -170,7 +170,7 @@ void KvArena::copy_entries(int32_t src, int64_t src_slot, int32_t dst, int64_t d
   std::byte* const from = base(src) + static_cast<size_t>(src_slot) * row_bytes_;
   std::byte* const to = base(dst) + static_cast<size_t>(dst_slot) * row_bytes_;
   std::memmove(to, from, bytes);
-  std::memmove(to + v_offset_, from + v_offset_, bytes);
+  if (!keys_only_) std::memmove(to + v_offset_, from + v_offset_, bytes);
 }
 
 int KvArena::end_drain() {

@@ -40,12 +40,14 @@ struct KvArenaConfig {
   // Empty slabs kept mapped to absorb allocate/release churn; a slab that becomes
   // empty beyond these is returned to the OS at once.
   int max_empty_slabs = 1;
+  // Blocks hold keys only (MLA: values are a prefix of each key row); v() is k().
+  bool keys_only = false;
 };
 
 // Layout of one block, block_bytes() long and 64-byte aligned (B = block_size,
 // D = head_dim, in the stored dtype):
 //   k [B, D]   keys, RoPE applied before the write
-//   v [B, D]   values
+//   v [B, D]   values (absent when keys_only: v() == k())
 // K and V of an entry sit at the same slot of the same block, so one block id (with
 // the slot) is the only handle a kernel, a block table or the cells need.
 class KvArena {
@@ -80,6 +82,7 @@ class KvArena {
 
   // Stores entry `slot` of `block`: one row of head_dim f32 values each for K and V,
   // converted to the stored dtype (bf16: rounded to nearest even).
+  // (keys_only: v is not read and may be null.)
   void write(int32_t block, int64_t slot, const float* k, const float* v);
   // Copies n entries' K and V; source and destination may overlap within a block.
   void copy_entries(int32_t src, int64_t src_slot, int32_t dst, int64_t dst_slot, int64_t n);
@@ -96,6 +99,7 @@ class KvArena {
   DType dtype() const { return dtype_; }
   int block_size() const { return block_size_; }
   int head_dim() const { return head_dim_; }
+  bool keys_only() const { return keys_only_; }
   int slab_blocks() const { return 1 << slab_shift_; }
   int slab_shift() const { return slab_shift_; }
   size_t row_bytes() const { return row_bytes_; }  // one entry's K (or V)
@@ -136,6 +140,7 @@ class KvArena {
   int slab_shift_;
   int32_t slab_mask_;
   int max_empty_slabs_;
+  bool keys_only_;
   size_t row_bytes_, v_offset_, block_bytes_;
   std::vector<Slab> slabs_;         // [slab id]
   std::vector<uint64_t> has_free_;  // bit per slab id: mapped, not full, not draining

@@ -9,6 +9,7 @@
 #include <span>
 #include <vector>
 
+#include "kv/model_shape.h"
 #include "ops/ops.h"
 
 namespace ekva {
@@ -17,7 +18,15 @@ struct KvShape {
   int n_layers = 0;
   int n_kv_heads = 0;
   int head_dim = 0;
+  int v_dim = 0;  // KvModelShape::v_dim: 0, or (MLA) values read from the keys, not stored
+
+  bool keys_only() const { return v_dim > 0; }
 };
+
+// The cache shape of a model (every kv-head, the value layout).
+inline KvShape kv_cache_shape(const KvModelShape& m) {
+  return {m.n_layers, m.n_kv_heads, m.head_dim, m.v_dim};
+}
 
 class KvCache {
  public:

@@ -16,6 +16,10 @@ struct KvModelShape {
   int n_heads = 0;     // query heads
   int n_kv_heads = 0;  // key/value heads (GQA: n_heads / n_kv_heads query heads share one)
   int head_dim = 0;
+  // 0: values are head_dim wide and stored beside the keys. Otherwise (MLA: the one
+  // kv-head is the latent [c | k_rope]) the values are the first v_dim elements of each
+  // key row and are not stored at all: an entry is one row of head_dim.
+  int v_dim = 0;
   int n_experts = 0;       // routed experts per MoE layer; 0 for a dense model
   int sliding_window = 0;  // 0: none; otherwise a query sees keys with q - k < sliding_window
   std::vector<uint8_t> layer_is_moe;  // [n_layers]; empty: no layer routes

@@ -142,7 +142,7 @@ size_t PagedKvStore::SequenceCache::bytes_used() const { return store_.bytes(s_.
 PagedKvStore::PagedKvStore(StoreConfig config)
     : config_(validated(config)),
       arena_({config.block_size, config.shape.head_dim, config.kv_dtype, config.slab_blocks,
-              config.max_empty_slabs}),
+              config.max_empty_slabs, config.shape.keys_only()}),
       cells_(config.block_size, arena_.slab_shift()),
       heads_apart_(config.granularity == Granularity::kPerHead ||
                    config.granularity == Granularity::kPerHeadExpert),
@@ -236,7 +236,8 @@ void PagedKvStore::append(Sequence& s, int layer, std::span<const int32_t> posit
       grow(s, layer, hs.list);
       const Slot at = hs.list.at(hs.list.n - 1, B);
       const size_t src = static_cast<size_t>((t * H + h) * D);  // k, v: [n, H, D]
-      arena_.write(at.block, at.index, k + src, v + src);       // rounds to the stored dtype
+      // Rounds to the stored dtype; keys only (MLA): v is not read.
+      arena_.write(at.block, at.index, k + src, v != nullptr ? v + src : nullptr);
       cells_.positions(at.block)[at.index] = positions[static_cast<size_t>(t)];
       cells_.tags(at.block)[at.index] = kNoExpert;
       cells_.scores(at.block)[at.index] = 0.f;
@@ -692,7 +693,8 @@ StoreBytes entry_bytes(int64_t entries, int64_t blocks, const KvArena& arena,
   const auto n = static_cast<size_t>(entries);
   const auto b = static_cast<size_t>(blocks);
   StoreBytes bytes;
-  bytes.kv = n * 2 * arena.row_bytes();  // counts the stored dtype
+  // Counts the stored dtype; a keys-only arena (MLA) holds one row per entry.
+  bytes.kv = n * (arena.keys_only() ? 1 : 2) * arena.row_bytes();
   bytes.metadata = n * KvCells::kEntryBytes;
   bytes.reserved_kv = b * arena.block_bytes();
   bytes.reserved = bytes.reserved_kv + b * cells.block_bytes();

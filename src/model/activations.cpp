@@ -42,6 +42,16 @@ Activations::Activations(const ModelConfig& c, Backend& backend, ForwardLimits l
   up = {backend, T * I};
   ffn_out = {backend, T * H};
   shared_gate = {backend, T};
+  if (c.is_mla()) {
+    const MlaConfig& m = c.mla;
+    const auto nh = static_cast<size_t>(c.n_heads);
+    mla_q_a = {backend, T * static_cast<size_t>(std::max(m.q_lora_rank, 1))};
+    mla_q = {backend, T * nh * static_cast<size_t>(m.qk_head_dim())};
+    mla_q_rope = {backend, T * nh * static_cast<size_t>(m.qk_rope_head_dim)};
+    mla_c = {backend, T * static_cast<size_t>(m.kv_lora_rank)};
+    mla_k_rope = {backend, T * static_cast<size_t>(m.qk_rope_head_dim)};
+    mla_v = {backend, T * nh * static_cast<size_t>(m.v_head_dim)};
+  }
   logit_rows = {backend, L};
   final_xn = {backend, L * H};
   logits = {backend, L * static_cast<size_t>(c.vocab_size)};

@@ -13,12 +13,35 @@ namespace ekva {
 namespace {
 
 std::vector<float> rope_inv_freq(const ModelConfig& c) {
-  const int half = c.head_dim / 2;
+  const int dim = c.rope_dim;  // head_dim; MLA: qk_rope_head_dim
+  const int half = dim / 2;
   std::vector<float> inv(static_cast<size_t>(half));
   const RopeConfig& r = c.rope;
+  // YaRN (transformers' _compute_yarn_parameters): the dims between the correction
+  // range's ends blend interpolated (f / factor) and extrapolated (f) frequencies.
+  double yarn_low = 0, yarn_high = 0;
+  if (r.type == "yarn") {
+    const auto correction_dim = [&](double rotations) {
+      return dim * std::log(r.original_max_position / (rotations * 2 * std::numbers::pi)) /
+             (2 * std::log(static_cast<double>(r.theta)));
+    };
+    yarn_low = correction_dim(r.beta_fast);
+    yarn_high = correction_dim(r.beta_slow);
+    if (r.truncate) {
+      yarn_low = std::floor(yarn_low);
+      yarn_high = std::ceil(yarn_high);
+    }
+    yarn_low = std::max(yarn_low, 0.0);
+    yarn_high = std::min(yarn_high, dim - 1.0);
+    if (yarn_low == yarn_high) yarn_high += 0.001;
+  }
   for (int i = 0; i < half; ++i) {
-    double f = 1.0 / std::pow(static_cast<double>(r.theta), 2.0 * i / c.head_dim);
-    if (r.type == "linear") {
+    double f = 1.0 / std::pow(static_cast<double>(r.theta), 2.0 * i / dim);
+    if (r.type == "yarn") {
+      const double ramp = std::clamp((i - yarn_low) / (yarn_high - yarn_low), 0.0, 1.0);
+      const double extrapolation = 1.0 - ramp;
+      f = f / r.factor * (1.0 - extrapolation) + f * extrapolation;
+    } else if (r.type == "linear") {
       f /= r.factor;
     } else if (r.type == "llama3") {
       // transformers' _compute_llama3_parameters: long wavelengths are slowed by
@@ -60,11 +83,18 @@ size_t Model::active_weight_bytes_per_token() const {
   };
   for (const LayerWeights& L : weights_.layers) {
     bytes += L.q.nbytes() + L.k.nbytes() + L.v.nbytes() + L.o.nbytes();
+    if (L.mla) {
+      bytes += L.mla->q_a.nbytes() + L.mla->q_b.nbytes() + L.mla->kv_a_c.nbytes() +
+               L.mla->kv_a_rope.nbytes();
+      for (const WeightMatrix& m : L.mla->uk_t) bytes += m.nbytes();
+      for (const WeightMatrix& m : L.mla->uv) bytes += m.nbytes();
+    }
     if (L.mlp) bytes += mlp_bytes(*L.mlp);
     if (!L.experts.empty()) {
       bytes += L.router.nbytes() + mlp_bytes(L.experts[0]) * static_cast<size_t>(c.router.top_k);
     }
     if (L.shared_expert) bytes += mlp_bytes(*L.shared_expert) + L.shared_expert_gate.nbytes();
+    bytes += L.selection_bias.size() * sizeof(float);
   }
   return bytes;
 }
@@ -262,6 +292,7 @@ void Model::attention_block(int layer, const Step& s, Activations& a, Backend& b
 
   at("attn_norm").rmsnorm({a.x.data(), L.input_norm.data(), T, H, c.rms_norm_eps, a.xn.data()});
   observe("attn_norm", a.xn.data(), H);
+  if (L.mla) return mla_block(layer, s, a, backend, counters);
   project("q_proj", L.q, L.q_bias, a.xn.data(), a.q.data());  // [T, n_heads * head_dim]
   project("k_proj", L.k, L.k_bias, a.xn.data(), a.k.data());  // [T, n_kv_heads * head_dim]
   project("v_proj", L.v, L.v_bias, a.xn.data(), a.v.data());
@@ -331,6 +362,119 @@ void Model::attention_block(int layer, const Step& s, Activations& a, Backend& b
   at("attn_residual").add({a.x.data(), a.out.data(), T * H});
 }
 
+// Multi-head latent attention (DeepSeek-V2/V3) in the absorbed form, for prefill and
+// decode alike. Per token: the latent c = kv_a_layernorm(x W_c) [kv_lora] and the shared
+// rope key k_rope [rope] go to the cache as one entry [c | k_rope] (the layer's one
+// "kv-head"); per head h the query q_h = [q_nope | q_rope] becomes the latent-space
+// query [W_UK_h^T q_nope | q_rope], whose dot product with an entry equals q_h · k_h
+// of the up-projected key. Attention over the entries gives o_h = sum_j p_j c_j
+// [kv_lora] (V is the prefix c of each entry: v_dim), and W_UV_h o_h is head h's value
+// output, then o_proj. The bytes read per entry are the latent's, not n_heads K/V rows.
+void Model::mla_block(int layer, const Step& s, Activations& a, Backend& backend,
+                      ForwardCounters& counters) const {
+  const ModelConfig& c = config_;
+  const MlaConfig& m = c.mla;
+  const MlaWeights& W = *s.w->layers[static_cast<size_t>(layer)].mla;
+  const LayerWeights& L = s.w->layers[static_cast<size_t>(layer)];
+  const Activations::Host& h = a.host;
+  const int64_t T = s.n_tokens;
+  const int64_t H = c.hidden_size;
+  const int64_t nh = c.n_heads, qk = m.qk_head_dim(), R = m.qk_rope_head_dim;
+  const int64_t C = m.kv_lora_rank, D = m.latent_dim(), Vh = m.v_head_dim;
+  // transformers' DeepseekV2/V3RMSNorm of q_a_layernorm / kv_a_layernorm: default eps.
+  constexpr float kLoraNormEps = 1e-6f;
+  const auto observe = [&](std::string_view name, const float* x, int64_t width) {
+    s.observe(name, layer, x, T, width, a, backend);
+  };
+  const auto at = [&](const char* name) -> Backend& { return backend.at({name, layer}); };
+  const auto project = [&](const char* name, const WeightMatrix& w, const WeightVector& bias,
+                           const float* x, float* y) {
+    at(name).matmul({x, T, nullptr, w, y, w.rows});
+    if (!bias.empty()) at(name).add_bias({y, bias.data(), T, w.rows});
+    counters.weight_bytes += w.nbytes();
+  };
+
+  // The query [T, nh, qk_nope | qk_rope], through the LoRA when there is one.
+  const float* q_in = a.xn.data();
+  if (m.q_lora_rank > 0) {
+    project("q_a_proj", W.q_a, W.q_a_bias, a.xn.data(), a.mla_q_a.data());  // [T, q_lora]
+    at("q_a_norm")
+        .rmsnorm({a.mla_q_a.data(), W.q_a_norm.data(), T, m.q_lora_rank, kLoraNormEps,
+                  a.mla_q_a.data()});
+    q_in = a.mla_q_a.data();
+  }
+  project("q_proj", W.q_b, {}, q_in, a.mla_q.data());  // [T, nh * qk]
+  // The latent and the rope key.
+  project("kv_a_proj", W.kv_a_c, W.kv_a_c_bias, a.xn.data(), a.mla_c.data());  // [T, C]
+  at("kv_a_norm").rmsnorm({a.mla_c.data(), W.kv_a_norm.data(), T, C, kLoraNormEps, a.mla_c.data()});
+  project("kv_a_rope", W.kv_a_rope, W.kv_a_rope_bias, a.xn.data(), a.mla_k_rope.data());  // [T, R]
+  at("rope_k").rope({a.mla_k_rope.data(), a.positions.data(), T, 1, R, s.rope_inv_freq});
+  // The cache entries [T, C | R].
+  at("latent").copy_rows({a.mla_c.data(), C, a.k.data(), D, T, C});
+  at("latent").copy_rows({a.mla_k_rope.data(), R, a.k.data() + C, D, T, R});
+  // The query's rope part, rotated, into the latent-space query [T, nh, C | R] ...
+  at("rope_q").copy_rows(
+      {a.mla_q.data() + m.qk_nope_head_dim, qk, a.mla_q_rope.data(), R, T * nh, R});
+  at("rope_q").rope({a.mla_q_rope.data(), a.positions.data(), T, nh, R, s.rope_inv_freq});
+  at("rope_q").copy_rows({a.mla_q_rope.data(), R, a.q.data() + C, D, T * nh, R});
+  // ... and its nope part absorbed: W_UK_h^T q_nope_h per head.
+  for (int64_t hd = 0; hd < nh; ++hd) {
+    MatmulParams absorb{a.mla_q.data() + hd * qk, T,     nullptr, W.uk_t[static_cast<size_t>(hd)],
+                        a.q.data() + hd * D,      nh * D};
+    absorb.ldx = nh * qk;
+    backend.at({"q_absorb", layer, -1}).matmul(absorb);
+    counters.weight_bytes += W.uk_t[static_cast<size_t>(hd)].nbytes();
+  }
+  observe("q", a.q.data(), nh * D);
+  observe("k", a.k.data(), D);
+
+  const auto B = static_cast<int64_t>(s.batch.size());
+  bool any_scored = false;
+  for (int64_t i = 0; i < B; ++i) {
+    const SequenceStep& st = s.batch[static_cast<size_t>(i)];
+    const int64_t t0 = a.token_begin[static_cast<size_t>(i)];
+    const auto n = static_cast<int64_t>(st.tokens.size());
+    const std::span<const int32_t> pos(h.positions.data() + t0, st.tokens.size());
+    st.cache->append(layer, pos, a.k.data() + t0 * D, nullptr);  // keys only: V is c
+    const int64_t n_scored =
+        st.prompt_continues ? 0 : std::clamp<int64_t>(st.cache->scored_queries(layer, pos), 0, n);
+    for (int64_t t = 0; t < n; ++t) a.host.q_scored[static_cast<size_t>(t0 + t)] = t >= n - n_scored;
+    any_scored = any_scored || n_scored > 0;
+    if (!st.prompt_continues) st.cache->observe_queries(layer, pos, a.q.data() + t0 * nh * D);
+    auto& list = a.chunks[static_cast<size_t>(i)];
+    list.clear();
+    st.cache->view(layer, 0, list);
+    for (const KvChunk& ch : list)
+      counters.kv_bytes += static_cast<size_t>(ch.n) * ch.entry_bytes(D);
+  }
+  AttentionParams p;
+  p.n_queries = T;
+  p.n_heads = nh;
+  p.n_kv_heads = 1;
+  p.head_dim = D;
+  p.v_dim = C;
+  p.scale = m.softmax_scale;
+  p.q = a.q.data();
+  p.q_positions = h.positions.data();
+  p.out = a.attn.data();  // [T, nh, C]
+  p.q_seq = h.seq.data();
+  p.n_seqs = B;
+  p.q_scored = any_scored ? h.q_scored.data() : nullptr;
+  at("attention").attention(p, std::span(a.chunks).first(static_cast<size_t>(B)));
+  observe("attn_out", a.attn.data(), nh * C);
+
+  // Per head the latent output up-projected, W_UV_h o_h, into [T, nh * v_head]; o_proj.
+  for (int64_t hd = 0; hd < nh; ++hd) {
+    MatmulParams up{a.attn.data() + hd * C,   T,      nullptr, W.uv[static_cast<size_t>(hd)],
+                    a.mla_v.data() + hd * Vh, nh * Vh};
+    up.ldx = nh * C;
+    backend.at({"v_up", layer, -1}).matmul(up);
+    counters.weight_bytes += W.uv[static_cast<size_t>(hd)].nbytes();
+  }
+  project("o_proj", L.o, L.o_bias, a.mla_v.data(), a.out.data());
+  at("attn_residual").add({a.x.data(), a.out.data(), T * H});
+}
+
 namespace {
 constexpr FfnSiteNames kDenseMlp{"mlp_gate", "mlp_up", "mlp_act", "mlp_down"};
 constexpr FfnSiteNames kExpertFfn{"expert_gate", "expert_up", "expert_act", "expert_down"};
@@ -374,8 +518,15 @@ void Model::moe_block(int layer, const Step& s, Activations& a, Backend& backend
     at("router").matmul({a.xn.data(), T, nullptr, L.router, a.router_logits.data(), E});  // [T, E]
     counters.weight_bytes += L.router.nbytes();
     s.observe("router_logits", layer, a.router_logits.data(), T, E, a, backend);
-    at("route").route({a.router_logits.data(), T, E, K, c.router.renormalize, a.experts.data(),
-                       a.expert_weights.data()});
+    RouteParams route{a.router_logits.data(), T, E, K, c.router.renormalize, a.experts.data(),
+                      a.expert_weights.data()};
+    route.scoring = c.router.scoring;
+    route.selection_bias = L.selection_bias.empty() ? nullptr : L.selection_bias.data();
+    route.n_groups = c.router.n_groups;
+    route.top_groups = c.router.top_groups;
+    route.group_score = c.router.group_score;
+    route.scale = c.router.scale;
+    at("route").route(route);
     // The host groups the tokens and tags the entries: it reads the routing back.
     const auto TK = static_cast<size_t>(T * K);
     backend.download(h.experts.data(), a.experts.data(), TK * sizeof(int32_t));
@@ -420,7 +571,11 @@ void Model::moe_block(int layer, const Step& s, Activations& a, Backend& backend
           .scatter_add({a.out.data(), a.ffn_out.data(), a.expert_rows.data() + r0,
                         a.expert_row_weights.data() + r0, n, H});
     }
-    if (L.shared_expert) {  // Qwen2-MoE: sigmoid(gate(x)) * shared_expert(x), for every token
+    if (L.shared_expert && L.shared_expert_gate.data == nullptr) {  // DeepSeek: ungated
+      swiglu(*L.shared_expert, kSharedExpert, layer, -1, a.xn.data(), nullptr, T, a.ffn_out.data(),
+             a, backend, counters);
+      at("shared_add").add({a.out.data(), a.ffn_out.data(), T * H});
+    } else if (L.shared_expert) {  // Qwen2-MoE: sigmoid(gate(x)) * shared_expert(x), every token
       swiglu(*L.shared_expert, kSharedExpert, layer, -1, a.xn.data(), nullptr, T, a.ffn_out.data(),
              a, backend, counters);
       at("shared_expert_gate")

@@ -104,6 +104,8 @@ class Model {
   struct Step;
   void attention_block(int layer, const Step& s, Activations& a, Backend& backend,
                        ForwardCounters& counters) const;
+  void mla_block(int layer, const Step& s, Activations& a, Backend& backend,
+                 ForwardCounters& counters) const;
   void moe_block(int layer, const Step& s, Activations& a, Backend& backend,
                  ForwardCounters& counters) const;
   void swiglu(const MlpWeights& m, const FfnSiteNames& names, int layer, int expert, const float* x,
@@ -113,7 +115,7 @@ class Model {
   ModelConfig config_;
   TensorStore store_;
   ModelWeights weights_;
-  std::vector<float> rope_inv_freq_;                    // [head_dim / 2]
+  std::vector<float> rope_inv_freq_;                    // [rope_dim / 2]
   std::vector<std::unique_ptr<PlacedWeights>> placed_;  // one per device memory domain
 };
 

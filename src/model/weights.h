@@ -35,6 +35,25 @@ struct MlpWeights {
   WeightMatrix gate, up, down;
 };
 
+// Multi-head latent attention (DeepSeek-V2/V3), laid out for the absorbed form. With
+// rope_pairs the rope rows of q and kv_a_rope are reordered (even dims, then odd), so
+// the rotate_half RoPE op rotates the pairs (2i, 2i + 1) the checkpoint means.
+struct MlaWeights {
+  WeightMatrix q_a;             // [q_lora_rank, hidden]; empty without a query LoRA
+  WeightVector q_a_bias;        // [q_lora_rank] with attention_bias
+  WeightVector q_a_norm;        // [q_lora_rank]
+  WeightMatrix q_b;             // [n_heads * qk_head_dim, q_lora_rank or hidden] (q_proj)
+  WeightMatrix kv_a_c;          // [kv_lora_rank, hidden]: rows of kv_a_proj_with_mqa
+  WeightMatrix kv_a_rope;       // [qk_rope_head_dim, hidden]: its last rows
+  WeightVector kv_a_c_bias, kv_a_rope_bias;  // with attention_bias
+  WeightVector kv_a_norm;                    // [kv_lora_rank]
+  // kv_b_proj [n_heads * (qk_nope + v_head), kv_lora_rank] per head: W_UK (its first
+  // qk_nope rows) transposed, [kv_lora_rank, qk_nope], so that q_nope · W_UK c = (W_UK^T
+  // q_nope) · c is a matmul; W_UV (its last v_head rows) as it is, [v_head, kv_lora_rank].
+  std::vector<WeightMatrix> uk_t;  // [n_heads]
+  std::vector<WeightMatrix> uv;    // [n_heads], views into kv_b_proj
+};
+
 struct LayerWeights {
   WeightVector input_norm;      // [hidden]
   WeightVector post_attn_norm;  // [hidden]
@@ -45,7 +64,9 @@ struct LayerWeights {
   WeightMatrix router;              // [n_experts, hidden]
   std::vector<MlpWeights> experts;  // [n_experts]
   std::optional<MlpWeights> shared_expert;
-  WeightMatrix shared_expert_gate;  // [1, hidden]
+  WeightMatrix shared_expert_gate;    // [1, hidden] (Qwen2-MoE)
+  WeightVector selection_bias;  // DeepSeek-V3 e_score_correction_bias [n_experts]
+  std::optional<MlaWeights> mla;
   // Dense layers
   std::optional<MlpWeights> mlp;
 };
@@ -58,6 +79,8 @@ struct ModelWeights {
   // f32 copies of f16 matrices and of every vector; a deque so that pointers stay
   // valid as it grows, shared so that a copy of the weights (PlacedWeights) is cheap.
   std::shared_ptr<std::deque<std::vector<float>>> owned;
+  // Reordered or transposed copies in the checkpoint's dtype (MLA), same reason.
+  std::shared_ptr<std::deque<std::vector<std::byte>>> owned_bytes;
 
   static ModelWeights bind(const ModelConfig& config, const TensorStore& store);
 
@@ -74,6 +97,14 @@ struct ModelWeights {
       for (MlpWeights& e : L.experts) mlp(e);
       if (L.shared_expert) mlp(*L.shared_expert);
       if (L.mlp) mlp(*L.mlp);
+      f(L.selection_bias);
+      if (L.mla) {
+        MlaWeights& a = *L.mla;
+        f(a.q_a), f(a.q_a_bias), f(a.q_a_norm), f(a.q_b), f(a.kv_a_c), f(a.kv_a_rope);
+        f(a.kv_a_c_bias), f(a.kv_a_rope_bias), f(a.kv_a_norm);
+        for (WeightMatrix& m : a.uk_t) f(m);
+        for (WeightMatrix& m : a.uv) f(m);
+      }
     }
   }
 };

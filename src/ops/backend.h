@@ -77,6 +77,7 @@ class Backend {
   virtual void route(const RouteParams& p) = 0;
   virtual void scatter_add(const ScatterAddParams& p) = 0;
   virtual void gated_add(const GatedAddParams& p) = 0;
+  virtual void copy_rows(const CopyRowsParams& p) = 0;
   // Ragged attention by a plan made with plan_attention(p, chunks,
   // attention_plan_options()) (ops/attention_plan.h); the two-argument form plans
   // (the forward pass's form: a backend may keep the plan in a workspace of its own

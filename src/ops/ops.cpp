@@ -39,6 +39,8 @@ OpCost RouteParams::cost() const {
   return {d(n_tokens * n_experts) * kF32 + d(n_tokens * top_k) * 8, 4.0 * d(n_tokens * n_experts)};
 }
 
+OpCost CopyRowsParams::cost() const { return {d(n_rows * width) * 2 * kF32, 0}; }
+
 OpCost ScatterAddParams::cost() const {
   return {d(n * width) * 3 * kF32 + d(n) * 8, 2.0 * d(n * width)};
 }
@@ -50,9 +52,9 @@ OpCost GatedAddParams::cost() const {
 OpCost attention_cost(const AttentionParams& p, double seen_entries, double read_bytes,
                       double scored_entries) {
   const double group = p.n_kv_heads > 0 ? d(p.n_heads / p.n_kv_heads) : 0;
-  const double q_and_out = d(p.n_queries * p.n_heads * p.head_dim) * 2 * kF32;
+  const double q_and_out = d(p.n_queries * p.n_heads * (p.head_dim + p.value_dim())) * kF32;
   return {read_bytes + scored_entries * 2 * kF32 + q_and_out,
-          seen_entries * group * d(p.head_dim) * 4};
+          seen_entries * group * d(p.head_dim + p.value_dim()) * 2};
 }
 
 OpCost AttentionParams::cost(std::span<const std::vector<KvChunk>> chunks) const {

@@ -53,8 +53,10 @@ struct KvChunk {
   // Element i of K or V (i counts over [n, head_dim]), widened to f32.
   float k_at(int64_t i) const { return load(k, i); }
   float v_at(int64_t i) const { return load(v, i); }
+  // Bytes of one entry: its K and V rows, or only K when V is read from K (MLA:
+  // v == k, the values are a prefix of each key row).
   size_t entry_bytes(int64_t head_dim) const {
-    return static_cast<size_t>(2 * head_dim) * dtype_size(dtype);
+    return static_cast<size_t>((k != nullptr && v == k ? 1 : 2) * head_dim) * dtype_size(dtype);
   }
 
  private:
@@ -76,7 +78,8 @@ struct EmbeddingParams {
 
 // y[i, r] = sum_c x[row(i), c] * w[r, c] for i < n_rows, r < w.rows, where row(i) is
 // rows[i] when rows is set (a gather: MoE experts read their tokens in place) and i
-// otherwise. x rows are w.cols wide; y rows are ldy apart (ldy >= w.rows).
+// otherwise. x rows are w.cols wide and ldx apart (0: w.cols; MLA's per-head products
+// read one head's slice of each row); y rows are ldy apart (ldy >= w.rows).
 struct MatmulParams {
   const float* x = nullptr;
   int64_t n_rows = 0;
@@ -84,6 +87,9 @@ struct MatmulParams {
   WeightMatrix w;
   float* y = nullptr;
   int64_t ldy = 0;
+  int64_t ldx = 0;
+
+  int64_t x_stride() const { return ldx > 0 ? ldx : w.cols; }
 
   OpCost cost() const;  // the weights once, the activations in and out (and row ids)
 };
@@ -153,9 +159,24 @@ struct SiluMulParams {
 // The most experts a router may choose from (the CPU and CUDA route ops' limit).
 constexpr int kMaxRoutedExperts = 512;
 
-// Router: softmax over the experts in f32, then the top_k by probability (ties to
-// the lower expert id, as torch.topk does in practice), renormalised to sum 1 when
-// `renormalize`. Experts come out in rank order.
+// How a router turns logits into scores: softmax over the experts, or each expert's
+// sigmoid (DeepSeek-V3).
+enum class RouterScoring { kSoftmax, kSigmoid };
+// How a group of experts is ranked for group-limited routing: by its best expert's
+// score (DeepSeek-V2 group_limited_greedy) or the sum of its best two (DeepSeek-V3 noaux_tc).
+enum class GroupScore { kMax, kTop2Sum };
+
+// Router: scores of the experts in f32 (softmax, or sigmoid), then the top_k by
+// score (ties to the lower expert id, as torch.topk does in practice). Experts come
+// out in rank order. Optional, for DeepSeek:
+//  - selection_bias is added to the scores for choosing only (the weights are the
+//    unbiased scores of the chosen experts);
+//  - with n_groups > 1 the experts form n_groups equal groups; only the top_groups
+//    groups by group_score (over the biased scores) are eligible, the scores of the
+//    others count as 0 for the choice (transformers' masked_fill(..., 0.0));
+//  - the weights are renormalised to sum 1 when `renormalize` (plus 1e-20 for a
+//    sigmoid, as transformers does), then multiplied by `scale`.
+// Ranks among the chosen experts follow the biased score.
 struct RouteParams {
   const float* logits = nullptr;  // [n_tokens, n_experts]
   int64_t n_tokens = 0;
@@ -164,6 +185,30 @@ struct RouteParams {
   bool renormalize = false;
   int32_t* experts = nullptr;  // [n_tokens, top_k]
   float* weights = nullptr;    // [n_tokens, top_k]
+  RouterScoring scoring = RouterScoring::kSoftmax;
+  const float* selection_bias = nullptr;  // [n_experts] or nullptr
+  int n_groups = 1;
+  int top_groups = 1;
+  GroupScore group_score = GroupScore::kMax;
+  float scale = 1.f;
+
+  // The plain rule of Mixtral, Qwen and OLMoE (what the CUDA route op implements).
+  bool is_plain_softmax() const {
+    return scoring == RouterScoring::kSoftmax && selection_bias == nullptr && n_groups == 1 &&
+           scale == 1.f;
+  }
+  OpCost cost() const;
+};
+
+// dst[r * dst_stride + i] = src[r * src_stride + i] for r < n_rows, i < width: moves
+// pieces of rows between buffers of different layouts (MLA's rope and latent parts).
+struct CopyRowsParams {
+  const float* src = nullptr;
+  int64_t src_stride = 0;
+  float* dst = nullptr;
+  int64_t dst_stride = 0;
+  int64_t n_rows = 0;
+  int64_t width = 0;
 
   OpCost cost() const;
 };
@@ -207,13 +252,17 @@ struct AttentionParams {
   int64_t sliding_window = 0;            // 0: none; else keys with q_pos - k_pos < window
   const float* q = nullptr;              // [n_queries, n_heads, head_dim]
   const int32_t* q_positions = nullptr;  // [n_queries]
-  float* out = nullptr;                  // [n_queries, n_heads, head_dim]
+  float* out = nullptr;                  // [n_queries, n_heads, value_dim()]
   const int32_t* q_seq = nullptr;        // [n_queries] sequence of each query; nullptr: all 0
   int64_t n_seqs = 1;
   // [n_queries] or nullptr: 1 where the query's attention probabilities (after the
   // log-sum-exp merge of all pieces) are added to its chunks' score slots, in the
   // same pass; the policies' scores come from here, not from a second pass.
   const uint8_t* q_scored = nullptr;
+  // Width of a value row; 0: head_dim. When v_dim < head_dim the values are the first
+  // v_dim elements of each K row and the chunks' v pointers equal k (MLA: K = [c |
+  // k_rope], V = c), so nothing is stored twice.
+  int64_t v_dim = 0;
 
   // What the call must move and compute over `chunks` (one list per (sequence,
   // kv-head), as for the call), counting only the entries each query sees (causal
@@ -224,6 +273,7 @@ struct AttentionParams {
   // the sequence is scored. FLOPs: 4 * head_dim per (query head, entry it sees), q.k
   // and p.v; the softmax's exponentials are not counted.
   OpCost cost(std::span<const std::vector<KvChunk>> chunks) const;
+  int64_t value_dim() const { return v_dim > 0 ? v_dim : head_dim; }
 };
 
 // The attention cost of totals rather than chunk lists (what cost(chunks) computes,
@@ -247,6 +297,7 @@ void silu_mul(const SiluMulParams& p);
 void route(const RouteParams& p);
 void scatter_add(const ScatterAddParams& p);
 void gated_add(const GatedAddParams& p);
+void copy_rows(const CopyRowsParams& p);
 void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks);
 }  // namespace ref
 

@@ -17,9 +17,9 @@ int64_t now_ns() {
 }
 
 constexpr OpKind kAllKinds[] = {
-    OpKind::kEmbedding, OpKind::kMatmul,     OpKind::kRmsNorm,  OpKind::kRope,
-    OpKind::kAddBias,   OpKind::kClamp,      OpKind::kAdd,      OpKind::kSiluMul,
-    OpKind::kRoute,     OpKind::kScatterAdd, OpKind::kGatedAdd, OpKind::kAttention,
+    OpKind::kEmbedding, OpKind::kMatmul,   OpKind::kRmsNorm,   OpKind::kRope,  OpKind::kAddBias,
+    OpKind::kClamp,     OpKind::kAdd,      OpKind::kSiluMul,   OpKind::kRoute, OpKind::kScatterAdd,
+    OpKind::kGatedAdd,  OpKind::kCopyRows, OpKind::kAttention,
 };
 
 }  // namespace
@@ -48,6 +48,8 @@ std::string_view op_kind_name(OpKind kind) {
       return "scatter_add";
     case OpKind::kGatedAdd:
       return "gated_add";
+    case OpKind::kCopyRows:
+      return "copy_rows";
     case OpKind::kAttention:
       return "attention";
   }
@@ -194,6 +196,10 @@ void ProfilingBackend::scatter_add(const ScatterAddParams& p) {
 void ProfilingBackend::gated_add(const GatedAddParams& p) {
   timed(
       OpKind::kGatedAdd, p.n_rows, [&] { return p.cost(); }, [&] { inner_.gated_add(p); });
+}
+void ProfilingBackend::copy_rows(const CopyRowsParams& p) {
+  timed(
+      OpKind::kCopyRows, p.n_rows, [&] { return p.cost(); }, [&] { inner_.copy_rows(p); });
 }
 void ProfilingBackend::attention(const AttentionParams& p,
                                  std::span<const std::vector<KvChunk>> chunks,

@@ -39,6 +39,7 @@ enum class OpKind {
   kRoute,
   kScatterAdd,
   kGatedAdd,
+  kCopyRows,
   kAttention,
 };
 std::string_view op_kind_name(OpKind kind);  // "matmul", ...
@@ -145,6 +146,7 @@ class ProfilingBackend final : public Backend {
   void route(const RouteParams& p) override;
   void scatter_add(const ScatterAddParams& p) override;
   void gated_add(const GatedAddParams& p) override;
+  void copy_rows(const CopyRowsParams& p) override;
   AttentionPlanOptions attention_plan_options() const override {
     return inner_.attention_plan_options();
   }

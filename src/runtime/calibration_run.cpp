@@ -51,7 +51,7 @@ CalibrationProfile calibrate(
   };
   observer.routing = [&](int layer, const int32_t* experts, const float* weights, int64_t n_tokens,
                          int top_k) { stats.routing(layer, experts, weights, n_tokens, top_k); };
-  FullKvCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, longest);
+  FullKvCache cache(kv_cache_shape(c), longest);
   CpuBackend backend(pool);   // the forward pass shares the statistics' threads
   std::vector<float> logits;  // [vocab]: the last token's only
   int64_t done = 0;
@@ -168,7 +168,7 @@ std::vector<std::vector<double>> retrieval_head_mass(
     tokens.insert(tokens.end(), p.answer.begin(), p.answer.end() - 1);
     const auto n_scored = static_cast<int64_t>(p.answer.size());
     const auto n = static_cast<int64_t>(tokens.size());
-    ScoringFullCache cache({c.n_layers, c.n_kv_heads, c.head_dim}, n, DType::kF32, n_scored);
+    ScoringFullCache cache(kv_cache_shape(c), n, DType::kF32, n_scored);
     model.forward(tokens, cache, logits, /*all_logits=*/false, backend, nullptr);
     for (int l = 0; l < c.n_layers; ++l) {
       const std::vector<float> s = cache.scores(l, n);  // [kv_head * n + i]

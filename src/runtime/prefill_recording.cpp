@@ -29,7 +29,7 @@ PrefillRecording PrefillRecording::record(const Model& model, std::span<const in
     auto& t = r.top1[static_cast<size_t>(layer)];
     for (int64_t i = 0; i < n; ++i) t.push_back(experts[i * top_k]);
   };
-  const KvShape shape{c.n_layers, c.n_kv_heads, c.head_dim};
+  const KvShape shape = kv_cache_shape(c);
   if (options.all_query_scores) {
     ScoringFullCache cache(shape, T, kv_dtype);
     if (options.split > 0) {

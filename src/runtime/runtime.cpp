@@ -6,7 +6,7 @@ namespace ekva {
 
 std::unique_ptr<KvCache> Runtime::make_cache(int64_t capacity, PagedKvStore* store) const {
   const ModelConfig& c = model->config();
-  const KvShape shape{c.n_layers, c.n_kv_heads, c.head_dim};
+  const KvShape shape = kv_cache_shape(c);
   if (gpu) {
     if (compression)
       fail(
@@ -46,8 +46,9 @@ StoreConfig Runtime::store_config() const {
 
 size_t Runtime::full_kv_bytes(int64_t n_tokens) const {
   const ModelConfig& c = model->config();
-  return static_cast<size_t>(n_tokens) * c.n_layers * c.n_kv_heads * 2 * c.head_dim *
-         dtype_size(kv_dtype);
+  // MLA stores one latent row per entry (the values are read from it).
+  return static_cast<size_t>(n_tokens) * c.n_layers * c.n_kv_heads * (c.is_mla() ? 1 : 2) *
+         c.head_dim * dtype_size(kv_dtype);
 }
 
 void Runtime::check_prompt(std::span<const int32_t> ids) const {

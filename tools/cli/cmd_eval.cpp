@@ -162,9 +162,7 @@ std::vector<double> kept_share(const KvCache& cache, const KvModelShape& shape,
 // One cache for a method: the full cache, or a compressed one.
 std::unique_ptr<KvCache> make_cache(const Method& m, const KvModelShape& shape, int64_t context,
                                     DType kv_dtype, Backend& backend) {
-  if (!m.config)
-    return std::make_unique<FullKvCache>(KvShape{shape.n_layers, shape.n_kv_heads, shape.head_dim},
-                                         context, kv_dtype);
+  if (!m.config) return std::make_unique<FullKvCache>(kv_cache_shape(shape), context, kv_dtype);
   return std::make_unique<CompressedKvCache>(shape, *m.config, context, backend);
 }
 

@@ -24,12 +24,30 @@ void run_info(const std::string& model_dir) {
   const char* qk_norm = c.qk_norm == ekva::QkNorm::kPerHead           ? ", q/k norm per head"
                         : c.qk_norm == ekva::QkNorm::kWholeProjection ? ", q/k norm"
                                                                       : "";
-  fmt::print("heads / kv heads  {} / {} (head_dim {}{})\n", c.n_heads, c.n_kv_heads, c.head_dim,
-             qk_norm);
+  if (c.is_mla()) {
+    const ekva::MlaConfig& m = c.mla;
+    fmt::print("attention         MLA, {} heads x (nope {} + rope {}), v_head_dim {}\n", c.n_heads,
+               m.qk_nope_head_dim, m.qk_rope_head_dim, m.v_head_dim);
+    fmt::print("latent            kv_lora_rank {} + rope {} per token, {}\n", m.kv_lora_rank,
+               m.qk_rope_head_dim,
+               m.q_lora_rank > 0 ? fmt::format("q_lora_rank {}", m.q_lora_rank) : "no query LoRA");
+  } else {
+    fmt::print("heads / kv heads  {} / {} (head_dim {}{})\n", c.n_heads, c.n_kv_heads, c.head_dim,
+               qk_norm);
+  }
   if (c.router.n_experts > 0) {
     fmt::print("experts           {} routed, top-{}{} (expert ffn {})\n", c.router.n_experts,
                c.router.top_k, c.router.renormalize ? ", renormalised" : "",
                c.expert_intermediate_size);
+    if (c.router.scoring == ekva::RouterScoring::kSigmoid || c.router.n_groups > 1 ||
+        c.router.scale != 1.f)
+      fmt::print("routing           {}{}{}, scale {}\n",
+                 c.router.scoring == ekva::RouterScoring::kSigmoid ? "sigmoid" : "softmax",
+                 c.router.selection_bias ? " + selection bias" : "",
+                 c.router.n_groups > 1
+                     ? fmt::format(", best {} of {} groups", c.router.top_groups, c.router.n_groups)
+                     : std::string(),
+                 c.router.scale);
     std::vector<int> dense;
     for (int i = 0; i < c.n_layers; ++i)
       if (!c.is_moe_layer(i)) dense.push_back(i);
@@ -46,8 +64,9 @@ void run_info(const std::string& model_dir) {
              model->tensors().names().size());
   fmt::print("active per token  {}\n",
              human_bytes(static_cast<double>(model->active_weight_bytes_per_token())));
+  // MLA stores the latent only (values are read from it): one row per layer.
   fmt::print("KV per token      {} (f32)\n",
-             human_bytes(2.0 * c.n_layers * c.kv_dim() * sizeof(float)));
+             human_bytes((c.is_mla() ? 1.0 : 2.0) * c.n_layers * c.kv_dim() * sizeof(float)));
 }
 
 }  // namespace

@@ -10,6 +10,7 @@ namespace ekva::ref {
 void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> chunks) {
   const int64_t G = p.n_heads / p.n_kv_heads;
   const int64_t D = p.head_dim;
+  const int64_t Dv = p.value_dim();  // V row j: v_at(j * D + d), d < Dv (MLA: a prefix of K)
   for (int64_t t = 0; t < p.n_queries; ++t) {
     const int32_t q_pos = p.q_positions[t];
     const int64_t seq = p.q_seq != nullptr ? p.q_seq[t] : 0;
@@ -28,8 +29,8 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
           values.emplace_back(&c, j);
         }
       }
-      float* out = p.out + (t * p.n_heads + h) * D;
-      std::vector<double> acc(static_cast<size_t>(D), 0.0);
+      float* out = p.out + (t * p.n_heads + h) * Dv;
+      std::vector<double> acc(static_cast<size_t>(Dv), 0.0);
       double max_s = -INFINITY;
       for (double s : scores) max_s = std::max(max_s, s);
       double sum = 0.0;
@@ -37,9 +38,9 @@ void attention(const AttentionParams& p, std::span<const std::vector<KvChunk>> c
         const double w = std::exp(scores[j] - max_s);
         sum += w;
         const auto [c, e] = values[j];
-        for (int64_t d = 0; d < D; ++d) acc[static_cast<size_t>(d)] += w * c->v_at(e * D + d);
+        for (int64_t d = 0; d < Dv; ++d) acc[static_cast<size_t>(d)] += w * c->v_at(e * D + d);
       }
-      for (int64_t d = 0; d < D; ++d)
+      for (int64_t d = 0; d < Dv; ++d)
         out[d] = scores.empty() ? 0.f : static_cast<float>(acc[static_cast<size_t>(d)] / sum);
       // The query's probability of each entry, added to the entry's score slot
       // (every head of the GQA group adds its own).

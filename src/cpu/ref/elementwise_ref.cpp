@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <numeric>
 #include <vector>
 
@@ -76,30 +77,60 @@ void silu_mul(const SiluMulParams& p) {
 }
 
 void route(const RouteParams& p) {
-  std::vector<double> prob(static_cast<size_t>(p.n_experts));
-  std::vector<int32_t> order(static_cast<size_t>(p.n_experts));
+  const auto E = static_cast<size_t>(p.n_experts);
+  std::vector<double> score(E), choice(E), group(static_cast<size_t>(p.n_groups));
+  std::vector<int32_t> order(E), groups(static_cast<size_t>(p.n_groups));
+  const size_t per_group = E / static_cast<size_t>(p.n_groups);
   for (int64_t t = 0; t < p.n_tokens; ++t) {
     const float* logits = p.logits + t * p.n_experts;
-    const double max_logit = *std::max_element(logits, logits + p.n_experts);
-    double sum = 0;
-    for (int e = 0; e < p.n_experts; ++e)
-      sum += prob[static_cast<size_t>(e)] = std::exp(logits[e] - max_logit);
-    for (double& x : prob) x /= sum;
+    if (p.scoring == RouterScoring::kSoftmax) {
+      const double max_logit = *std::max_element(logits, logits + p.n_experts);
+      double sum = 0;
+      for (size_t e = 0; e < E; ++e) sum += score[e] = std::exp(logits[e] - max_logit);
+      for (double& x : score) x /= sum;
+    } else {
+      for (size_t e = 0; e < E; ++e) score[e] = 1.0 / (1.0 + std::exp(-double{logits[e]}));
+    }
+    for (size_t e = 0; e < E; ++e)
+      choice[e] = score[e] + (p.selection_bias != nullptr ? p.selection_bias[e] : 0.0);
+    if (p.n_groups > 1) {  // only the experts of the best top_groups groups stay eligible
+      for (size_t g = 0; g < group.size(); ++g) {
+        std::vector<double> s(choice.begin() + static_cast<std::ptrdiff_t>(g * per_group),
+                              choice.begin() + static_cast<std::ptrdiff_t>((g + 1) * per_group));
+        std::sort(s.begin(), s.end(), std::greater<>());
+        group[g] = p.group_score == GroupScore::kMax ? s[0] : s[0] + s[1];
+      }
+      std::iota(groups.begin(), groups.end(), 0);
+      std::stable_sort(groups.begin(), groups.end(), [&](int32_t a, int32_t b) {
+        return group[static_cast<size_t>(a)] > group[static_cast<size_t>(b)];
+      });
+      std::vector<uint8_t> keep(group.size(), 0);
+      for (int g = 0; g < p.top_groups; ++g)
+        keep[static_cast<size_t>(groups[static_cast<size_t>(g)])] = 1;
+      for (size_t e = 0; e < E; ++e)
+        if (keep[e / per_group] == 0) choice[e] = 0.0;
+    }
     std::iota(order.begin(), order.end(), 0);
-    // Stable: equal probabilities keep the lower expert id first.
+    // Stable: equal scores keep the lower expert id first.
     std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
-      return prob[static_cast<size_t>(a)] > prob[static_cast<size_t>(b)];
+      return choice[static_cast<size_t>(a)] > choice[static_cast<size_t>(b)];
     });
     double top_sum = 0;
     for (int k = 0; k < p.top_k; ++k)
-      top_sum += prob[static_cast<size_t>(order[static_cast<size_t>(k)])];
+      top_sum += score[static_cast<size_t>(order[static_cast<size_t>(k)])];
+    if (p.scoring == RouterScoring::kSigmoid) top_sum += 1e-20;
     for (int k = 0; k < p.top_k; ++k) {
       const int32_t e = order[static_cast<size_t>(k)];
+      const double w = score[static_cast<size_t>(e)] / (p.renormalize ? top_sum : 1.0);
       p.experts[t * p.top_k + k] = e;
-      p.weights[t * p.top_k + k] =
-          static_cast<float>(prob[static_cast<size_t>(e)] / (p.renormalize ? top_sum : 1.0));
+      p.weights[t * p.top_k + k] = static_cast<float>(w * p.scale);
     }
   }
+}
+
+void copy_rows(const CopyRowsParams& p) {
+  for (int64_t r = 0; r < p.n_rows; ++r)
+    std::copy_n(p.src + r * p.src_stride, p.width, p.dst + r * p.dst_stride);
 }
 
 void scatter_add(const ScatterAddParams& p) {

@@ -11,7 +11,7 @@ void matmul(const MatmulParams& p) {
   EKVA_CHECK(w.dtype == DType::kBF16 || w.dtype == DType::kF32, "ref::matmul: dtype {}",
              dtype_name(w.dtype));
   for (int64_t i = 0; i < p.n_rows; ++i) {
-    const float* x = p.x + (p.rows != nullptr ? int64_t{p.rows[i]} : i) * w.cols;
+    const float* x = p.x + (p.rows != nullptr ? int64_t{p.rows[i]} : i) * p.x_stride();
     for (int64_t r = 0; r < w.rows; ++r) {
       double sum = 0.0;
       for (int64_t c = 0; c < w.cols; ++c) {
