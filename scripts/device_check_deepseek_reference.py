@@ -47,20 +47,21 @@ def run_case(folder, torch, transformers):
     _, ref = R.read_safetensors(os.path.join(folder, "reference.safetensors"))
     tokens = ref["tokens"][1].astype(np.int64)
     want = ref["logits"][1].astype(np.float64)
-    dtype = torch.float64
-    model = None
+    # float64 first; transformers 5.x's MoE path (grouped mm) refuses float64 at run time,
+    # so a failed forward falls back to float32 too.
+    last = None
     for dtype in (torch.float64, torch.float32):
         try:
             model = transformers.AutoModelForCausalLM.from_pretrained(
-                folder, torch_dtype=dtype, attn_implementation="eager")
+                folder, dtype=dtype, attn_implementation="eager")
+            model.eval()
+            with torch.no_grad():
+                out = model(torch.tensor(tokens)[None, :], use_cache=False).logits[0]
             break
-        except Exception as e:  # noqa: BLE001 (a dtype the build cannot load)
-            last = e
-    if model is None:
-        raise RuntimeError(f"transformers cannot load it: {last}")
-    model.eval()
-    with torch.no_grad():
-        out = model(torch.tensor(tokens)[None, :], use_cache=False).logits[0]
+        except Exception as e:  # noqa: BLE001 (a dtype the build cannot load or run)
+            last, out = e, None
+    if out is None:
+        raise RuntimeError(f"transformers cannot run it: {last}")
     got = out.to(torch.float64).cpu().numpy()
     diff = float(np.abs(got - want).max())
     return diff, float(np.abs(want).max()), str(dtype).replace("torch.", "")

@@ -67,12 +67,12 @@ struct Activations {
 
   // MLA only (empty otherwise): q = [T, n_heads, latent] is the query in latent space,
   // k = [T, latent] the cache entry [c | k_rope], attn = [T, n_heads, kv_lora_rank].
-  BackendBuffer<float> mla_q_a;       // [T, q_lora_rank] the query LoRA's down-projection
-  BackendBuffer<float> mla_q;         // [T, n_heads, qk_nope + qk_rope] the projected query
-  BackendBuffer<float> mla_q_rope;    // [T, n_heads, qk_rope] the query's rope part, rotated
-  BackendBuffer<float> mla_c;         // [T, kv_lora_rank] the normed latent
-  BackendBuffer<float> mla_k_rope;    // [T, qk_rope] the shared rope key, rotated
-  BackendBuffer<float> mla_v;         // [T, n_heads * v_head_dim] the values, o_proj's input
+  BackendBuffer<float> mla_q_a;     // [T, q_lora_rank] the query LoRA's down-projection
+  BackendBuffer<float> mla_q;       // [T, n_heads, qk_nope + qk_rope] the projected query
+  BackendBuffer<float> mla_q_rope;  // [T, n_heads, qk_rope] the query's rope part, rotated
+  BackendBuffer<float> mla_c;       // [T, kv_lora_rank] the normed latent
+  BackendBuffer<float> mla_k_rope;  // [T, qk_rope] the shared rope key, rotated
+  BackendBuffer<float> mla_v;       // [T, n_heads * v_head_dim] the values, o_proj's input
   // Host metadata of the last call, reused across calls. Batch entry i's tokens
   // are rows token_begin[i] .. token_begin[i + 1]; its logits are rows
   // logit_begin[i] .. logit_begin[i + 1] of `logits`.

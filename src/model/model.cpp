@@ -438,7 +438,8 @@ void Model::mla_block(int layer, const Step& s, Activations& a, Backend& backend
     st.cache->append(layer, pos, a.k.data() + t0 * D, nullptr);  // keys only: V is c
     const int64_t n_scored =
         st.prompt_continues ? 0 : std::clamp<int64_t>(st.cache->scored_queries(layer, pos), 0, n);
-    for (int64_t t = 0; t < n; ++t) a.host.q_scored[static_cast<size_t>(t0 + t)] = t >= n - n_scored;
+    for (int64_t t = 0; t < n; ++t)
+      a.host.q_scored[static_cast<size_t>(t0 + t)] = t >= n - n_scored;
     any_scored = any_scored || n_scored > 0;
     if (!st.prompt_continues) st.cache->observe_queries(layer, pos, a.q.data() + t0 * nh * D);
     auto& list = a.chunks[static_cast<size_t>(i)];

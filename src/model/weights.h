@@ -39,12 +39,12 @@ struct MlpWeights {
 // rope_pairs the rope rows of q and kv_a_rope are reordered (even dims, then odd), so
 // the rotate_half RoPE op rotates the pairs (2i, 2i + 1) the checkpoint means.
 struct MlaWeights {
-  WeightMatrix q_a;             // [q_lora_rank, hidden]; empty without a query LoRA
-  WeightVector q_a_bias;        // [q_lora_rank] with attention_bias
-  WeightVector q_a_norm;        // [q_lora_rank]
-  WeightMatrix q_b;             // [n_heads * qk_head_dim, q_lora_rank or hidden] (q_proj)
-  WeightMatrix kv_a_c;          // [kv_lora_rank, hidden]: rows of kv_a_proj_with_mqa
-  WeightMatrix kv_a_rope;       // [qk_rope_head_dim, hidden]: its last rows
+  WeightMatrix q_a;        // [q_lora_rank, hidden]; empty without a query LoRA
+  WeightVector q_a_bias;   // [q_lora_rank] with attention_bias
+  WeightVector q_a_norm;   // [q_lora_rank]
+  WeightMatrix q_b;        // [n_heads * qk_head_dim, q_lora_rank or hidden] (q_proj)
+  WeightMatrix kv_a_c;     // [kv_lora_rank, hidden]: rows of kv_a_proj_with_mqa
+  WeightMatrix kv_a_rope;  // [qk_rope_head_dim, hidden]: its last rows
   WeightVector kv_a_c_bias, kv_a_rope_bias;  // with attention_bias
   WeightVector kv_a_norm;                    // [kv_lora_rank]
   // kv_b_proj [n_heads * (qk_nope + v_head), kv_lora_rank] per head: W_UK (its first
@@ -64,8 +64,8 @@ struct LayerWeights {
   WeightMatrix router;              // [n_experts, hidden]
   std::vector<MlpWeights> experts;  // [n_experts]
   std::optional<MlpWeights> shared_expert;
-  WeightMatrix shared_expert_gate;    // [1, hidden] (Qwen2-MoE)
-  WeightVector selection_bias;  // DeepSeek-V3 e_score_correction_bias [n_experts]
+  WeightMatrix shared_expert_gate;  // [1, hidden] (Qwen2-MoE)
+  WeightVector selection_bias;      // DeepSeek-V3 e_score_correction_bias [n_experts]
   std::optional<MlaWeights> mla;
   // Dense layers
   std::optional<MlpWeights> mlp;
