@@ -142,6 +142,13 @@ struct Model::Step {
     }
     observer->tensor(name, layer, x, rows, width);
   }
+  // y = x w^T (+ bias) over the step's tokens: a projection of the attention blocks.
+  void project(const OpSite& site, const WeightMatrix& m, const WeightVector& bias, const float* x,
+               float* y, Backend& backend, ForwardCounters& counters) const {
+    backend.at(site).matmul({x, n_tokens, nullptr, m, y, m.rows});
+    if (!bias.empty()) backend.at(site).add_bias({y, bias.data(), n_tokens, m.rows});
+    counters.weight_bytes += m.nbytes();
+  }
 };
 
 ForwardCounters Model::forward(std::span<const SequenceStep> batch, Activations& a,
@@ -285,9 +292,7 @@ void Model::attention_block(int layer, const Step& s, Activations& a, Backend& b
   const auto at = [&](const char* name) -> Backend& { return backend.at({name, layer}); };
   const auto project = [&](const char* name, const WeightMatrix& w, const WeightVector& bias,
                            const float* x, float* y) {
-    at(name).matmul({x, T, nullptr, w, y, w.rows});
-    if (!bias.empty()) at(name).add_bias({y, bias.data(), T, w.rows});
-    counters.weight_bytes += w.nbytes();
+    s.project({name, layer}, w, bias, x, y, backend, counters);
   };
 
   at("attn_norm").rmsnorm({a.x.data(), L.input_norm.data(), T, H, c.rms_norm_eps, a.xn.data()});
@@ -389,9 +394,7 @@ void Model::mla_block(int layer, const Step& s, Activations& a, Backend& backend
   const auto at = [&](const char* name) -> Backend& { return backend.at({name, layer}); };
   const auto project = [&](const char* name, const WeightMatrix& w, const WeightVector& bias,
                            const float* x, float* y) {
-    at(name).matmul({x, T, nullptr, w, y, w.rows});
-    if (!bias.empty()) at(name).add_bias({y, bias.data(), T, w.rows});
-    counters.weight_bytes += w.nbytes();
+    s.project({name, layer}, w, bias, x, y, backend, counters);
   };
 
   // The query [T, nh, qk_nope | qk_rope], through the LoRA when there is one.
