@@ -551,8 +551,6 @@ namespace {
 // Entries per piece when a (query, kv-head) is split: large enough that the merge
 // is noise, small enough that one decode token splits over all threads.
 constexpr int64_t kMinPiece = 256;
-// AttendPiece's logit of a hidden entry (HWY_NAMESPACE::kMasked).
-constexpr float kMaskedScore = -1e30f;
 }  // namespace
 
 AttentionPlanOptions attention_plan_options(const ThreadPool& pool) {
