@@ -3,10 +3,19 @@
 #include "core/error.h"
 #include "cuda/check.cuh"
 #include "cuda/cuda_backend.h"
+#include "cuda/device_kv_arena.h"
 #include "cuda/device_kv_cache.h"
 #include "runtime/devices.h"
 
 namespace ekva::cuda {
+
+namespace {
+CudaBackend& cuda_backend(Backend& backend) {
+  auto* gpu = dynamic_cast<CudaBackend*>(&backend);
+  EKVA_CHECK(gpu != nullptr, "device KV memory needs the cuda backend, not {}", backend.name());
+  return *gpu;
+}
+}  // namespace
 
 void register_cuda() {
   register_device_support(
@@ -16,10 +25,11 @@ void register_cuda() {
                },
                .make_full_cache = [](Backend& backend, KvShape shape, int64_t capacity,
                                      DType kv_dtype) -> std::unique_ptr<KvCache> {
-                 auto* gpu = dynamic_cast<CudaBackend*>(&backend);
-                 EKVA_CHECK(gpu != nullptr, "a device KV cache needs the cuda backend, not {}",
-                            backend.name());
-                 return std::make_unique<DeviceFullKvCache>(*gpu, shape, capacity, kv_dtype);
+                 return std::make_unique<DeviceFullKvCache>(cuda_backend(backend), shape, capacity,
+                                                            kv_dtype);
+               },
+               .make_arena_memory = [](Backend& backend) -> std::unique_ptr<KvArenaMemory> {
+                 return std::make_unique<DeviceKvArenaMemory>(cuda_backend(backend));
                }});
 }
 

@@ -48,6 +48,7 @@ StoreConfig store_config_for(const KvModelShape& model, const CompressionConfig&
   s.recent_window = config.recent_window;
   s.max_context = max_context;
   s.kv_dtype = config.kv_dtype;
+  s.memory = config.memory;
   return s;
 }
 
@@ -61,6 +62,7 @@ CompressedKvCache::CompressedKvCache(PagedKvStore& store, const KvModelShape& mo
   if (store.config().kv_dtype != config_.kv_dtype)
     fail("compressed cache: K/V in {} but the store keeps {}", dtype_name(config_.kv_dtype),
          dtype_name(store.config().kv_dtype));
+  check_memory();
   seq_ = store_->add_sequence();
 }
 
@@ -70,7 +72,21 @@ CompressedKvCache::CompressedKvCache(const KvModelShape& model, CompressionConfi
   owned_store_ = std::make_unique<PagedKvStore>(store_config_for(model, config_, max_context));
   store_ = owned_store_.get();
   init(model, max_context);
+  check_memory();
   seq_ = store_->add_sequence();
+}
+
+void CompressedKvCache::check_memory() const {
+  const int domain = store_->arena().memory_domain();
+  if (domain != backend_.memory_domain())
+    fail(
+        "compressed cache: the store's K/V are in memory domain {} but the backend ({}) runs in {}",
+        domain, backend_.name(), backend_.memory_domain());
+  if (domain != 0 && policy_->reads_keys())
+    fail(
+        "compressed cache: policy '{}' ranks entries by their K rows on the host, which a store "
+        "in GPU memory does not have; use snapkv, h2o, streamingllm, random or full there",
+        policy_->name());
 }
 
 CompressedKvCache::~CompressedKvCache() {
@@ -236,6 +252,8 @@ bool CompressedKvCache::observe_all_query_scores(int layer, std::span<const int3
   const int32_t first = positions.front();
   if (positions.back() - first + 1 != n)
     fail("compressed cache: observe_all_query_scores needs consecutive positions");
+  if (store_->arena().memory_domain() != 0)
+    fail("compressed cache: recorded scores are added on the host, not to a store in GPU memory");
   for (int h = 0; h < n_kv_heads_; ++h) {
     runs_.clear();
     store_->view_runs(seq_, layer, h, runs_);
@@ -263,6 +281,10 @@ int64_t CompressedKvCache::queries_seen(int layer, int32_t position) const {
 
 void CompressedKvCache::score(int layer, std::span<const int32_t> positions, const float* q,
                               int64_t first_row) {
+  if (store_->arena().memory_domain() != 0)
+    fail(
+        "compressed cache: scoring without attention (a replayed recording) reads the queries "
+        "and K rows on the host; a store in GPU memory is scored by the attention op only");
   const int64_t G = n_heads_ / n_kv_heads_;
   const int64_t D = head_dim_;
   const auto T = static_cast<int64_t>(positions.size());
@@ -487,6 +509,8 @@ void CompressedKvCache::segment_ranks(int layer, std::span<const SegmentInfo> se
   // Rank each kv-head's evictable entries at once, then read each segment's out in
   // its entry order (positions are unique within a (layer, kv-head)).
   const auto length = static_cast<size_t>(this->length());
+  // Scores that a GPU's attention added are in its memory until pulled.
+  if (score_source_ != ScoreSource::kNone) store_->pull_scores(seq_, layer);
   rank_by_position_.resize(static_cast<size_t>(n_kv_heads_));
   for (int h = 0; h < n_kv_heads_; ++h) {
     runs_.clear();

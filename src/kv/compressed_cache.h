@@ -46,6 +46,9 @@ struct CompressionConfig {
   int block_size = 32;
   uint64_t seed = 0;              // the random policy
   DType kv_dtype = DType::kBF16;  // stored K/V (StoreConfig::kv_dtype): kBF16 or kF32
+  // Where the store keeps its K/V (StoreConfig::memory): nullptr for host memory, or a
+  // GPU's (the backend's domain) for a cache the forward pass runs on there.
+  KvArenaMemory* memory = nullptr;
   // Compress the prompt layer by layer (end_layer) rather than after the last layer.
   // A prompt fed in chunks (SequenceStep::prompt_continues) is compressed in its last
   // chunk, layer by layer there.
@@ -91,6 +94,7 @@ class CompressedKvCache final : public KvCache {
   int64_t length() const override;
   size_t bytes_used() const override;
   void clear() override;
+  int memory_domain() const override { return store_->arena().memory_domain(); }
 
   CompressionStats stats() const;
   // Budget of each segment at the last allocation: [layer][segment id]; -1: the
@@ -107,6 +111,8 @@ class CompressedKvCache final : public KvCache {
 
  private:
   void init(const KvModelShape& model, int64_t max_context);
+  // The store's memory is the backend's, and the policy can rank there.
+  void check_memory() const;
   int64_t total_target(int64_t length) const;
   int64_t protected_total() const;
   // The allocator's input with this cache's shape, profile and budget (no segments).

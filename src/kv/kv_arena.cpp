@@ -42,7 +42,9 @@ size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 KvArena::KvArena(KvArenaConfig config)
     : block_size_(config.block_size),
       head_dim_(config.head_dim),
+      stored_dim_(config.head_dim),
       dtype_(config.dtype),
+      memory_(config.memory),
       max_empty_slabs_(config.max_empty_slabs),
       keys_only_(config.keys_only) {
   if (block_size_ <= 0) fail("KV arena: block_size must be positive, got {}", block_size_);
@@ -52,13 +54,28 @@ KvArena::KvArena(KvArenaConfig config)
   if (config.slab_blocks < 0 || max_empty_slabs_ < 0)
     fail("KV arena: slab_blocks ({}) and max_empty_slabs ({}) must not be negative",
          config.slab_blocks, max_empty_slabs_);
+  if (memory_ != nullptr) {
+    stored_dim_ = static_cast<int>(memory_->row_width(head_dim_));
+    if (stored_dim_ <= 0)
+      fail("KV arena: head_dim {} cannot be stored in device memory {} (its kernels lack it)",
+           head_dim_, memory_->memory_domain());
+    if (dtype_ != DType::kBF16)
+      fail("KV arena: K/V in device memory are stored in bf16 (what its kernels read), not {}",
+           dtype_name(dtype_));
+    if (keys_only_) fail("KV arena: keys-only (MLA) blocks are not in device memory yet");
+  }
   const auto B = static_cast<size_t>(block_size_);
-  row_bytes_ = static_cast<size_t>(head_dim_) * dtype_size(dtype_);
+  row_bytes_ = static_cast<size_t>(stored_dim_) * dtype_size(dtype_);
   v_offset_ = keys_only_ ? 0 : align_up(B * row_bytes_);
   block_bytes_ = keys_only_ ? align_up(B * row_bytes_) : v_offset_ + align_up(B * row_bytes_);
-  const size_t wanted = config.slab_blocks > 0
-                            ? static_cast<size_t>(config.slab_blocks)
-                            : std::max<size_t>(1, kDefaultSlabBytes / block_bytes_);
+  if (memory_ != nullptr) {  // kernel cells after V
+    positions_offset_ = block_bytes_;
+    scores_offset_ = positions_offset_ + align_up(B * sizeof(int32_t));
+    block_bytes_ = scores_offset_ + align_up(B * sizeof(float));
+  }
+  const size_t slab_target = memory_ != nullptr ? memory_->slab_bytes() : kDefaultSlabBytes;
+  const size_t wanted = config.slab_blocks > 0 ? static_cast<size_t>(config.slab_blocks)
+                                               : std::max<size_t>(1, slab_target / block_bytes_);
   slab_shift_ = std::bit_width(std::bit_ceil(wanted)) - 1;
   if (slab_shift_ > 20) fail("KV arena: {} blocks per slab is too many (at most 2^20)", wanted);
   slab_mask_ = (int32_t{1} << slab_shift_) - 1;
@@ -68,6 +85,13 @@ KvArena::~KvArena() {
   const size_t slab_bytes = static_cast<size_t>(slab_blocks()) * block_bytes_;
   for (const Slab& s : slabs_) {
     if (!s.base) continue;
+    if (memory_ != nullptr) {
+      try {
+        memory_->unmap(s.base, slab_bytes);
+      } catch (...) {  // a device error that the next synchronize reports
+      }
+      continue;
+    }
     EKVA_UNPOISON(s.base, slab_bytes);
     munmap(s.base, slab_bytes);
   }
@@ -90,13 +114,13 @@ int32_t KvArena::allocate() {
   if (s.free.empty()) set_has_free(slab, false);
   ++blocks_in_use_;
   const int32_t block = (slab << slab_shift_) | index;
-  EKVA_UNPOISON(base(block), block_bytes_);
+  if (memory_ == nullptr) EKVA_UNPOISON(base(block), block_bytes_);
   return block;
 }
 
 void KvArena::release(int32_t block) {
   EKVA_CHECK(in_use(block), "KV arena: block {} released but not in use", block);
-  EKVA_POISON(base(block), block_bytes_);
+  if (memory_ == nullptr) EKVA_POISON(base(block), block_bytes_);
   const int slab = block >> slab_shift_;
   Slab& s = slabs_[static_cast<size_t>(slab)];
   const int32_t index = block & slab_mask_;
@@ -143,15 +167,24 @@ int32_t KvArena::move(int32_t block) {
   // The slabs kept by begin_drain() have room for every block in use, so this never
   // maps a slab.
   const int32_t to = allocate();
-  std::memcpy(base(to), base(block), block_bytes_);
+  if (memory_ != nullptr)
+    memory_->copy(base(to), base(block), block_bytes_);
+  else
+    std::memcpy(base(to), base(block), block_bytes_);
   release(block);
   return to;
 }
 
-void KvArena::write(int32_t block, int64_t slot, const float* k, const float* v) {
+void KvArena::write(int32_t block, int64_t slot, const float* k, const float* v, int32_t position) {
   EKVA_DCHECK(in_use(block) && slot >= 0 && slot < block_size_, "block {} slot {}", block, slot);
   std::byte* const kd = base(block) + static_cast<size_t>(slot) * row_bytes_;
   std::byte* const vd = kd + v_offset_;
+  if (memory_ != nullptr) {
+    memory_->write({kd, vd, const_cast<int32_t*>(kernel_positions(block)) + slot,
+                    kernel_scores(block) + slot, k, v, position},
+                   head_dim_, stored_dim_);
+    return;
+  }
   if (dtype_ == DType::kF32) {
     std::memcpy(kd, k, row_bytes_);
     if (!keys_only_) std::memcpy(vd, v, row_bytes_);
@@ -169,8 +202,22 @@ void KvArena::copy_entries(int32_t src, int64_t src_slot, int32_t dst, int64_t d
   const size_t bytes = static_cast<size_t>(n) * row_bytes_;
   std::byte* const from = base(src) + static_cast<size_t>(src_slot) * row_bytes_;
   std::byte* const to = base(dst) + static_cast<size_t>(dst_slot) * row_bytes_;
+  if (memory_ != nullptr) {
+    memory_->copy(to, from, bytes);
+    memory_->copy(to + v_offset_, from + v_offset_, bytes);
+    const size_t cells = static_cast<size_t>(n) * 4;
+    memory_->copy(base(dst) + positions_offset_ + static_cast<size_t>(dst_slot) * 4,
+                  base(src) + positions_offset_ + static_cast<size_t>(src_slot) * 4, cells);
+    memory_->copy(base(dst) + scores_offset_ + static_cast<size_t>(dst_slot) * 4,
+                  base(src) + scores_offset_ + static_cast<size_t>(src_slot) * 4, cells);
+    return;
+  }
   std::memmove(to, from, bytes);
   if (!keys_only_) std::memmove(to + v_offset_, from + v_offset_, bytes);
+}
+
+void KvArena::flush() {
+  if (memory_ != nullptr) memory_->flush();
 }
 
 int KvArena::end_drain() {
@@ -204,15 +251,28 @@ int KvArena::map_slab() {
   // Anonymous mmap rather than operator new: munmap really returns the pages, where
   // malloc may keep large freed chunks in its arenas.
   const size_t bytes = static_cast<size_t>(slab_blocks()) * block_bytes_;
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED)
-    fail("KV arena: cannot map a slab of {} bytes ({} blocks in use): {}", bytes, blocks_in_use_,
-         std::strerror(errno));
+  void* p = nullptr;
+  if (memory_ != nullptr) {
+    try {
+      p = memory_->map(bytes);
+    } catch (const Error& e) {
+      fail("KV arena: cannot map a slab of {} bytes ({} blocks in use, {} bytes mapped): {}", bytes,
+           blocks_in_use_, reserved_bytes(), e.what());
+    }
+  } else {
+    p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+      fail("KV arena: cannot map a slab of {} bytes ({} blocks in use): {}", bytes, blocks_in_use_,
+           std::strerror(errno));
+  }
   size_t slab = 0;
   while (slab < slabs_.size() && slabs_[slab].base) ++slab;  // reuse a returned slab's id
   if (slab == slabs_.size()) {
     if (static_cast<int64_t>(slab + 1) << slab_shift_ > (int64_t{1} << 31)) {
-      munmap(p, bytes);
+      if (memory_ != nullptr)
+        memory_->unmap(static_cast<std::byte*>(p), bytes);
+      else
+        munmap(p, bytes);
       fail("KV arena: more than 2^31 blocks");
     }
     slabs_.emplace_back();
@@ -220,7 +280,7 @@ int KvArena::map_slab() {
   }
   Slab& s = slabs_[slab];
   s.base = static_cast<std::byte*>(p);
-  EKVA_POISON(p, bytes);
+  if (memory_ == nullptr) EKVA_POISON(p, bytes);
   s.used.assign(static_cast<size_t>(slab_blocks()), false);
   s.free.resize(static_cast<size_t>(slab_blocks()));
   // A stack popped from the back: index 0 is handed out first, so blocks fill a
@@ -237,8 +297,13 @@ int KvArena::map_slab() {
 // Only for empty slabs.
 void KvArena::unmap_slab(int slab) {
   Slab& s = slabs_[static_cast<size_t>(slab)];
-  EKVA_UNPOISON(s.base, static_cast<size_t>(slab_blocks()) * block_bytes_);
-  munmap(s.base, static_cast<size_t>(slab_blocks()) * block_bytes_);
+  const size_t bytes = static_cast<size_t>(slab_blocks()) * block_bytes_;
+  if (memory_ != nullptr) {
+    memory_->unmap(s.base, bytes);
+  } else {
+    EKVA_UNPOISON(s.base, bytes);
+    munmap(s.base, bytes);
+  }
   s.base = nullptr;
   s.free = {};
   s.used = {};

@@ -99,6 +99,7 @@ class PagedKvStore::SequenceCache final : public KvCache {
   int64_t length() const override;
   size_t bytes_used() const override;
   void clear() override { store_.clear(s_); }
+  int memory_domain() const override { return store_.arena().memory_domain(); }
 
  private:
   PagedKvStore& store_;
@@ -142,7 +143,7 @@ size_t PagedKvStore::SequenceCache::bytes_used() const { return store_.bytes(s_.
 PagedKvStore::PagedKvStore(StoreConfig config)
     : config_(validated(config)),
       arena_({config.block_size, config.shape.head_dim, config.kv_dtype, config.slab_blocks,
-              config.max_empty_slabs, config.shape.keys_only()}),
+              config.max_empty_slabs, config.shape.keys_only(), config.memory}),
       cells_(config.block_size, arena_.slab_shift()),
       heads_apart_(config.granularity == Granularity::kPerHead ||
                    config.granularity == Granularity::kPerHeadExpert),
@@ -237,7 +238,8 @@ void PagedKvStore::append(Sequence& s, int layer, std::span<const int32_t> posit
       const Slot at = hs.list.at(hs.list.n - 1, B);
       const size_t src = static_cast<size_t>((t * H + h) * D);  // k, v: [n, H, D]
       // Rounds to the stored dtype; keys only (MLA): v is not read.
-      arena_.write(at.block, at.index, k + src, v != nullptr ? v + src : nullptr);
+      arena_.write(at.block, at.index, k + src, v != nullptr ? v + src : nullptr,
+                   positions[static_cast<size_t>(t)]);
       cells_.positions(at.block)[at.index] = positions[static_cast<size_t>(t)];
       cells_.tags(at.block)[at.index] = kNoExpert;
       cells_.scores(at.block)[at.index] = 0.f;
@@ -245,6 +247,7 @@ void PagedKvStore::append(Sequence& s, int layer, std::span<const int32_t> posit
       ++entries_;
     }
   }
+  arena_.flush();
   update_view(s, layer);
   L.pending = n;  // the previous ones, if a dense layer never tagged them, stay kNoExpert
   L.pending_sinks = n_sinks;
@@ -331,6 +334,7 @@ void PagedKvStore::keep(int seq, int layer, int segment, std::span<const int32_t
     offset = end;
     i = j;
   });
+  arena_.flush();
   update_view(s, layer);  // the compacted lists lost tail blocks, kept their first ones
 }
 
@@ -513,9 +517,14 @@ ViewRun PagedKvStore::view_run(const BlockList& list, size_t b) const {
   r.first_slot = 0;  // every block of a list is filled from slot 0
   // The score slots go along: attention adds to them for the queries a policy asked
   // to be scored (KvCache::scored_queries), and only then.
-  r.chunk = {arena_.k(block),         arena_.v(block),
-             cells_.positions(block), std::min(B, list.n - static_cast<int64_t>(b) * B),
-             arena_.dtype(),          cells_.scores(block)};
+  // A device arena's kernels read the cells kept in its blocks.
+  const bool device = arena_.memory() != nullptr;
+  r.chunk = {arena_.k(block),
+             arena_.v(block),
+             device ? arena_.kernel_positions(block) : cells_.positions(block),
+             std::min(B, list.n - static_cast<int64_t>(b) * B),
+             arena_.dtype(),
+             device ? arena_.kernel_scores(block) : cells_.scores(block)};
   return r;
 }
 
@@ -655,6 +664,25 @@ int64_t PagedKvStore::protected_entries(int seq, int layer, int kv_head) const {
   return h.n_sinks + (h.list.n - h.evictable_end);
 }
 
+void PagedKvStore::pull_scores(int seq, int layer) {
+  KvArenaMemory* memory = arena_.memory();
+  if (memory == nullptr) return;  // host cells are the ones attention adds to
+  const Sequence& s = sequence(seq);
+  check_layer(layer);
+  const int64_t B = config_.block_size;
+  std::vector<KvArenaMemory::Read> reads;
+  for (const HeadState& h : s.layers[static_cast<size_t>(layer)].heads) {
+    for (size_t b = 0; b < h.list.blocks.size(); ++b) {
+      const int32_t block = h.list.blocks[b];
+      const int64_t n = std::min(B, h.list.n - static_cast<int64_t>(b) * B);
+      reads.push_back({reinterpret_cast<const std::byte*>(arena_.kernel_scores(block)),
+                       reinterpret_cast<std::byte*>(cells_.scores(block)),
+                       static_cast<size_t>(n) * sizeof(float)});
+    }
+  }
+  memory->read(reads);
+}
+
 void PagedKvStore::blocks(int seq, std::vector<int32_t>& out) const {
   const Sequence& s = sequence(seq);
   for (const LayerState& L : s.layers) {
@@ -682,6 +710,7 @@ int PagedKvStore::defragment() {
         rebuild_view(*s, static_cast<int>(layer));  // block ids changed
       }
     }
+    arena_.flush();
   }
   return arena_.end_drain();
 }

@@ -73,6 +73,9 @@ struct StoreConfig {
   int max_empty_slabs = 1;  // KvArenaConfig::max_empty_slabs
   // Stored K/V element type (kBF16 or kF32); appends round f32 to it (nearest even).
   DType kv_dtype = DType::kBF16;
+  // Where the K/V live (KvArenaConfig::memory); nullptr: host memory. In a GPU's
+  // memory, append() reads the K/V rows there and view() hands out device chunks.
+  KvArenaMemory* memory = nullptr;
 };
 
 struct SegmentKey {
@@ -178,6 +181,10 @@ class PagedKvStore {
   // block of its list (the chunks KvCache::view appends). Kept up to date by every
   // change of the sequence, never rebuilt by the reader; valid until the next change.
   std::span<const ViewRun> view_list(int seq, int layer, int kv_head) const;
+  // Brings the host cells' scores of (seq, layer) up to date with the score slots that
+  // attention adds to, when those are a device arena's (kernel cells); no-op on the
+  // host. Call before reading EntryRun::scores of the layer.
+  void pull_scores(int seq, int layer);
   // Sinks plus recent entries of (seq, layer, kv_head).
   int64_t protected_entries(int seq, int layer, int kv_head) const;
 

@@ -45,6 +45,9 @@ class Policy {
   virtual ~Policy() = default;
   virtual std::string_view name() const = 0;
   virtual ScoreSource score_source() const { return ScoreSource::kNone; }
+  // Whether rank() reads the entries' K rows (EntryRun::k_at) on the host: such a
+  // policy cannot rank a store whose K/V are in a GPU's memory.
+  virtual bool reads_keys() const { return false; }
   // Fills `rank` with one value per entry of input.runs (concatenated): a segment
   // keeps its entries of highest rank (select_top), and Ada-KV allocates from the
   // same values, so budgets and selection agree.

@@ -65,4 +65,8 @@ std::unique_ptr<KvCache> make_device_full_cache(const DeviceSpec& spec, Backend&
   return support_for(spec).make_full_cache(backend, shape, capacity, kv_dtype);
 }
 
+std::unique_ptr<KvArenaMemory> make_device_arena_memory(const DeviceSpec& spec, Backend& backend) {
+  return support_for(spec).make_arena_memory(backend);
+}
+
 }  // namespace ekva

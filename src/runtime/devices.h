@@ -11,20 +11,22 @@
 #include <string_view>
 
 #include "core/dtype.h"
+#include "kv/kv_arena.h"
 #include "kv/kv_cache.h"
 #include "ops/backend.h"
 
 namespace ekva {
 
-// What a GPU library provides: its backend for a device index and the KV cache that
-// lives in that backend's memory (the full cache; the compressed store's arena is
-// host memory for now).
+// What a GPU library provides: its backend for a device index, the full KV cache that
+// lives in that backend's memory, and the memory the compressed store's arena keeps
+// its blocks in there.
 struct DeviceSupport {
   std::function<int()> device_count;
   std::function<std::unique_ptr<Backend>(int device)> make_backend;
   std::function<std::unique_ptr<KvCache>(Backend& backend, KvShape shape, int64_t capacity,
                                          DType kv_dtype)>
       make_full_cache;
+  std::function<std::unique_ptr<KvArenaMemory>(Backend& backend)> make_arena_memory;
 };
 
 void register_device_support(std::string_view kind, DeviceSupport support);
@@ -45,5 +47,7 @@ std::unique_ptr<Backend> open_device_backend(const DeviceSpec& spec);
 // A full KV cache in the memory of `backend` (a GPU backend of `spec`).
 std::unique_ptr<KvCache> make_device_full_cache(const DeviceSpec& spec, Backend& backend,
                                                 KvShape shape, int64_t capacity, DType kv_dtype);
+// The memory a compressed store's arena keeps its K/V in on that GPU.
+std::unique_ptr<KvArenaMemory> make_device_arena_memory(const DeviceSpec& spec, Backend& backend);
 
 }  // namespace ekva

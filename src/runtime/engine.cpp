@@ -127,6 +127,10 @@ class EngineImpl final : public Engine {
       rt_.compression->profile = kv.profile.empty() ? nullptr : &*rt_.profile;
       rt_.compression->kv_dtype = rt_.kv_dtype;
       rt_.compression->per_layer = kv.compress_per_layer;
+      if (rt_.gpu) {
+        rt_.gpu_kv_memory = make_device_arena_memory(rt_.device, *rt_.gpu);
+        rt_.compression->memory = rt_.gpu_kv_memory.get();
+      }
       // Validates the combination now (unknown names, missing profile, impossible
       // budgets) rather than at the first prompt.
       rt_.make_cache(rt_.context, nullptr);

@@ -7,14 +7,7 @@ namespace ekva {
 std::unique_ptr<KvCache> Runtime::make_cache(int64_t capacity, PagedKvStore* store) const {
   const ModelConfig& c = model->config();
   const KvShape shape = kv_cache_shape(c);
-  if (gpu) {
-    if (compression)
-      fail(
-          "device {}: the compressed KV cache runs on the cpu only for now (its store's arena "
-          "is host memory); use --device cpu, or the full cache (--policy full)",
-          device.str());
-    return make_device_full_cache(device, *gpu, shape, capacity, kv_dtype);
-  }
+  if (gpu && !compression) return make_device_full_cache(device, *gpu, shape, capacity, kv_dtype);
   if (!compression) return std::make_unique<FullKvCache>(shape, capacity, kv_dtype);
   if (store != nullptr)
     return std::make_unique<CompressedKvCache>(*store, c, *compression, backend());

@@ -23,6 +23,8 @@ struct Runtime {
   // it outlives the weights and caches it holds.
   DeviceSpec device;
   std::unique_ptr<Backend> gpu;
+  // Where compressed stores keep their K/V on the GPU (compression->memory).
+  std::unique_ptr<KvArenaMemory> gpu_kv_memory;
   std::unique_ptr<Model> model;
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<CpuBackend> cpu;

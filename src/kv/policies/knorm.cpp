@@ -11,6 +11,7 @@ namespace {
 class KNormPolicy final : public Policy {
  public:
   std::string_view name() const override { return "knorm"; }
+  bool reads_keys() const override { return true; }
   void rank(const RankInput& input, std::mt19937_64&, std::vector<float>& rank) const override {
     const int64_t D = input.head_dim;
     rank.clear();
