@@ -635,31 +635,55 @@ def bench_config(size_mb):
     return cfg
 
 
-def _lazy_bf16(seed, idx, shape, kind):
+def mixtral8x7b_bench_config(layers):
+    """Mixtral-8x7B's shapes (hidden 4096, 32/8 heads x 128, 8 experts of 14336 top-2,
+    vocab 32000) with `layers` layers: the issue's end-to-end checkpoint."""
+    p = dict(V=32000, H=4096, L=layers, nh=32, nkv=8, hd=128, I=14336, E=8, k=2, theta=1e6)
+    cfg = cfg_mixtral(p)
+    cfg["max_position_embeddings"] = 32768 + 1024
+    cfg["torch_dtype"] = "bfloat16"
+    cfg["transformers_version"] = TRANSFORMERS_VERSION
+    return cfg
+
+
+def _lazy_bf16(seed, idx, shape, kind, tiled=False):
+    """Random normal bf16 at the tensor's init scale, streamed in 8M-value chunks.
+    tiled: every chunk after the first of a tensor repeats the first (rolled by its
+    index), for multi-GB timing checkpoints whose values do not matter; routers,
+    norms and embeddings stay fully random."""
     std = init_std(kind, shape, False)
     rows_per = max(1, (1 << 23) // int(np.prod(shape[1:], dtype=np.int64) or 1))
+    tiled = tiled and kind not in ("norm", "router", "embed")
 
     def chunks():
         rng = np.random.default_rng([seed, idx])
-        for r0 in range(0, shape[0], rows_per):
+        first = None
+        for i, r0 in enumerate(range(0, shape[0], rows_per)):
             sub = (min(rows_per, shape[0] - r0),) + tuple(shape[1:])
+            if tiled and first is not None and sub == first.shape:
+                yield np.roll(first, i)
+                continue
             a = rng.standard_normal(sub, dtype=np.float32)
             a *= np.float32(std)
             if kind == "norm":
                 a += np.float32(1.0)
-            yield R.f32_to_bf16_bits(a)
+            bits = R.f32_to_bf16_bits(a)
+            if first is None:
+                first = bits
+            yield bits
     return R.LazyTensor("BF16", shape, chunks)
 
 
-def make_bench(path, size_mb, seed=4242):
+def make_bench(path, size_mb, seed=4242, mixtral_layers=0):
     t0 = time.time()
-    cfg = bench_config(size_mb)
+    cfg = mixtral8x7b_bench_config(mixtral_layers) if mixtral_layers > 0 else bench_config(size_mb)
     os.makedirs(path, exist_ok=True)
     for fn in os.listdir(path):
         if fn.endswith(".safetensors") or fn.endswith(".json"):
             os.remove(os.path.join(path, fn))
     shapes = weight_shapes(cfg)
-    tensors = [(n, _lazy_bf16(seed, i, shape, kind)) for i, (n, shape, kind) in enumerate(shapes)]
+    tensors = [(n, _lazy_bf16(seed, i, shape, kind, tiled=mixtral_layers > 0))
+               for i, (n, shape, kind) in enumerate(shapes)]
     total = sum(t.nbytes for _, t in tensors)
     # HF-style sharding: module order, start a new shard when the limit would be passed
     groups, cur, cur_sz = [], [], 0
@@ -704,6 +728,8 @@ def main(argv=None):
     ap.add_argument("--check", metavar="DIR", help="re-verify existing case folders under DIR")
     ap.add_argument("--bench-model", metavar="PATH", help="write a random Mixtral-shaped bf16 checkpoint here")
     ap.add_argument("--bench-size-mb", type=float, default=400.0)
+    ap.add_argument("--bench-mixtral-layers", type=int, default=0, metavar="N",
+                    help="instead: Mixtral-8x7B's shapes with N layers (tiled random weights)")
     a = ap.parse_args(argv)
     if a.list:
         for n, p in CASES.items():
@@ -732,7 +758,7 @@ def main(argv=None):
             verify_case(folder)
             print(f"{n:16s} OK (files parse strictly, logits recompute byte-identical)", flush=True)
     if a.bench_model:
-        make_bench(a.bench_model, a.bench_size_mb)
+        make_bench(a.bench_model, a.bench_size_mb, mixtral_layers=a.bench_mixtral_layers)
     print(f"total {time.time() - t0:.2f}s", flush=True)
     return 0
 

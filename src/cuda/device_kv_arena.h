@@ -2,8 +2,8 @@
 // from cudaMalloc, entry writes and byte moves queued on the host and run as one or
 // two kernels per batch on the backend's stream (cuda/kv_store.cuh), reads of the
 // score slots gathered into one device->host copy. The store above is unchanged: it
-// computes every address and flushes at the end of each call that changed the arena,
-// so the next op on the stream (attention) sees the result.
+// computes every address, and its views flush before handing out chunks, so the op
+// on the stream that reads them (attention) comes after the queued work.
 //
 // Ordering: writes and copies run in the order queued. A batch of copies runs as a
 // gather into staging then a scatter, which equals running them one after another

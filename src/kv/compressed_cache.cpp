@@ -364,7 +364,7 @@ void CompressedKvCache::allocate_layer(int layer) {
   const auto l = static_cast<size_t>(layer);
   std::vector<SegmentInfo>& segments = allocated_segments_[l];
   segments.clear();
-  store_->segments(seq_, layer, segments);
+  store_->segments(seq_, layer, segments, /*count_blocks=*/false);
   AllocationInput input = allocation_input(layer_target_);
   input.segments = allocated_segments_;  // the later layers still empty
   // As in reallocate(): Ada-KV reads the policy's ranks, or the mean attention per query.
@@ -437,7 +437,7 @@ void CompressedKvCache::end_forward() {
   // budget, has filled past the slack (an expert first routed to now).
   for (int layer = 0; layer < n_layers_ && !reallocating; ++layer) {
     segments_.clear();
-    store_->segments(seq_, layer, segments_);
+    store_->segments(seq_, layer, segments_, /*count_blocks=*/false);
     const auto& b = budgets_[static_cast<size_t>(layer)];
     for (const SegmentInfo& s : segments_)
       if (b[static_cast<size_t>(s.id)] < 0 && s.n_entries > slack(0)) reallocating = true;
@@ -449,7 +449,7 @@ void CompressedKvCache::end_forward() {
   std::vector<SegmentInfo> over;
   for (int layer = 0; layer < n_layers_; ++layer) {
     segments_.clear();
-    store_->segments(seq_, layer, segments_);
+    store_->segments(seq_, layer, segments_, /*count_blocks=*/false);
     const auto& b = budgets_[static_cast<size_t>(layer)];
     over.clear();
     for (const SegmentInfo& s : segments_) {
@@ -481,7 +481,8 @@ void CompressedKvCache::reallocate(int64_t evictable_target) {
   AllocationInput input = allocation_input(evictable_target);
   input.segments.resize(static_cast<size_t>(n_layers_));
   for (int layer = 0; layer < n_layers_; ++layer)
-    store_->segments(seq_, layer, input.segments[static_cast<size_t>(layer)]);
+    store_->segments(seq_, layer, input.segments[static_cast<size_t>(layer)],
+                     /*count_blocks=*/false);
   // Ada-KV allocates from the ranks the policy selects on; a policy that reads no
   // attention (StreamingLLM, K-norm, random) gives it no scores to compare across
   // heads, so there it reads the mean attention per query seen.

@@ -216,7 +216,7 @@ void KvArena::copy_entries(int32_t src, int64_t src_slot, int32_t dst, int64_t d
   if (!keys_only_) std::memmove(to + v_offset_, from + v_offset_, bytes);
 }
 
-void KvArena::flush() {
+void KvArena::flush() const {
   if (memory_ != nullptr) memory_->flush();
 }
 

@@ -18,8 +18,9 @@
 // kernel needs nothing but the block id. The store never dereferences k() or v(): it
 // writes entries with write(), moves them with copy_entries() and move(), and hands
 // k()/v() on (KvChunk, EntryRun) to the backend that reads them. In device memory those
-// calls are queued and run in order on the device's stream at flush() (the store
-// flushes at the end of every call that changed the arena); host readers of
+// calls are queued and run in order on the device's stream at flush() (the store's
+// views flush before they hand out chunks, so one flush carries every sequence's
+// appends of a layer); host readers of
 // EntryRun::k (the K-norm policy) cannot read them there.
 //
 // Not thread-safe: the store that owns the arena serialises its calls.
@@ -139,8 +140,9 @@ class KvArena {
   // Copies n entries' K and V (and kernel cells); source and destination may overlap
   // within a block.
   void copy_entries(int32_t src, int64_t src_slot, int32_t dst, int64_t dst_slot, int64_t n);
-  // Runs what a device arena queued (no-op on the host).
-  void flush();
+  // Runs what a device arena queued (no-op on the host). Const: it changes the
+  // device memory's contents, never the arena's layout (views flush before reading).
+  void flush() const;
 
   // Where the block's K and V rows live, in the arena's memory ([B, D] of dtype()):
   // for the backend that reads them, and for tests.

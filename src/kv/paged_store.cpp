@@ -130,6 +130,7 @@ void PagedKvStore::SequenceCache::view(int layer, int kv_head, std::vector<KvChu
   EKVA_DCHECK(kv_head >= 0 && kv_head < store_.config_.shape.n_kv_heads, "kv_head {}", kv_head);
   // A copy of the kept view: one chunk per block (attention does not care where
   // segments change), no walk of the block list.
+  store_.flush();  // a device arena's queued writes and moves, before anyone reads
   const LayerView& view = s_.layers[static_cast<size_t>(layer)].view;
   const auto h = static_cast<size_t>(kv_head);
   for (int64_t r = view.offsets[h]; r < view.offsets[h + 1]; ++r)
@@ -247,9 +248,8 @@ void PagedKvStore::append(Sequence& s, int layer, std::span<const int32_t> posit
       ++entries_;
     }
   }
-  arena_.flush();
-  update_view(s, layer);
-  L.pending = n;  // the previous ones, if a dense layer never tagged them, stay kNoExpert
+  update_view(s, layer);  // the writes stay queued until a view (all sequences' at once)
+  L.pending = n;          // the previous ones, if a dense layer never tagged them, stay kNoExpert
   L.pending_sinks = n_sinks;
   L.pending_first = positions.front();
   L.pending_last = positions.back();
@@ -334,7 +334,6 @@ void PagedKvStore::keep(int seq, int layer, int segment, std::span<const int32_t
     offset = end;
     i = j;
   });
-  arena_.flush();
   update_view(s, layer);  // the compacted lists lost tail blocks, kept their first ones
 }
 
@@ -595,13 +594,15 @@ std::span<const ViewRun> PagedKvStore::view_list(int seq, int layer, int kv_head
   if (kv_head < 0 || kv_head >= config_.shape.n_kv_heads)
     fail("paged KV store: kv-head {} is out of range (0..{})", kv_head,
          config_.shape.n_kv_heads - 1);
+  flush();
   const LayerView& view = s.layers[static_cast<size_t>(layer)].view;
   const auto h = static_cast<size_t>(kv_head);
   return std::span(view.runs).subspan(static_cast<size_t>(view.offsets[h]),
                                       static_cast<size_t>(view.offsets[h + 1] - view.offsets[h]));
 }
 
-void PagedKvStore::segments(int seq, int layer, std::vector<SegmentInfo>& out) const {
+void PagedKvStore::segments(int seq, int layer, std::vector<SegmentInfo>& out,
+                            bool count_blocks) const {
   Sequence& s = sequence(seq);
   check_layer(layer);
   const int64_t B = config_.block_size;
@@ -616,7 +617,7 @@ void PagedKvStore::segments(int seq, int layer, std::vector<SegmentInfo>& out) c
       }
       const int64_t n = h.tag_entries[static_cast<size_t>(tag)];
       info.n_entries += n;
-      if (n == 0) return;
+      if (n == 0 || !count_blocks) return;
       // Blocks holding at least one of its entries (they share blocks with other tags).
       int64_t last_block = -1;
       for (int64_t i = h.n_sinks; i < h.evictable_end; ++i) {

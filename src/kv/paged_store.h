@@ -163,8 +163,10 @@ class PagedKvStore {
   int n_segments() const;
   int segment_id(SegmentKey key) const;
   SegmentKey segment_key(int layer, int segment) const;
-  // Appends the non-empty segments of (seq, layer) to `out`.
-  void segments(int seq, int layer, std::vector<SegmentInfo>& out) const;
+  // Appends the non-empty segments of (seq, layer) to `out`. Their entry counts are
+  // kept counters; n_blocks walks the segments' entries (count_blocks false leaves it
+  // 0: what a decode step's budget check asks, for every sequence and layer).
+  void segments(int seq, int layer, std::vector<SegmentInfo>& out, bool count_blocks = true) const;
   // Appends the runs of a segment in entry order: its kv-heads ascending, each in
   // position order. Entry index i of keep() is the i-th entry of these runs.
   void segment_runs(int seq, int layer, int segment, std::vector<EntryRun>& out);
@@ -201,6 +203,10 @@ class PagedKvStore {
   void reset_peak();
   // Blocks held by all sequences in one layer.
   int64_t blocks_in_use(int layer) const;
+  // Runs the K/V writes and moves a device arena queued (no-op on the host). The views
+  // (KvCache::view, view_list) flush first, so attention always reads the result;
+  // queued work lets all sequences' appends of a layer go to the GPU as one batch.
+  void flush() const { arena_.flush(); }
   // Packs the blocks of all sequences into the fewest slabs and returns the other
   // slabs to the OS (eviction frees blocks, but the survivors may keep every slab
   // partly used); copies at most the live blocks, for after a large eviction such as
