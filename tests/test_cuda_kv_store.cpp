@@ -169,6 +169,7 @@ TEST_P(DeviceKvStore, MirrorsTheHostStoreEntryForEntry) {
       host.cache(hs).append(l, pos, k.data(), v.data());
       const DeviceFloats dk(k), dv(v);
       dev.cache(ds).append(l, pos, dk.ptr, dv.ptr);
+      dev.flush();  // the queued writes read dk, dv
       host.cache(hs).tag(l, pos, tags.data());
       dev.cache(ds).tag(l, pos, tags.data());
     }
@@ -226,6 +227,7 @@ TEST_P(DeviceKvStore, MirrorsTheHostStoreEntryForEntry) {
       host.cache(hs2).append(l, pos, k.data(), v.data());
       const DeviceFloats dk(k), dv(v);
       dev.cache(ds2).append(l, pos, dk.ptr, dv.ptr);
+      dev.flush();
     }
   };
   append2(77);

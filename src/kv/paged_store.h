@@ -74,7 +74,9 @@ struct StoreConfig {
   // Stored K/V element type (kBF16 or kF32); appends round f32 to it (nearest even).
   DType kv_dtype = DType::kBF16;
   // Where the K/V live (KvArenaConfig::memory); nullptr: host memory. In a GPU's
-  // memory, append() reads the K/V rows there and view() hands out device chunks.
+  // memory, append() reads the K/V rows there and view() hands out device chunks;
+  // the writes are queued, so append's k and v must stay valid until the next view
+  // or flush() (the forward pass views every cache of a layer right after appending).
   KvArenaMemory* memory = nullptr;
 };
 
