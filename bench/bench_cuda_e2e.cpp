@@ -205,7 +205,6 @@ int main(int argc, char** argv) {
           r.batch_limited_by = "kv memory";
           break;
         }
-        const size_t before = memory.mapped_bytes();
         auto cache = std::make_unique<ekva::CompressedKvCache>(store, c, cc, gpu);
         for (int l = 0; l < c.n_layers; ++l) {
           for (auto& t : tags) t = expert(tag_rng);
