@@ -46,8 +46,10 @@ double seconds_since(Clock::time_point t0) {
 }
 
 struct Options {
-  std::string model_dir, json_out, commit = "unknown", budget = "10%", policy = "snapkv",
-                                   allocator = "adakv";
+  std::string model_dir, json_out, commit = "unknown", budget = "10%";
+  // allocator:policy of each compressed row at the batch that fits; the first is the
+  // headline row (and the batch-1 one).
+  std::vector<std::string> methods = {"adakv:snapkv"};
   int64_t context = 32768;
   double kv_gib = 64;
   int steps = 12, max_batch = 1024, block_size = 128;
@@ -75,8 +77,9 @@ int main(int argc, char** argv) {
   app.add_option("--kv-gib", o.kv_gib, "Device memory for the KV caches (GiB)")
       ->check(CLI::PositiveNumber);
   app.add_option("--budget", o.budget, "Compressed cache budget (10%, 4096t, 64MiB)");
-  app.add_option("--policy", o.policy, "Compressed cache policy");
-  app.add_option("--allocator", o.allocator, "Compressed cache allocator");
+  app.add_option("--methods", o.methods,
+                 "allocator:policy of each compressed row (e.g. adakv:snapkv,uniform:streamingllm)")
+      ->delimiter(',');
   app.add_option("--block-size", o.block_size, "Entries per block of the compressed store")
       ->check(CLI::PositiveNumber);
   app.add_option("--steps", o.steps, "Decode steps timed per row")->check(CLI::PositiveNumber);
@@ -182,13 +185,16 @@ int main(int argc, char** argv) {
       run_decode(ptrs, r);
       rows.push_back(r);
     };
-    const auto compressed_row = [&](int max_batch) {
+    const auto compressed_row = [&](const std::string& method, int max_batch) {
+      const size_t colon = method.find(':');
+      if (colon == std::string::npos)
+        ekva::fail("--methods: expected allocator:policy, got '{}'", method);
       Row r;
-      r.cache = fmt::format("{}:{} {}", o.allocator, o.policy, o.budget);
+      r.cache = fmt::format("{} {}", method, o.budget);
       ekva::cuda::DeviceKvArenaMemory memory(gpu);
       ekva::CompressionConfig cc;
-      cc.policy = o.policy;
-      cc.allocator = o.allocator;
+      cc.allocator = method.substr(0, colon);
+      cc.policy = method.substr(colon + 1);
       cc.budget = ekva::BudgetSpec::parse(o.budget);
       cc.block_size = o.block_size;
       cc.memory = &memory;
@@ -247,9 +253,9 @@ int main(int argc, char** argv) {
       rows.push_back(r);
     };
     full_row(1);
-    compressed_row(1);
+    compressed_row(o.methods.front(), 1);
     full_row(o.max_batch);
-    compressed_row(o.max_batch);
+    for (const std::string& m : o.methods) compressed_row(m, o.max_batch);
     gpu.release(fill_k);
     gpu.release(fill_v);
 
@@ -306,10 +312,7 @@ int main(int argc, char** argv) {
           {"context", o.context},
           {"kv_memory_gib", o.kv_gib},
           {"compressed",
-           {{"policy", o.policy},
-            {"allocator", o.allocator},
-            {"budget", o.budget},
-            {"block_size", o.block_size}}},
+           {{"methods", o.methods}, {"budget", o.budget}, {"block_size", o.block_size}}},
           {"fill",
            "synthetic prompt K/V (random, Zipf expert tags) through the cache's prefill calls"},
           {"read_ceiling_tb_per_s", ceiling.bytes_per_s / 1e12},

@@ -598,8 +598,14 @@ __global__ void score_kernel(const KernelParams p) {
   }
   __syncthreads();
   const int len = it.w - it.z;
+  // Each thread's entries increase, so its chunk only moves forward: one search, then
+  // a step per chunk boundary crossed (a paged store's lists are many short chunks).
+  int c = -1;
   for (int e = it.z + static_cast<int>(threadIdx.x); e < it.w; e += static_cast<int>(blockDim.x)) {
-    const int c = find_chunk(p, list, e);
+    if (c < 0)
+      c = find_chunk(p, list, e);
+    else
+      while (p.chunk_end[c] <= e) ++c;
     float* slot = p.chunk_scores[c];
     if (slot == nullptr) continue;
     float prob = 0.f;
