@@ -646,6 +646,33 @@ def mixtral8x7b_bench_config(layers):
     return cfg
 
 
+# Real checkpoints' per-layer shapes for the CPU decode benchmarks (fewer layers).
+BENCH_ARCHS = {
+    # Qwen3-30B-A3B: 128 experts of 768 top-8, 32/4 heads x 128, per-head q/k norm.
+    "qwen3_30b_a3b": dict(arch="qwen3_moe", V=151936, H=2048, nh=32, nkv=4, hd=128, I=6144,
+                          moeI=768, E=128, k=8, step=1, mlp_only=[], norm=True, tie=False,
+                          theta=1e6),
+    # DeepSeek-V2-Lite: MLA (kv_lora 512, rope 64, no query LoRA), 64 routed experts of
+    # 1408 top-6 + 2 shared, layer 0 dense (10944), YaRN factor 40 as shipped.
+    "deepseek_v2_lite": dict(arch="deepseek_v2", V=102400, H=2048, nh=16, q_lora=None,
+                             kv_lora=512, nope=128, rope=64, v=128, I=10944, moeI=1408, E=64,
+                             k=6, n_shared=2, first_dense=1, method="greedy", norm=False,
+                             rsf=1.0, max_pos=163840,
+                             rope_scaling={"type": "yarn", "factor": 40,
+                                           "original_max_position_embeddings": 4096,
+                                           "beta_fast": 32, "beta_slow": 1, "mscale": 0.707,
+                                           "mscale_all_dim": 0.707}),
+}
+
+
+def arch_bench_config(name, layers):
+    p = dict(BENCH_ARCHS[name], L=layers)
+    cfg = CFG_BUILDERS[p["arch"]](p)
+    cfg["torch_dtype"] = "bfloat16"
+    cfg["transformers_version"] = TRANSFORMERS_VERSION
+    return cfg
+
+
 def _lazy_bf16(seed, idx, shape, kind, tiled=False):
     """Random normal bf16 at the tensor's init scale, streamed in 8M-value chunks.
     tiled: every chunk after the first of a tensor repeats the first (rolled by its
@@ -674,9 +701,14 @@ def _lazy_bf16(seed, idx, shape, kind, tiled=False):
     return R.LazyTensor("BF16", shape, chunks)
 
 
-def make_bench(path, size_mb, seed=4242, mixtral_layers=0):
+def make_bench(path, size_mb, seed=4242, mixtral_layers=0, arch=None, layers=2):
     t0 = time.time()
-    cfg = mixtral8x7b_bench_config(mixtral_layers) if mixtral_layers > 0 else bench_config(size_mb)
+    if arch:
+        cfg = arch_bench_config(arch, layers)
+    elif mixtral_layers > 0:
+        cfg = mixtral8x7b_bench_config(mixtral_layers)
+    else:
+        cfg = bench_config(size_mb)
     os.makedirs(path, exist_ok=True)
     for fn in os.listdir(path):
         if fn.endswith(".safetensors") or fn.endswith(".json"):
@@ -710,11 +742,12 @@ def make_bench(path, size_mb, seed=4242, mixtral_layers=0):
                    {"metadata": {"total_size": total}, "weight_map": weight_map})
     for fn in files:  # cheap structural check (header + offsets, no data decode)
         R.read_safetensors(os.path.join(path, fn), with_data=False)
-    print(f"bench            mixtral   bfloat16 V={cfg['vocab_size']} H={cfg['hidden_size']} "
+    experts = cfg.get("num_local_experts", cfg.get("num_experts", cfg.get("n_routed_experts")))
+    print(f"bench            {cfg['model_type']} bfloat16 V={cfg['vocab_size']} H={cfg['hidden_size']} "
           f"L={cfg['num_hidden_layers']} heads={cfg['num_attention_heads']}/{cfg['num_key_value_heads']}"
-          f"x{cfg['head_dim']} E={cfg['num_local_experts']} top{cfg['num_experts_per_tok']} "
-          f"I={cfg['intermediate_size']} size={total / 1e6:.1f}MB files={len(files)} "
-          f"{time.time() - t0:.2f}s", flush=True)
+          f"x{cfg.get('head_dim', cfg.get('v_head_dim'))} E={experts} top{cfg['num_experts_per_tok']} "
+          f"I={cfg.get('moe_intermediate_size', cfg['intermediate_size'])} size={total / 1e6:.1f}MB "
+          f"files={len(files)} {time.time() - t0:.2f}s", flush=True)
 
 
 # ----------------------------------------------------------------------------
@@ -728,6 +761,9 @@ def main(argv=None):
     ap.add_argument("--check", metavar="DIR", help="re-verify existing case folders under DIR")
     ap.add_argument("--bench-model", metavar="PATH", help="write a random Mixtral-shaped bf16 checkpoint here")
     ap.add_argument("--bench-size-mb", type=float, default=400.0)
+    ap.add_argument("--bench-arch", choices=sorted(BENCH_ARCHS),
+                    help="instead: a real checkpoint's shapes with --bench-layers layers")
+    ap.add_argument("--bench-layers", type=int, default=2)
     ap.add_argument("--bench-mixtral-layers", type=int, default=0, metavar="N",
                     help="instead: Mixtral-8x7B's shapes with N layers (tiled random weights)")
     a = ap.parse_args(argv)
@@ -758,7 +794,8 @@ def main(argv=None):
             verify_case(folder)
             print(f"{n:16s} OK (files parse strictly, logits recompute byte-identical)", flush=True)
     if a.bench_model:
-        make_bench(a.bench_model, a.bench_size_mb, mixtral_layers=a.bench_mixtral_layers)
+        make_bench(a.bench_model, a.bench_size_mb, mixtral_layers=a.bench_mixtral_layers,
+                   arch=a.bench_arch, layers=a.bench_layers)
     print(f"total {time.time() - t0:.2f}s", flush=True)
     return 0
 

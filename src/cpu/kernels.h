@@ -17,6 +17,10 @@ namespace ekva::cpu {
 // Decode streams each weight row once per thread; prefill reuses each weight tile
 // for blocks of 4 rows of x (cpu/matmul.cpp).
 void matmul(const MatmulParams& p, ThreadPool& pool);
+// Bytes ahead the decode GEMV prefetches each weight row in software: 4096 on Intel
+// hosts (whose per-core streams need it), 0 elsewhere (AMD's hardware prefetchers do
+// better alone); the environment variable EKVA_GEMV_PREFETCH overrides it (0..1 MiB).
+int64_t gemv_prefetch_bytes();
 // The scratch of attention, kept by the caller from call to call (the CPU backend
 // owns one). Its buffers only grow: once they have reached the largest problem seen,
 // a call allocates nothing (vector resize and assign within capacity do not).

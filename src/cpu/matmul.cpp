@@ -11,6 +11,8 @@
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 #include <hwy/highway.h>
 
+#include <cstdlib>
+
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "cpu/kernels.h"
@@ -70,29 +72,31 @@ HWY_INLINE void tile(const WT* const* w, const float* const* x, int64_t K, float
   }
 }
 
-// Software prefetch distance of the decode GEMV. On an Intel Xeon host with
-// one-core streams limited by outstanding misses, the hardware prefetchers
-// alone left the decode step at 0.60 of the streaming read rate; prefetching
-// this far ahead took it to 0.81-0.94 (1.2 GB model; 2048-8192 bytes measured
-// within the noise of one another, 512 at 0.71). A prefetch past the end of a
-// matrix is harmless (it never faults).
-constexpr int64_t kPrefetchBytes = 4096;
+// The decode GEMV's software prefetch (gemv_prefetch_bytes() below picks it per host):
+// on an Intel Xeon host with one-core streams limited by outstanding misses, the
+// hardware prefetchers alone left the decode step at 0.60 of the streaming read rate
+// and prefetching 4096 bytes ahead took it to 0.81-0.94 (1.2 GB model; 2048-8192
+// within the noise of one another, 512 at 0.71). On an AMD EPYC host the same
+// prefetch halved it: 0.50-0.51 with it, 0.92-0.97 without (bench/results/
+// cpu_decode_2026-12-04.json). A prefetch past the end of a matrix is harmless (it
+// never faults).
 
 // One token (decode): each weight row is one linear stream, walked with four
 // independent accumulators. Reading rows one after another keeps the access
 // pattern a single sequential stream per thread, which the hardware prefetcher
 // follows across the whole matrix; interleaving several rows (as the prefill tile
 // does) splits it into short streams the prefetcher keeps losing.
-template <typename WT>
-HWY_INLINE float row_dot(const WT* w, const float* x, int64_t K) {
+template <bool kPrefetch, typename WT>
+HWY_INLINE float row_dot(const WT* w, const float* x, int64_t K, int64_t prefetch_bytes) {
   const DF df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
   int64_t k = 0;
   for (; k + 4 * N <= K; k += 4 * N) {
-    for (int64_t b = 0; b < 4 * N * int64_t{sizeof(WT)}; b += 64)
-      hwy::Prefetch(
-          reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(w + k) + kPrefetchBytes + b));
+    if constexpr (kPrefetch)
+      for (int64_t b = 0; b < 4 * N * int64_t{sizeof(WT)}; b += 64)
+        hwy::Prefetch(
+            reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(w + k) + prefetch_bytes + b));
     a0 = hn::MulAdd(load_weights<WT>(w + k), hn::LoadU(df, x + k), a0);
     a1 = hn::MulAdd(load_weights<WT>(w + k + N), hn::LoadU(df, x + k + N), a1);
     a2 = hn::MulAdd(load_weights<WT>(w + k + 2 * N), hn::LoadU(df, x + k + 2 * N), a2);
@@ -106,9 +110,15 @@ HWY_INLINE float row_dot(const WT* w, const float* x, int64_t K) {
 
 template <typename WT>
 void matmul_range_t(const float* const* x_rows, int64_t n_tokens, const WT* w, int64_t K,
-                    int64_t row_begin, int64_t row_end, float* const* y_rows) {
+                    int64_t row_begin, int64_t row_end, float* const* y_rows,
+                    int64_t prefetch_bytes) {
   if (n_tokens == 1) {
-    for (int64_t r = row_begin; r < row_end; ++r) y_rows[0][r] = row_dot(w + r * K, x_rows[0], K);
+    if (prefetch_bytes > 0)
+      for (int64_t r = row_begin; r < row_end; ++r)
+        y_rows[0][r] = row_dot<true>(w + r * K, x_rows[0], K, prefetch_bytes);
+    else
+      for (int64_t r = row_begin; r < row_end; ++r)
+        y_rows[0][r] = row_dot<false>(w + r * K, x_rows[0], K, 0);
     return;
   }
   constexpr int kRows = 4;
@@ -138,12 +148,14 @@ void matmul_range_t(const float* const* x_rows, int64_t n_tokens, const WT* w, i
 }
 
 void MatmulRange(const float* const* x_rows, int64_t n_tokens, const void* w, DType dtype,
-                 int64_t K, int64_t row_begin, int64_t row_end, float* const* y_rows) {
+                 int64_t K, int64_t row_begin, int64_t row_end, float* const* y_rows,
+                 int64_t prefetch_bytes) {
   if (dtype == DType::kBF16)
-    matmul_range_t(x_rows, n_tokens, static_cast<const uint16_t*>(w), K, row_begin, row_end,
-                   y_rows);
+    matmul_range_t(x_rows, n_tokens, static_cast<const uint16_t*>(w), K, row_begin, row_end, y_rows,
+                   prefetch_bytes);
   else
-    matmul_range_t(x_rows, n_tokens, static_cast<const float*>(w), K, row_begin, row_end, y_rows);
+    matmul_range_t(x_rows, n_tokens, static_cast<const float*>(w), K, row_begin, row_end, y_rows,
+                   prefetch_bytes);
 }
 
 }  // namespace ekva::HWY_NAMESPACE
@@ -153,6 +165,24 @@ HWY_AFTER_NAMESPACE();
 namespace ekva::cpu {
 
 HWY_EXPORT(MatmulRange);
+
+int64_t gemv_prefetch_bytes() {
+  static const int64_t bytes = [] {
+    if (const char* env = std::getenv("EKVA_GEMV_PREFETCH")) {
+      char* end = nullptr;
+      const long long v = std::strtoll(env, &end, 10);
+      if (end == env || *end != '\0' || v < 0 || v > (1 << 20))
+        fail("EKVA_GEMV_PREFETCH must be a byte distance in 0..1048576, got '{}'", env);
+      return static_cast<int64_t>(v);
+    }
+#if defined(__x86_64__) || defined(__i386__)
+    return __builtin_cpu_is("intel") ? int64_t{4096} : int64_t{0};
+#else
+    return int64_t{0};
+#endif
+  }();
+  return bytes;
+}
 
 namespace {
 
@@ -165,10 +195,12 @@ void matmul_impl(const float* const* x_rows, int64_t n_tokens, const WeightMatri
   EKVA_CHECK(w.dtype == DType::kBF16 || w.dtype == DType::kF32, "matmul: unsupported dtype {}",
              dtype_name(w.dtype));
   const int64_t blocks = (w.rows + kRowAlign - 1) / kRowAlign;
+  const int64_t prefetch = gemv_prefetch_bytes();
   pool.parallel_for(blocks, [&](int64_t b0, int64_t b1, int) {
     const int64_t r0 = b0 * kRowAlign;
     const int64_t r1 = std::min(w.rows, b1 * kRowAlign);
-    HWY_DYNAMIC_DISPATCH(MatmulRange)(x_rows, n_tokens, w.data, w.dtype, w.cols, r0, r1, y_rows);
+    HWY_DYNAMIC_DISPATCH(MatmulRange)
+    (x_rows, n_tokens, w.data, w.dtype, w.cols, r0, r1, y_rows, prefetch);
   });
 }
 
