@@ -11,6 +11,14 @@ fail() { echo "FAIL: $*"; fails=$((fails+1)); }
 
 "$EKVA" roofline probe --runs 2 --read-mib 64 -t 2 -m "$SHIPPED_MODEL" --json-out "$tmp/probe.json" ||
     fail "probe"
+# The GPU probe: its ceilings where a GPU is, else a clear error naming the device.
+if gpu=$("$EKVA" roofline probe --device cuda --runs 3 --json-out "$tmp/gpu.json" 2>&1); then
+  grep -q "bf16 GEMM" <<<"$gpu" && [ -s "$tmp/gpu.json" ] || fail "gpu probe: $gpu"
+else
+  grep -qE "no CUDA device|no cuda backend" <<<"$gpu" || fail "gpu probe error: $gpu"
+fi
+"$EKVA" roofline probe --device cuda -m "$SHIPPED_MODEL" 2>&1 | grep -q "is for --device cpu" ||
+    fail "gpu probe with -m"
 "$EKVA" generate -m "$SHIPPED_MODEL" -p "The kernel of the system" -n 8 --ignore-eos -t 2 \
     --op-profile "$tmp/op.json" >/dev/null 2>&1 || fail "generate --op-profile"
 out=$("$EKVA" roofline report "$tmp/op.json" --probe "$tmp/probe.json" --out "$tmp/report" \

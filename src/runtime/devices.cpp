@@ -65,6 +65,17 @@ std::unique_ptr<KvCache> make_device_full_cache(const DeviceSpec& spec, Backend&
   return support_for(spec).make_full_cache(backend, shape, capacity, kv_dtype);
 }
 
+Ceilings probe_device_ceilings(const DeviceSpec& spec, int runs) {
+  EKVA_CHECK(!spec.is_cpu(), "probe_device_ceilings: cpu is not a device");
+  const DeviceSupport& s = support_for(spec);
+  const int n = s.device_count();
+  if (spec.index >= n)
+    fail("device {}: {}", spec.str(),
+         n == 0 ? std::string("no CUDA device is present (or its driver is not loaded)")
+                : fmt::format("there are only {} CUDA device(s), 0..{}", n, n - 1));
+  return s.probe(spec.index, runs);
+}
+
 std::unique_ptr<KvArenaMemory> make_device_arena_memory(const DeviceSpec& spec, Backend& backend) {
   return support_for(spec).make_arena_memory(backend);
 }

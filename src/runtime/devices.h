@@ -14,6 +14,7 @@
 #include "kv/kv_arena.h"
 #include "kv/kv_cache.h"
 #include "ops/backend.h"
+#include "roofline/hardware.h"
 
 namespace ekva {
 
@@ -27,6 +28,8 @@ struct DeviceSupport {
                                          DType kv_dtype)>
       make_full_cache;
   std::function<std::unique_ptr<KvArenaMemory>(Backend& backend)> make_arena_memory;
+  // The device's measured ceilings (`ekva roofline probe --device`), `runs` per figure.
+  std::function<Ceilings(int device, int runs)> probe;
 };
 
 void register_device_support(std::string_view kind, DeviceSupport support);
@@ -47,6 +50,8 @@ std::unique_ptr<Backend> open_device_backend(const DeviceSpec& spec);
 // A full KV cache in the memory of `backend` (a GPU backend of `spec`).
 std::unique_ptr<KvCache> make_device_full_cache(const DeviceSpec& spec, Backend& backend,
                                                 KvShape shape, int64_t capacity, DType kv_dtype);
+// The GPU's ceilings measured on it (read, copy, bf16 matrix rate, launch cost).
+Ceilings probe_device_ceilings(const DeviceSpec& spec, int runs);
 // The memory a compressed store's arena keeps its K/V in on that GPU.
 std::unique_ptr<KvArenaMemory> make_device_arena_memory(const DeviceSpec& spec, Backend& backend);
 

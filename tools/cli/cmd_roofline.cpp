@@ -1,5 +1,6 @@
 // `ekva roofline`: the machine's ceilings and the roofline analysis of an op profile.
 //   ekva roofline probe [--json-out FILE] [-m DIR] [-t N] [--runs R] [--read-mib M]
+//                       [--device cpu|cuda|cuda:N]
 //   ekva roofline hardware                      (the datasheet table)
 //   ekva roofline report PROFILE.json (--probe FILE | --hardware NAME) --out DIR
 //                        [--phase decode] [--calibration FILE [--model DIR]] [--no-plot]
@@ -25,6 +26,7 @@
 #include "roofline/hardware.h"
 #include "roofline/report.h"
 #include "roofline/roofline_report.h"
+#include "runtime/devices.h"
 
 #ifndef EKVA_TOOLS_DIR
 #define EKVA_TOOLS_DIR "tools"
@@ -36,13 +38,53 @@ namespace {
 
 struct ProbeArgs {
   std::string json_out;
+  std::string device = "cpu";
   std::string model_dir;  // the kernels' shapes; empty: a generic large model's
   int threads = 0;
   int runs = 9;
   double read_mib = 0;
 };
 
+// A GPU's ceilings (the CUDA backend measures them), printed and saved.
+void run_device_probe(const ProbeArgs& a, const DeviceSpec& spec) {
+  const Ceilings c = probe_device_ceilings(spec, a.runs);
+  const nlohmann::json& m = c.measurements;
+  fmt::print("device           {}\n", c.device);
+  fmt::print("memory read      {:.0f} GB/s (median of {}; {:.0f}-{:.0f})\n", c.memory_gb_per_s,
+             m["memory_read_gb_per_s"]["runs"].get<int>(),
+             m["memory_read_gb_per_s"]["range"][0].get<double>(),
+             m["memory_read_gb_per_s"]["range"][1].get<double>());
+  fmt::print("copy             {:.0f} GB/s (read + written, device to device)\n",
+             m["copy_gb_per_s"]["median"].get<double>());
+  for (const auto& g : m["bf16_gemm"])
+    fmt::print("bf16 GEMM        n {:5d}: {:.0f} TFLOP/s\n", g["n"].get<int>(),
+               g["tflop_per_s"].get<double>());
+  fmt::print("compute          {:.0f} TFLOP/s {} (the best size)\n", c.compute_gflop_per_s / 1e3,
+             c.compute_kind);
+  if (m.contains("datasheet"))
+    fmt::print("datasheet        {}: {:.0f} GB/s, {:.0f} TFLOP/s bf16 dense\n",
+               m["datasheet"]["name"].get<std::string>(),
+               m["datasheet"]["memory_gb_per_s"].get<double>(),
+               m["datasheet"]["bf16_tflop_per_s"].get<double>());
+  fmt::print("ridge            {:.0f} FLOP/byte\n", c.ridge_flop_per_byte());
+  fmt::print("launch overhead  {:.2f} us (a small kernel, back to back)\n", c.op_overhead_us);
+  fmt::print("memory           {}\n", human_bytes(c.memory_bytes));
+  if (!a.json_out.empty()) {
+    write_text_file(a.json_out, c.to_json().dump(2) + "\n", "ceilings file");
+    fmt::print("wrote {}\n", a.json_out);
+  }
+}
+
 void run_probe(const ProbeArgs& a) {
+  const DeviceSpec spec = DeviceSpec::parse(a.device);
+  if (!spec.is_cpu()) {
+    if (!a.model_dir.empty())
+      fail(
+          "roofline probe: -m (the CPU kernels' shapes) is for --device cpu; the GPU probe "
+          "measures the device's roofs only");
+    run_device_probe(a, spec);
+    return;
+  }
   ThreadPool pool(a.threads > 0 ? a.threads : default_thread_count());
   CpuProbeOptions o;
   o.runs = a.runs;
@@ -191,6 +233,8 @@ void add_roofline_command(CLI::App& app) {
       ->add_option("--read-mib", probe_args->read_mib,
                    "Buffer of the memory read (MiB; 0 = 4 x the last-level cache, >= 1 GiB)")
       ->check(CLI::NonNegativeNumber);
+  probe->add_option("--device", probe_args->device,
+                    "cpu, or a GPU (cuda, cuda:N): its read and copy rates, cuBLAS bf16 rate");
   probe->callback([probe_args] { run_probe(*probe_args); });
 
   auto* hw = roof->add_subcommand("hardware", "Print the datasheet table (--hardware names)");
