@@ -44,13 +44,12 @@ TEST_P(MatmulTest, MatchesReference) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, MatmulTest,
-                         ::testing::Combine(::testing::Values(Shape{1, 17, 97}, Shape{1, 1023, 64},
-                                                              Shape{3, 97, 17}, Shape{5, 64, 1023},
-                                                              Shape{17, 33, 129},
-                                                              Shape{8, 256, 512}),
-                                            ::testing::Values(DType::kBF16, DType::kF32),
-                                            ::testing::Values(1, 2, 3)));
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, MatmulTest,
+    ::testing::Combine(::testing::Values(Shape{1, 17, 97}, Shape{1, 1023, 64}, Shape{3, 97, 17},
+                                         Shape{5, 64, 1023}, Shape{17, 33, 129}, Shape{8, 256, 512},
+                                         Shape{2, 31, 1000}, Shape{4, 19, 129}),
+                       ::testing::Values(DType::kBF16, DType::kF32), ::testing::Values(1, 2, 3)));
 
 TEST(MatmulRows, GathersTheNamedRows) {
   ThreadPool pool(2);
