@@ -11,6 +11,8 @@
 #include <hwy/cache_control.h>
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 #include <hwy/highway.h>
+
+#include "cpu/reduce-inl.h"
 // After highway.h, in every target pass.
 #include <hwy/contrib/math/math-inl.h>
 
@@ -151,34 +153,6 @@ class RowPrefetch {
   int64_t row_d_ = 0;
 };
 
-// Lane i of the result is the sum of the lanes of a[i], for the N = Lanes(d)
-// vectors a[0..N): a tree of even/odd concatenations that halves the vector count
-// per level, about three operations per sum where a horizontal reduction of each
-// vector apart takes a dependent chain of log2(N) shuffles and adds apiece (the
-// score pass spent most of its time in those).
-#if HWY_TARGET != HWY_SCALAR
-template <size_t kCount>
-HWY_INLINE void fold_pairs(hn::Vec<DF>* a) {
-  if constexpr (kCount > 1) {
-    const DF d;
-    // A constant trip count per level, so that the loops unroll and the
-    // accumulators stay in registers (a loop bound that halves at run time kept
-    // them on the stack).
-    for (size_t i = 0; i < kCount / 2; ++i)
-      a[i] = hn::Add(hn::ConcatEven(d, a[2 * i + 1], a[2 * i]),
-                     hn::ConcatOdd(d, a[2 * i + 1], a[2 * i]));
-    fold_pairs<kCount / 2>(a);
-  }
-}
-#endif
-template <size_t kN>
-HWY_INLINE hn::Vec<DF> sum_lanes_transposed(hn::Vec<DF>* a) {
-#if HWY_TARGET != HWY_SCALAR
-  fold_pairs<kN>(a);
-#endif  // one lane: the vector is its own sum
-  return a[0];
-}
-
 // Scaled scores of kHeads query heads q[0..kHeads) against the K rows
 // k[0..n) of a block: out[h * kBlock + j] = scale * q_h · k_j. Every K vector
 // loaded (and widened) feeds all the heads, and kTokens = N / kHeads rows are taken
@@ -225,7 +199,7 @@ HWY_INLINE void block_scores(const float* const* q, const KT* k, int64_t D, int6
       }
     }
     HWY_ALIGN float sums[kN];
-    hn::Store(hn::Mul(sum_lanes_transposed<kN>(acc), vscale), d, sums);
+    hn::Store(hn::Mul(sum_lanes_transposed<kN>(d, acc), vscale), d, sums);
     if (D_vec < D)  // head dims that are not a multiple of the vector length
       for (int h = 0; h < kHeads; ++h)
         for (int t = 0; t < kTokens; ++t) {

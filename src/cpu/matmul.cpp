@@ -11,6 +11,8 @@
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 #include <hwy/highway.h>
 
+#include "cpu/reduce-inl.h"
+
 #include <cstdlib>
 
 #include "core/error.h"
@@ -63,11 +65,28 @@ HWY_INLINE void tile(const WT* const* w, const float* const* x, int64_t K, float
       for (int t = 0; t < kTokens; ++t) acc[r][t] = hn::MulAdd(wv, xv[t], acc[r][t]);
     }
   }
-  for (int r = 0; r < kRows; ++r) {
-    for (int t = 0; t < kTokens; ++t) {
-      float sum = hn::GetLane(hn::SumOfLanes(df, acc[r][t]));
-      for (int64_t kk = k; kk < K; ++kk) sum += weight_scalar(w[r], kk) * x[t][kk];
-      out_rows[t][r] = sum;
+  constexpr size_t kN = hn::MaxLanes(DF());
+  constexpr size_t kAcc = static_cast<size_t>(kRows * kTokens);
+  if constexpr (!HWY_HAVE_SCALABLE && kN > 1 && kAcc % kN == 0) {
+    // All accumulators reduced together (kN at a time): at small widths (a 256-wide
+    // model's rows are 16 vectors) one reduction per accumulator cost as much as
+    // the products.
+    HWY_ALIGN float sums[kAcc];
+    for (size_t g = 0; g < kAcc; g += kN)
+      hn::Store(sum_lanes_transposed<kN>(df, &acc[0][0] + g), df, sums + g);
+    for (int r = 0; r < kRows; ++r)
+      for (int t = 0; t < kTokens; ++t) {
+        float sum = sums[r * kTokens + t];
+        for (int64_t kk = k; kk < K; ++kk) sum += weight_scalar(w[r], kk) * x[t][kk];
+        out_rows[t][r] = sum;
+      }
+  } else {
+    for (int r = 0; r < kRows; ++r) {
+      for (int t = 0; t < kTokens; ++t) {
+        float sum = hn::GetLane(hn::SumOfLanes(df, acc[r][t]));
+        for (int64_t kk = k; kk < K; ++kk) sum += weight_scalar(w[r], kk) * x[t][kk];
+        out_rows[t][r] = sum;
+      }
     }
   }
 }
