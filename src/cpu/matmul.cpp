@@ -179,6 +179,8 @@ void rows_tokens(const float* const* x_rows, const WT* w, int64_t K, int64_t row
 // Tokens up to which a matmul streams rows (row_dot_tokens) instead of tiling: at 8
 // tokens the streamed form was no faster than the tile from memory (8.6 against 9.2
 // GB/s of weights; eight token pointers and sixteen accumulators crowd the registers).
+// At 4 the token loads bound it (four 64-byte loads per weight vector: 20-23 GB/s).
+// Two rows at a time (half the token loads) made two streams and halved it again.
 constexpr int64_t kStreamTokens = 4;
 
 template <typename WT>
@@ -200,16 +202,8 @@ void matmul_range_t(const float* const* x_rows, int64_t n_tokens, const WT* w, i
         return rows_tokens<2>(x_rows, w, K, row_begin, row_end, y_rows, prefetch_bytes);
       case 3:
         return rows_tokens<3>(x_rows, w, K, row_begin, row_end, y_rows, prefetch_bytes);
-      case 4:
-        return rows_tokens<4>(x_rows, w, K, row_begin, row_end, y_rows, prefetch_bytes);
-      case 5:
-        return rows_tokens<5>(x_rows, w, K, row_begin, row_end, y_rows, prefetch_bytes);
-      case 6:
-        return rows_tokens<6>(x_rows, w, K, row_begin, row_end, y_rows, prefetch_bytes);
-      case 7:
-        return rows_tokens<7>(x_rows, w, K, row_begin, row_end, y_rows, prefetch_bytes);
       default:
-        return rows_tokens<8>(x_rows, w, K, row_begin, row_end, y_rows, prefetch_bytes);
+        return rows_tokens<4>(x_rows, w, K, row_begin, row_end, y_rows, prefetch_bytes);
     }
   }
   constexpr int kRows = 4;
