@@ -157,23 +157,26 @@ TEST_P(DeviceKvStore, MirrorsTheHostStoreEntryForEntry) {
   std::normal_distribution<float> normal;
   std::uniform_int_distribution<int32_t> expert(0, cfg.n_experts - 1);
   int32_t next = 0;
-  const auto append = [&](int n) {
+  // n more entries per (layer, kv-head) in host sequence a and device sequence b.
+  const auto append_to = [&](int a, int b, int n, bool tagged) {
     std::vector<int32_t> pos(static_cast<size_t>(n));
     for (auto& p : pos) p = next++;
     for (int l = 0; l < cfg.shape.n_layers; ++l) {
       std::vector<float> k(static_cast<size_t>(n * H * D)), v(k.size());
       for (auto& x : k) x = normal(rng);
       for (auto& x : v) x = normal(rng);
+      host.cache(a).append(l, pos, k.data(), v.data());
+      const DeviceFloats dk(k), dv(v);
+      dev.cache(b).append(l, pos, dk.ptr, dv.ptr);
+      dev.flush();  // the queued writes read dk, dv
+      if (!tagged) continue;
       std::vector<int32_t> tags(static_cast<size_t>(n));
       for (auto& t : tags) t = expert(rng);
-      host.cache(hs).append(l, pos, k.data(), v.data());
-      const DeviceFloats dk(k), dv(v);
-      dev.cache(ds).append(l, pos, dk.ptr, dv.ptr);
-      dev.flush();  // the queued writes read dk, dv
-      host.cache(hs).tag(l, pos, tags.data());
-      dev.cache(ds).tag(l, pos, tags.data());
+      host.cache(a).tag(l, pos, tags.data());
+      dev.cache(b).tag(l, pos, tags.data());
     }
   };
+  const auto append = [&](int n) { append_to(hs, ds, n, true); };
   // Keeps a random subset of every segment, the same in both stores.
   const auto evict = [&](double keep_fraction) {
     std::vector<SegmentInfo> segs;
@@ -217,20 +220,7 @@ TEST_P(DeviceKvStore, MirrorsTheHostStoreEntryForEntry) {
   host.remove_sequence(hs);
   const int hs2 = host.add_sequence(), ds2 = dev.add_sequence();
   next = 0;
-  const auto append2 = [&](int n) {
-    std::vector<int32_t> pos(static_cast<size_t>(n));
-    for (auto& p : pos) p = next++;
-    for (int l = 0; l < cfg.shape.n_layers; ++l) {
-      std::vector<float> k(static_cast<size_t>(n * H * D)), v(k.size());
-      for (auto& x : k) x = normal(rng);
-      for (auto& x : v) x = normal(rng);
-      host.cache(hs2).append(l, pos, k.data(), v.data());
-      const DeviceFloats dk(k), dv(v);
-      dev.cache(ds2).append(l, pos, dk.ptr, dv.ptr);
-      dev.flush();
-    }
-  };
-  append2(77);
+  append_to(hs2, ds2, 77, false);
   expect_same_views(host, hs2, dev, ds2, "a second sequence");
   EXPECT_GT(memory.mapped_bytes(), 0u);
 }

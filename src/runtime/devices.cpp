@@ -26,6 +26,18 @@ const DeviceSupport& support_for(const DeviceSpec& spec) {
   return it->second;
 }
 
+// The support of a GPU spec whose device is there; throws naming what there is.
+const DeviceSupport& present_device(const DeviceSpec& spec) {
+  EKVA_CHECK(!spec.is_cpu(), "device support: cpu is not a device");
+  const DeviceSupport& s = support_for(spec);
+  const int n = s.device_count();
+  if (spec.index >= n)
+    fail("device {}: {}", spec.str(),
+         n == 0 ? std::string("no CUDA device is present (or its driver is not loaded)")
+                : fmt::format("there are only {} CUDA device(s), 0..{}", n, n - 1));
+  return s;
+}
+
 }  // namespace
 
 void register_device_support(std::string_view kind, DeviceSupport support) {
@@ -50,14 +62,7 @@ DeviceSpec DeviceSpec::parse(std::string_view text) {
 std::string DeviceSpec::str() const { return is_cpu() ? kind : fmt::format("{}:{}", kind, index); }
 
 std::unique_ptr<Backend> open_device_backend(const DeviceSpec& spec) {
-  EKVA_CHECK(!spec.is_cpu(), "open_device_backend: cpu is not a device backend");
-  const DeviceSupport& s = support_for(spec);
-  const int n = s.device_count();
-  if (spec.index >= n)
-    fail("device {}: {}", spec.str(),
-         n == 0 ? std::string("no CUDA device is present (or its driver is not loaded)")
-                : fmt::format("there are only {} CUDA device(s), 0..{}", n, n - 1));
-  return s.make_backend(spec.index);
+  return present_device(spec).make_backend(spec.index);
 }
 
 std::unique_ptr<KvCache> make_device_full_cache(const DeviceSpec& spec, Backend& backend,
@@ -66,14 +71,7 @@ std::unique_ptr<KvCache> make_device_full_cache(const DeviceSpec& spec, Backend&
 }
 
 Ceilings probe_device_ceilings(const DeviceSpec& spec, int runs) {
-  EKVA_CHECK(!spec.is_cpu(), "probe_device_ceilings: cpu is not a device");
-  const DeviceSupport& s = support_for(spec);
-  const int n = s.device_count();
-  if (spec.index >= n)
-    fail("device {}: {}", spec.str(),
-         n == 0 ? std::string("no CUDA device is present (or its driver is not loaded)")
-                : fmt::format("there are only {} CUDA device(s), 0..{}", n, n - 1));
-  return s.probe(spec.index, runs);
+  return present_device(spec).probe(spec.index, runs);
 }
 
 std::unique_ptr<KvArenaMemory> make_device_arena_memory(const DeviceSpec& spec, Backend& backend) {
