@@ -154,6 +154,13 @@ int main(int argc, char** argv) {
       std::sort(r.step_ms.begin(), r.step_ms.end());
     };
 
+    // After a row's fill: why it stopped, how long it took, the batch.
+    const auto end_fill = [&](Row& r, size_t n, Clock::time_point t0) {
+      if (r.batch_limited_by.empty()) r.batch_limited_by = "max batch";
+      gpu.synchronize();
+      r.fill_s = seconds_since(t0);
+      r.batch = static_cast<int>(n);
+    };
     std::vector<Row> rows;
     const auto full_row = [&](int max_batch) {
       Row r;
@@ -175,10 +182,7 @@ int main(int argc, char** argv) {
           break;
         }
       }
-      if (r.batch_limited_by.empty()) r.batch_limited_by = "max batch";
-      gpu.synchronize();
-      r.fill_s = seconds_since(t0);
-      r.batch = static_cast<int>(caches.size());
+      end_fill(r, caches.size(), t0);
       r.live_entries_per_sequence = o.context * c.n_layers * c.n_kv_heads;
       std::vector<ekva::KvCache*> ptrs;
       for (auto& p : caches) ptrs.push_back(p.get());
@@ -238,10 +242,7 @@ int main(int argc, char** argv) {
           break;
         }
       }
-      if (r.batch_limited_by.empty()) r.batch_limited_by = "max batch";
-      gpu.synchronize();
-      r.fill_s = seconds_since(t0);
-      r.batch = static_cast<int>(caches.size());
+      end_fill(r, caches.size(), t0);
       int64_t live = 0;
       for (auto& p : caches) live += p->stats().live_entries;
       r.live_entries_per_sequence = live / std::max<int64_t>(1, r.batch);
