@@ -404,6 +404,37 @@ TEST(CudaEngineApi, GeneratesWhatTheCpuEngineGenerates) {
                      {"device 'tpu'", "cpu, cuda or cuda:N"});
 }
 
+// The op profile on the GPU: every op timed by CUDA events on the backend's stream,
+// attention's cost from its chunks' sizes (their positions are device memory), the
+// ops' time within the steps' wall time.
+TEST(CudaEngineApi, ProfilesOpsWithCudaEvents) {
+  SKIP_WITHOUT_GPU();
+  cuda::register_cuda();
+  auto engine = Engine::open(kModel, {.context = 1024, .profile_ops = true, .device = "cuda"});
+  GenerateOptions opts;
+  opts.max_new_tokens = 8;
+  opts.stop_at_eos = false;
+  engine->generate("The kernel of the system", opts, nullptr);
+  const auto j = nlohmann::json::parse(engine->op_profile_json());
+  EXPECT_EQ(j["timer"], "cuda events");
+  double attention_s = 0, attention_bytes = 0, op_s = 0;
+  for (const auto& o : j["ops"]) {
+    op_s += o["seconds"].get<double>();
+    if (o["kind"] == "attention") {
+      attention_s += o["seconds"].get<double>();
+      attention_bytes += o["bytes"].get<double>();
+    }
+  }
+  double wall = 0;
+  for (const auto& ph : j["phases"]) wall += ph["wall_seconds"].get<double>();
+  std::cout << "[ profile  ] cuda: ops " << op_s * 1e3 << " ms of " << wall * 1e3
+            << " ms wall; attention " << attention_s * 1e3 << " ms, " << attention_bytes / 1e6
+            << " MB\n";
+  EXPECT_GT(attention_s, 0);
+  EXPECT_GT(attention_bytes, 0);
+  EXPECT_LE(op_s, wall * 1.01);
+}
+
 // Where there is no GPU (CI): asking for one is a clear error, not a crash.
 TEST(CudaEngineNoDevice, OpeningCudaNamesTheMissingDevice) {
   if (cuda::device_count() > 0) GTEST_SKIP() << "a GPU is present";

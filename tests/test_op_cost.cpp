@@ -101,6 +101,10 @@ TEST(OpCost, AttentionOverRaggedRunsAtDecode) {
   // The totals form agrees.
   expect_cost(attention_cost(p, seen, 12 * bf16_entry + 8 * f32_entry),
               12 * bf16_entry + 8 * f32_entry + q_and_out, seen * 2 * 8 * 4);
+  // So does the form from sizes alone (what a GPU's chunks allow): each query is its
+  // sequence's newest entry.
+  expect_cost(p.cost_from_sizes(lists), 12 * bf16_entry + 8 * f32_entry + q_and_out,
+              seen * 2 * 8 * 4);
 }
 
 TEST(OpCost, AttentionCausalPrefillWindowAndScores) {
@@ -115,6 +119,8 @@ TEST(OpCost, AttentionCausalPrefillWindowAndScores) {
   const double entry = 2 * 8 * kBF16 + kI32, q_and_out = 4 * 4 * 8 * 2 * kF32;
   // Query at p sees p + 1 entries: 5 + 6 + 7 + 8 = 26 per kv-head; all 8 read once.
   expect_cost(p.cost(lists), 2 * 8 * entry + q_and_out, 2 * 26 * 2 * 8 * 4);
+  // From sizes alone: the 4 queries are the newest 4 of 8 entries, the same count.
+  expect_cost(p.cost_from_sizes(lists), 2 * 8 * entry + q_and_out, 2 * 26 * 2 * 8 * 4);
   // A window of 3: each query sees 3 entries; entries 2..7 are read.
   p.sliding_window = 3;
   expect_cost(p.cost(lists), 2 * 6 * entry + q_and_out, 2 * 4 * 3 * 2 * 8 * 4);
@@ -123,6 +129,7 @@ TEST(OpCost, AttentionCausalPrefillWindowAndScores) {
   const uint8_t scored[4] = {0, 0, 0, 1};
   p.q_scored = scored;
   expect_cost(p.cost(lists), 2 * 8 * (entry + 2 * kF32) + q_and_out, 2 * 26 * 2 * 8 * 4);
+  expect_cost(p.cost_from_sizes(lists), 2 * 8 * (entry + 2 * kF32) + q_and_out, 2 * 26 * 2 * 8 * 4);
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include "cuda/cuda_backend.h"
 #include "cuda/device_kv_arena.h"
 #include "cuda/device_kv_cache.h"
+#include "cuda/event_timer.h"
 #include "cuda/roofline_probe.h"
 #include "runtime/devices.h"
 
@@ -32,7 +33,10 @@ void register_cuda() {
                .make_arena_memory = [](Backend& backend) -> std::unique_ptr<KvArenaMemory> {
                  return std::make_unique<DeviceKvArenaMemory>(cuda_backend(backend));
                },
-               .probe = [](int device, int runs) { return probe_device(device, runs); }});
+               .probe = [](int device, int runs) { return probe_device(device, runs); },
+               .make_op_timer = [](Backend& backend) -> std::unique_ptr<OpTimer> {
+                 return std::make_unique<EventOpTimer>(cuda_backend(backend));
+               }});
 }
 
 }  // namespace ekva::cuda

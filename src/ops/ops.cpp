@@ -110,4 +110,35 @@ OpCost AttentionParams::cost(std::span<const std::vector<KvChunk>> chunks) const
   return attention_cost(*this, seen, read_bytes, scored);
 }
 
+OpCost AttentionParams::cost_from_sizes(std::span<const std::vector<KvChunk>> chunks) const {
+  // The m queries of a sequence are its newest m entries (appended before attention
+  // runs, at the queries' positions); the list's other entries come before them. So
+  // each query sees every older entry and the call's entries up to its own.
+  const auto S = static_cast<size_t>(n_seqs);
+  std::vector<int64_t> queries(S, 0);
+  std::vector<uint8_t> seq_scored(S, 0);
+  for (int64_t t = 0; t < n_queries; ++t) {
+    const auto s = static_cast<size_t>(q_seq != nullptr ? q_seq[t] : 0);
+    ++queries[s];
+    if (q_scored != nullptr && q_scored[t] != 0) seq_scored[s] = 1;
+  }
+  double seen = 0, read_bytes = 0, scored = 0;
+  for (size_t s = 0; s < S; ++s) {
+    const int64_t m = queries[s];
+    if (m == 0) continue;
+    for (int64_t h = 0; h < n_kv_heads; ++h) {
+      int64_t n = 0;
+      for (const KvChunk& c :
+           chunks[s * static_cast<size_t>(n_kv_heads) + static_cast<size_t>(h)]) {
+        n += c.n;
+        read_bytes += d(c.n) * d(static_cast<int64_t>(c.entry_bytes(head_dim) + sizeof(int32_t)));
+      }
+      const int64_t own = std::min(m, n), older = n - own;
+      seen += d(older) * d(m) + d(own) * d(own + 1) / 2 + d(m - own) * d(n);
+      scored += seq_scored[s] * d(n);
+    }
+  }
+  return attention_cost(*this, seen, read_bytes, scored);
+}
+
 }  // namespace ekva

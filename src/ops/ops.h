@@ -273,6 +273,12 @@ struct AttentionParams {
   // the sequence is scored. FLOPs: 4 * head_dim per (query head, entry it sees), q.k
   // and p.v; the softmax's exponentials are not counted.
   OpCost cost(std::span<const std::vector<KvChunk>> chunks) const;
+  // The same from the chunks' sizes alone, for chunks whose positions the host cannot
+  // read (a GPU's cache): each sequence's queries are taken to be its newest entries
+  // (a cache appends a call's tokens before attention runs) and every other entry
+  // older than them. Equal to cost() for such caches without a sliding window; with
+  // one it counts the entries the window hides.
+  OpCost cost_from_sizes(std::span<const std::vector<KvChunk>> chunks) const;
   int64_t value_dim() const { return v_dim > 0 ? v_dim : head_dim; }
 };
 

@@ -201,17 +201,23 @@ void ProfilingBackend::copy_rows(const CopyRowsParams& p) {
   timed(
       OpKind::kCopyRows, p.n_rows, [&] { return p.cost(); }, [&] { inner_.copy_rows(p); });
 }
+OpCost ProfilingBackend::attention_cost_of(const AttentionParams& p,
+                                           std::span<const std::vector<KvChunk>> chunks) const {
+  // A GPU's chunks hold device pointers: their positions are not the host's to read.
+  return inner_.memory_domain() == 0 ? p.cost(chunks) : p.cost_from_sizes(chunks);
+}
+
 void ProfilingBackend::attention(const AttentionParams& p,
                                  std::span<const std::vector<KvChunk>> chunks,
                                  const AttentionPlan& plan) {
   timed(
-      OpKind::kAttention, p.n_queries, [&] { return p.cost(chunks); },
+      OpKind::kAttention, p.n_queries, [&] { return attention_cost_of(p, chunks); },
       [&] { inner_.attention(p, chunks, plan); });
 }
 void ProfilingBackend::attention(const AttentionParams& p,
                                  std::span<const std::vector<KvChunk>> chunks) {
   timed(
-      OpKind::kAttention, p.n_queries, [&] { return p.cost(chunks); },
+      OpKind::kAttention, p.n_queries, [&] { return attention_cost_of(p, chunks); },
       [&] { inner_.attention(p, chunks); });
 }
 

@@ -163,6 +163,10 @@ class ProfilingBackend final : public Backend {
   template <typename Cost, typename Call>
   void timed(OpKind kind, int64_t rows, Cost&& cost, Call&& call);
   void flush();
+  // Attention's cost: from the chunks' positions on the host, from their sizes where
+  // the inner backend's memory is a GPU's (AttentionParams::cost_from_sizes).
+  OpCost attention_cost_of(const AttentionParams& p,
+                           std::span<const std::vector<KvChunk>> chunks) const;
 
   Backend& inner_;
   std::unique_ptr<OpTimer> timer_;

@@ -70,6 +70,10 @@ std::unique_ptr<KvCache> make_device_full_cache(const DeviceSpec& spec, Backend&
   return support_for(spec).make_full_cache(backend, shape, capacity, kv_dtype);
 }
 
+std::unique_ptr<OpTimer> make_device_op_timer(const DeviceSpec& spec, Backend& backend) {
+  return support_for(spec).make_op_timer(backend);
+}
+
 Ceilings probe_device_ceilings(const DeviceSpec& spec, int runs) {
   return present_device(spec).probe(spec.index, runs);
 }

@@ -14,6 +14,7 @@
 #include "kv/kv_arena.h"
 #include "kv/kv_cache.h"
 #include "ops/backend.h"
+#include "ops/profiling_backend.h"
 #include "roofline/hardware.h"
 
 namespace ekva {
@@ -30,6 +31,8 @@ struct DeviceSupport {
   std::function<std::unique_ptr<KvArenaMemory>(Backend& backend)> make_arena_memory;
   // The device's measured ceilings (`ekva roofline probe --device`), `runs` per figure.
   std::function<Ceilings(int device, int runs)> probe;
+  // The op profile's timer for ops queued on `backend` (CUDA events on its stream).
+  std::function<std::unique_ptr<OpTimer>(Backend& backend)> make_op_timer;
 };
 
 void register_device_support(std::string_view kind, DeviceSupport support);
@@ -50,6 +53,8 @@ std::unique_ptr<Backend> open_device_backend(const DeviceSpec& spec);
 // A full KV cache in the memory of `backend` (a GPU backend of `spec`).
 std::unique_ptr<KvCache> make_device_full_cache(const DeviceSpec& spec, Backend& backend,
                                                 KvShape shape, int64_t capacity, DType kv_dtype);
+// A timer for the op profile of ops on that GPU's backend.
+std::unique_ptr<OpTimer> make_device_op_timer(const DeviceSpec& spec, Backend& backend);
 // The GPU's ceilings measured on it (read, copy, bf16 matrix rate, launch cost).
 Ceilings probe_device_ceilings(const DeviceSpec& spec, int runs);
 // The memory a compressed store's arena keeps its K/V in on that GPU.

@@ -89,15 +89,14 @@ class EngineImpl final : public Engine {
     rt_.cpu = std::make_unique<CpuBackend>(options.threads);
     rt_.device = DeviceSpec::parse(options.device);
     if (!rt_.device.is_cpu()) {
-      if (options.profile_ops)
-        fail(
-            "device {}: the op profile times ops on the host, which is wrong for a GPU's "
-            "asynchronous ops (CUDA events are not built yet); profile on the cpu",
-            rt_.device.str());
       rt_.gpu = open_device_backend(rt_.device);
       rt_.model->place(*rt_.gpu);
     }
-    if (options.profile_ops) rt_.profiler = std::make_unique<ProfilingBackend>(*rt_.cpu);
+    // On a GPU the profile times each op with CUDA events on the backend's stream.
+    if (options.profile_ops)
+      rt_.profiler = rt_.gpu ? std::make_unique<ProfilingBackend>(
+                                   *rt_.gpu, make_device_op_timer(rt_.device, *rt_.gpu))
+                             : std::make_unique<ProfilingBackend>(*rt_.cpu);
     const ModelConfig& c = rt_.model->config();
     if (options.context > c.max_position_embeddings)
       fail("engine: context {} exceeds the model's max_position_embeddings ({})", options.context,

@@ -28,7 +28,8 @@ struct Runtime {
   std::unique_ptr<Model> model;
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<CpuBackend> cpu;
-  // In front of cpu when the engine profiles its ops (EngineOptions::profile_ops).
+  // In front of the cpu or the gpu when the engine profiles its ops
+  // (EngineOptions::profile_ops; on a GPU its timer is CUDA events).
   std::unique_ptr<ProfilingBackend> profiler;
   int64_t context = 0;          // tokens per sequence
   int64_t max_step_tokens = 0;  // tokens per forward call
