@@ -6,14 +6,23 @@
 #   3. answer a 4k-token retrieval prompt with the full cache and with a 10% budget
 #      allocated by EKVA-mass and by HeadKV, side by side (answer, KV bytes, speed);
 #   4. a short evaluation table (the committed one in bench/results/ is the full grid).
+#
+# EKVA_DEVICE=cuda answers the prompt of step 3 on the GPU (the compressed cache in
+# device memory); EKVA_BIN=PATH uses a binary built elsewhere and skips the setup and
+# the build (the GPU machine has no package registry: scripts/device_main.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
-cmake --preset release >/dev/null
-cmake --build --preset release -j "$(nproc)" --target ekva
-ekva=./build/release/ekva
+if [ -z "${EKVA_BIN:-}" ]; then
+  ./scripts/setup.sh
+  cmake --preset release >/dev/null
+  cmake --build --preset release -j "$(nproc)" --target ekva
+  ekva=./build/release/ekva
+else
+  ekva=$EKVA_BIN
+fi
+device=${EKVA_DEVICE:-cpu}
 model=models/ekva-moe-tiny
-out=build/release/main
+out=${EKVA_MAIN_OUT:-build/release/main}
 mkdir -p "$out"
 
 echo "== model"
@@ -24,7 +33,7 @@ $ekva calibrate -m "$model" --data data/calibration/validation_sample.txt -o "$o
   --context 2048 --max-tokens 16384 --retrieval-heads data/evalsets/retrieval.jsonl.xz \
   --max-retrieval 8
 
-echo; echo "== a 4096-token pass-key prompt: full cache vs a 10% budget (EKVA-mass, HeadKV)"
+echo; echo "== a 4096-token pass-key prompt: full cache vs a 10% budget (EKVA-mass, HeadKV), on $device"
 /usr/bin/python3 - "$out" <<'PY'
 import json, lzma, sys
 out = sys.argv[1]
@@ -36,11 +45,11 @@ open(f"{out}/prompt.txt", "w").write(p["prompt"])
 open(f"{out}/answer.txt", "w").write(p["answer"])
 print(f"needle at token {p['needle_token_pos']} of {p['n_tokens']}; expected answer: {p['answer']}")
 PY
-$ekva generate -m "$model" -f "$out/prompt.txt" -n 8 --json > "$out/full.json"
-$ekva generate -m "$model" -f "$out/prompt.txt" -n 8 --json --policy snapkv --allocator ekva-mass \
-  --budget 10% --profile "$out/profile.json" > "$out/ekva.json"
-$ekva generate -m "$model" -f "$out/prompt.txt" -n 8 --json --policy snapkv --allocator headkv \
-  --budget 10% --profile "$out/profile.json" > "$out/headkv.json"
+$ekva generate -m "$model" -f "$out/prompt.txt" -n 8 --json --device "$device" > "$out/full.json"
+$ekva generate -m "$model" -f "$out/prompt.txt" -n 8 --json --device "$device" --policy snapkv \
+  --allocator ekva-mass --budget 10% --profile "$out/profile.json" > "$out/ekva.json"
+$ekva generate -m "$model" -f "$out/prompt.txt" -n 8 --json --device "$device" --policy snapkv \
+  --allocator headkv --budget 10% --profile "$out/profile.json" > "$out/headkv.json"
 /usr/bin/python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]
