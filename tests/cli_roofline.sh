@@ -53,4 +53,14 @@ else
   grep -q "cannot be met" <<<"$err" || fail "plan: an impossible target failed without the reason: $err"
 fi
 
+# The multi-GPU placement: the shipped model over its 2 kv-heads; 3 devices cannot split them.
+place=$("$EKVA" place -m "$SHIPPED_MODEL" --devices 2 \
+        --profile "$SOURCE_DIR/bench/results/profile_ekva-moe-tiny.json" --json-out "$tmp/place.json") ||
+    fail "place"
+echo "$place"
+"$PYTHON" -c "import json,sys; j=json.load(open(sys.argv[1])); assert j['n_devices'] == 2 and len(j['devices']) == 2 and j['max_imbalance'] >= 1, j" \
+    "$tmp/place.json" || fail "place JSON"
+"$EKVA" place -m "$SHIPPED_MODEL" --devices 3 2>&1 | grep -q "do not split evenly over 3 devices" ||
+    fail "place: 3 devices over 2 kv-heads"
+
 [ $fails -eq 0 ] && echo "roofline commands passed" || { echo "$fails roofline check(s) failed"; exit 1; }

@@ -13,5 +13,6 @@ void add_calibrate_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_roofline_command(CLI::App& app);
 void add_plan_command(CLI::App& app);
+void add_place_command(CLI::App& app);
 
 }  // namespace ekva::cli

@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
   ekva::cli::add_eval_command(app);
   ekva::cli::add_roofline_command(app);
   ekva::cli::add_plan_command(app);
+  ekva::cli::add_place_command(app);
 
   try {
     app.parse(argc, argv);  // runs the callback of the subcommand given
