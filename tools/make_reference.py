@@ -299,6 +299,22 @@ CASES = {
 # ----------------------------------------------------------------------------
 
 
+def swiglu(prefix, I, H):
+    """A SwiGLU FFN's three projections (gate, up, down) under `prefix`, in module order."""
+    return [(prefix + "gate_proj.weight", (I, H), "lin"), (prefix + "up_proj.weight", (I, H), "lin"),
+            (prefix + "down_proj.weight", (H, I), "lin")]
+
+
+def layer_norms(p, H):
+    return [(p + "input_layernorm.weight", (H,), "norm"),
+            (p + "post_attention_layernorm.weight", (H,), "norm")]
+
+
+def final_tensors(s, H, V):
+    """The final norm and (untied) LM head."""
+    return [("model.norm.weight", (H,), "norm")] + ([] if s["tie"] else [("lm_head.weight", (V, H), "lin")])
+
+
 def weight_shapes(cfg):
     """[(name, shape, kind)] in module order; kind picks the init scale."""
     s = R.model_spec(cfg)
@@ -339,27 +355,16 @@ def weight_shapes(cfg):
             I = s["expert_I"]
             out += [(m + "gate.weight", (s["E"], H), "router")]
             for e in range(s["E"]):
-                out += [(f"{m}experts.{e}.gate_proj.weight", (I, H), "lin"),
-                        (f"{m}experts.{e}.up_proj.weight", (I, H), "lin"),
-                        (f"{m}experts.{e}.down_proj.weight", (H, I), "lin")]
+                out += swiglu(f"{m}experts.{e}.", I, H)
             if kind == "qwen_moe":
                 S = cfg["shared_expert_intermediate_size"]
-                out += [(m + "shared_expert.gate_proj.weight", (S, H), "lin"),
-                        (m + "shared_expert.up_proj.weight", (S, H), "lin"),
-                        (m + "shared_expert.down_proj.weight", (H, S), "lin"),
-                        (m + "shared_expert_gate.weight", (1, H), "lin")]
+                out += swiglu(m + "shared_expert.", S, H) + [(m + "shared_expert_gate.weight", (1, H), "lin")]
         else:
             m = p + "mlp."
             I = cfg["intermediate_size"]
-            out += [(m + "gate_proj.weight", (I, H), "lin"),
-                    (m + "up_proj.weight", (I, H), "lin"),
-                    (m + "down_proj.weight", (H, I), "lin")]
-        out += [(p + "input_layernorm.weight", (H,), "norm"),
-                (p + "post_attention_layernorm.weight", (H,), "norm")]
-    out += [("model.norm.weight", (H,), "norm")]
-    if not s["tie"]:
-        out += [("lm_head.weight", (V, H), "lin")]
-    return out
+            out += swiglu(m, I, H)
+        out += layer_norms(p, H)
+    return out + final_tensors(s, H, V)
 
 
 def deepseek_shapes(cfg, s, out):
@@ -387,28 +392,19 @@ def deepseek_shapes(cfg, s, out):
         m = p + "mlp."
         if s["kinds"][i] == "dense":
             I = s["dense_I"]
-            out += [(m + "gate_proj.weight", (I, H), "lin"), (m + "up_proj.weight", (I, H), "lin"),
-                    (m + "down_proj.weight", (H, I), "lin")]
+            out += swiglu(m, I, H)
         else:
             I = s["expert_I"]
             out += [(m + "gate.weight", (s["E"], H), "router")]
             if s["scoring"] == "sigmoid":
                 out += [(m + "gate.e_score_correction_bias", (s["E"],), "score_bias")]
             for e in range(s["E"]):
-                out += [(f"{m}experts.{e}.gate_proj.weight", (I, H), "lin"),
-                        (f"{m}experts.{e}.up_proj.weight", (I, H), "lin"),
-                        (f"{m}experts.{e}.down_proj.weight", (H, I), "lin")]
+                out += swiglu(f"{m}experts.{e}.", I, H)
             if s["shared_I"]:
                 S = s["shared_I"]
-                out += [(m + "shared_experts.gate_proj.weight", (S, H), "lin"),
-                        (m + "shared_experts.up_proj.weight", (S, H), "lin"),
-                        (m + "shared_experts.down_proj.weight", (H, S), "lin")]
-        out += [(p + "input_layernorm.weight", (H,), "norm"),
-                (p + "post_attention_layernorm.weight", (H,), "norm")]
-    out += [("model.norm.weight", (H,), "norm")]
-    if not s["tie"]:
-        out += [("lm_head.weight", (V, H), "lin")]
-    return out
+                out += swiglu(m + "shared_experts.", S, H)
+        out += layer_norms(p, H)
+    return out + final_tensors(s, H, V)
 
 
 def init_std(kind, shape, tied):

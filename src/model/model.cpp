@@ -151,6 +151,25 @@ struct Model::Step {
   }
 };
 
+// One layer's observer, op sites and projections, bound to the call: what the
+// attention and MLA blocks both name their ops through.
+struct Model::LayerOps {
+  const Step& s;
+  int layer;
+  Activations& a;
+  Backend& backend;
+  ForwardCounters& counters;
+
+  void observe(std::string_view name, const float* x, int64_t width) const {
+    s.observe(name, layer, x, s.n_tokens, width, a, backend);
+  }
+  Backend& at(const char* name) const { return backend.at({name, layer}); }
+  void project(const char* name, const WeightMatrix& w, const WeightVector& bias, const float* x,
+               float* y) const {
+    s.project({name, layer}, w, bias, x, y, backend, counters);
+  }
+};
+
 ForwardCounters Model::forward(std::span<const SequenceStep> batch, Activations& a,
                                Backend& backend, const ForwardObserver* observer) const {
   const ModelConfig& c = config_;
@@ -286,40 +305,35 @@ void Model::attention_block(int layer, const Step& s, Activations& a, Backend& b
   const Activations::Host& h = a.host;
   const int64_t T = s.n_tokens;
   const int64_t H = c.hidden_size;
-  const auto observe = [&](std::string_view name, const float* x, int64_t width) {
-    s.observe(name, layer, x, T, width, a, backend);
-  };
-  const auto at = [&](const char* name) -> Backend& { return backend.at({name, layer}); };
-  const auto project = [&](const char* name, const WeightMatrix& w, const WeightVector& bias,
-                           const float* x, float* y) {
-    s.project({name, layer}, w, bias, x, y, backend, counters);
-  };
+  const LayerOps ops{s, layer, a, backend, counters};
 
-  at("attn_norm").rmsnorm({a.x.data(), L.input_norm.data(), T, H, c.rms_norm_eps, a.xn.data()});
-  observe("attn_norm", a.xn.data(), H);
+  ops.at("attn_norm").rmsnorm({a.x.data(), L.input_norm.data(), T, H, c.rms_norm_eps, a.xn.data()});
+  ops.observe("attn_norm", a.xn.data(), H);
   if (L.mla) return mla_block(layer, s, a, backend, counters);
-  project("q_proj", L.q, L.q_bias, a.xn.data(), a.q.data());  // [T, n_heads * head_dim]
-  project("k_proj", L.k, L.k_bias, a.xn.data(), a.k.data());  // [T, n_kv_heads * head_dim]
-  project("v_proj", L.v, L.v_bias, a.xn.data(), a.v.data());
+  ops.project("q_proj", L.q, L.q_bias, a.xn.data(), a.q.data());  // [T, n_heads * head_dim]
+  ops.project("k_proj", L.k, L.k_bias, a.xn.data(), a.k.data());  // [T, n_kv_heads * head_dim]
+  ops.project("v_proj", L.v, L.v_bias, a.xn.data(), a.v.data());
   if (c.qk_norm != QkNorm::kNone) {
     // OLMoE: each token's whole q and k; Qwen3-MoE: each head, i.e. rows of head_dim
     // of the same [T, n_heads * head_dim] buffers.
     const int64_t qn = c.q_norm_size(), kn = c.k_norm_size();
-    at("q_norm").rmsnorm(
+    ops.at("q_norm").rmsnorm(
         {a.q.data(), L.q_norm.data(), T * c.q_dim() / qn, qn, c.rms_norm_eps, a.q.data()});
-    at("k_norm").rmsnorm(
+    ops.at("k_norm").rmsnorm(
         {a.k.data(), L.k_norm.data(), T * c.kv_dim() / kn, kn, c.rms_norm_eps, a.k.data()});
   }
   if (c.clip_qkv > 0.f) {
-    at("clip_qkv").clamp({a.q.data(), T * c.q_dim(), c.clip_qkv});
-    at("clip_qkv").clamp({a.k.data(), T * c.kv_dim(), c.clip_qkv});
-    at("clip_qkv").clamp({a.v.data(), T * c.kv_dim(), c.clip_qkv});
+    ops.at("clip_qkv").clamp({a.q.data(), T * c.q_dim(), c.clip_qkv});
+    ops.at("clip_qkv").clamp({a.k.data(), T * c.kv_dim(), c.clip_qkv});
+    ops.at("clip_qkv").clamp({a.v.data(), T * c.kv_dim(), c.clip_qkv});
   }
-  at("rope_q").rope({a.q.data(), a.positions.data(), T, c.n_heads, c.head_dim, s.rope_inv_freq});
-  at("rope_k").rope({a.k.data(), a.positions.data(), T, c.n_kv_heads, c.head_dim, s.rope_inv_freq});
-  observe("q", a.q.data(), c.q_dim());
-  observe("k", a.k.data(), c.kv_dim());
-  observe("v", a.v.data(), c.kv_dim());
+  ops.at("rope_q").rope(
+      {a.q.data(), a.positions.data(), T, c.n_heads, c.head_dim, s.rope_inv_freq});
+  ops.at("rope_k").rope(
+      {a.k.data(), a.positions.data(), T, c.n_kv_heads, c.head_dim, s.rope_inv_freq});
+  ops.observe("q", a.q.data(), c.q_dim());
+  ops.observe("k", a.k.data(), c.kv_dim());
+  ops.observe("v", a.v.data(), c.kv_dim());
 
   // Each sequence's new entries go to its own cache; attention reads its view and
   // adds the probabilities of the queries its cache wants scored to the entries.
@@ -360,11 +374,12 @@ void Model::attention_block(int layer, const Step& s, Activations& a, Backend& b
   p.q_seq = h.seq.data();
   p.n_seqs = B;
   p.q_scored = any_scored ? h.q_scored.data() : nullptr;
-  at("attention").attention(p, std::span(a.chunks).first(static_cast<size_t>(B * c.n_kv_heads)));
-  observe("attn_out", a.attn.data(), c.q_dim());
+  ops.at("attention")
+      .attention(p, std::span(a.chunks).first(static_cast<size_t>(B * c.n_kv_heads)));
+  ops.observe("attn_out", a.attn.data(), c.q_dim());
 
-  project("o_proj", L.o, L.o_bias, a.attn.data(), a.out.data());
-  at("attn_residual").add({a.x.data(), a.out.data(), T * H});
+  ops.project("o_proj", L.o, L.o_bias, a.attn.data(), a.out.data());
+  ops.at("attn_residual").add({a.x.data(), a.out.data(), T * H});
 }
 
 // Multi-head latent attention (DeepSeek-V2/V3) in the absorbed form, for prefill and
@@ -388,38 +403,33 @@ void Model::mla_block(int layer, const Step& s, Activations& a, Backend& backend
   const int64_t C = m.kv_lora_rank, D = m.latent_dim(), Vh = m.v_head_dim;
   // transformers' DeepseekV2/V3RMSNorm of q_a_layernorm / kv_a_layernorm: default eps.
   constexpr float kLoraNormEps = 1e-6f;
-  const auto observe = [&](std::string_view name, const float* x, int64_t width) {
-    s.observe(name, layer, x, T, width, a, backend);
-  };
-  const auto at = [&](const char* name) -> Backend& { return backend.at({name, layer}); };
-  const auto project = [&](const char* name, const WeightMatrix& w, const WeightVector& bias,
-                           const float* x, float* y) {
-    s.project({name, layer}, w, bias, x, y, backend, counters);
-  };
+  const LayerOps ops{s, layer, a, backend, counters};
 
   // The query [T, nh, qk_nope | qk_rope], through the LoRA when there is one.
   const float* q_in = a.xn.data();
   if (m.q_lora_rank > 0) {
-    project("q_a_proj", W.q_a, W.q_a_bias, a.xn.data(), a.mla_q_a.data());  // [T, q_lora]
-    at("q_a_norm")
+    ops.project("q_a_proj", W.q_a, W.q_a_bias, a.xn.data(), a.mla_q_a.data());  // [T, q_lora]
+    ops.at("q_a_norm")
         .rmsnorm({a.mla_q_a.data(), W.q_a_norm.data(), T, m.q_lora_rank, kLoraNormEps,
                   a.mla_q_a.data()});
     q_in = a.mla_q_a.data();
   }
-  project("q_proj", W.q_b, {}, q_in, a.mla_q.data());  // [T, nh * qk]
+  ops.project("q_proj", W.q_b, {}, q_in, a.mla_q.data());  // [T, nh * qk]
   // The latent and the rope key.
-  project("kv_a_proj", W.kv_a_c, W.kv_a_c_bias, a.xn.data(), a.mla_c.data());  // [T, C]
-  at("kv_a_norm").rmsnorm({a.mla_c.data(), W.kv_a_norm.data(), T, C, kLoraNormEps, a.mla_c.data()});
-  project("kv_a_rope", W.kv_a_rope, W.kv_a_rope_bias, a.xn.data(), a.mla_k_rope.data());  // [T, R]
-  at("rope_k").rope({a.mla_k_rope.data(), a.positions.data(), T, 1, R, s.rope_inv_freq});
+  ops.project("kv_a_proj", W.kv_a_c, W.kv_a_c_bias, a.xn.data(), a.mla_c.data());  // [T, C]
+  ops.at("kv_a_norm")
+      .rmsnorm({a.mla_c.data(), W.kv_a_norm.data(), T, C, kLoraNormEps, a.mla_c.data()});
+  ops.project("kv_a_rope", W.kv_a_rope, W.kv_a_rope_bias, a.xn.data(),
+              a.mla_k_rope.data());  // [T, R]
+  ops.at("rope_k").rope({a.mla_k_rope.data(), a.positions.data(), T, 1, R, s.rope_inv_freq});
   // The cache entries [T, C | R].
-  at("latent").copy_rows({a.mla_c.data(), C, a.k.data(), D, T, C});
-  at("latent").copy_rows({a.mla_k_rope.data(), R, a.k.data() + C, D, T, R});
+  ops.at("latent").copy_rows({a.mla_c.data(), C, a.k.data(), D, T, C});
+  ops.at("latent").copy_rows({a.mla_k_rope.data(), R, a.k.data() + C, D, T, R});
   // The query's rope part, rotated, into the latent-space query [T, nh, C | R] ...
-  at("rope_q").copy_rows(
+  ops.at("rope_q").copy_rows(
       {a.mla_q.data() + m.qk_nope_head_dim, qk, a.mla_q_rope.data(), R, T * nh, R});
-  at("rope_q").rope({a.mla_q_rope.data(), a.positions.data(), T, nh, R, s.rope_inv_freq});
-  at("rope_q").copy_rows({a.mla_q_rope.data(), R, a.q.data() + C, D, T * nh, R});
+  ops.at("rope_q").rope({a.mla_q_rope.data(), a.positions.data(), T, nh, R, s.rope_inv_freq});
+  ops.at("rope_q").copy_rows({a.mla_q_rope.data(), R, a.q.data() + C, D, T * nh, R});
   // ... and its nope part absorbed: W_UK_h^T q_nope_h per head.
   for (int64_t hd = 0; hd < nh; ++hd) {
     MatmulParams absorb{a.mla_q.data() + hd * qk, T,     nullptr, W.uk_t[static_cast<size_t>(hd)],
@@ -428,8 +438,8 @@ void Model::mla_block(int layer, const Step& s, Activations& a, Backend& backend
     backend.at({"q_absorb", layer, -1}).matmul(absorb);
     counters.weight_bytes += W.uk_t[static_cast<size_t>(hd)].nbytes();
   }
-  observe("q", a.q.data(), nh * D);
-  observe("k", a.k.data(), D);
+  ops.observe("q", a.q.data(), nh * D);
+  ops.observe("k", a.k.data(), D);
 
   const auto B = static_cast<int64_t>(s.batch.size());
   bool any_scored = false;
@@ -464,8 +474,8 @@ void Model::mla_block(int layer, const Step& s, Activations& a, Backend& backend
   p.q_seq = h.seq.data();
   p.n_seqs = B;
   p.q_scored = any_scored ? h.q_scored.data() : nullptr;
-  at("attention").attention(p, std::span(a.chunks).first(static_cast<size_t>(B)));
-  observe("attn_out", a.attn.data(), nh * C);
+  ops.at("attention").attention(p, std::span(a.chunks).first(static_cast<size_t>(B)));
+  ops.observe("attn_out", a.attn.data(), nh * C);
 
   // Per head the latent output up-projected, W_UV_h o_h, into [T, nh * v_head]; o_proj.
   for (int64_t hd = 0; hd < nh; ++hd) {
@@ -475,8 +485,8 @@ void Model::mla_block(int layer, const Step& s, Activations& a, Backend& backend
     backend.at({"v_up", layer, -1}).matmul(up);
     counters.weight_bytes += W.uv[static_cast<size_t>(hd)].nbytes();
   }
-  project("o_proj", L.o, L.o_bias, a.mla_v.data(), a.out.data());
-  at("attn_residual").add({a.x.data(), a.out.data(), T * H});
+  ops.project("o_proj", L.o, L.o_bias, a.mla_v.data(), a.out.data());
+  ops.at("attn_residual").add({a.x.data(), a.out.data(), T * H});
 }
 
 namespace {

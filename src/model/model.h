@@ -102,6 +102,7 @@ class Model {
  private:
   Model() = default;
   struct Step;
+  struct LayerOps;  // one layer's observer, op sites and projections (model.cpp)
   void attention_block(int layer, const Step& s, Activations& a, Backend& backend,
                        ForwardCounters& counters) const;
   void mla_block(int layer, const Step& s, Activations& a, Backend& backend,
